@@ -1,0 +1,70 @@
+// The command line: registers every command of the design, and is the one place where errors become
+// exit codes (0 done, 1 failed, 2 bad input) and messages.
+import { Command, CommanderError, Option } from 'commander';
+import { CkanReleaseError } from './errors.js';
+import { registerCommands } from './commands/index.js';
+
+export interface GlobalOptions {
+  config: string;
+  json: boolean;
+  debug: boolean;
+  vaultPasswordFile: string | undefined;
+}
+
+export interface Io {
+  out: (text: string) => void;
+  err: (text: string) => void;
+  env: NodeJS.ProcessEnv;
+}
+
+const defaultIo: Io = {
+  out: (t) => process.stdout.write(t),
+  err: (t) => process.stderr.write(t),
+  env: process.env,
+};
+
+export function buildProgram(io: Io): Command {
+  const program = new Command('ckan-release')
+    .description('Build CKAN releases once in a container; ship the same artifact to every host; switch atomically.')
+    .option('-c, --config <file>', 'the project config', 'ckan-release.yml')
+    .option('--json', 'print data as JSON (one JSON event per line for progress)', false)
+    .addOption(
+      new Option('--vault-password-file <file>', 'password for ansible-vault encrypted secrets').env(
+        'CKAN_RELEASE_VAULT_PASSWORD_FILE',
+      ),
+    )
+    .option('--debug', 'show stack traces', false)
+    .showHelpAfterError('(run with --help for usage)')
+    .configureOutput({ writeOut: io.out, writeErr: io.err })
+    .exitOverride();
+  registerCommands(program, io);
+  return program;
+}
+
+/** Runs the CLI; resolves to the exit code. Never throws. */
+export async function main(argv: string[], io: Io = defaultIo): Promise<number> {
+  const program = buildProgram(io);
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+    return 0;
+  } catch (e) {
+    return report(e, io, argv.includes('--debug'));
+  }
+}
+
+function report(e: unknown, io: Io, debug: boolean): number {
+  if (e instanceof CommanderError) {
+    // --help and --version end here with exit code 0; usage errors were already printed by commander.
+    return e.exitCode === 0 ? 0 : 2;
+  }
+  if (e instanceof CkanReleaseError) {
+    io.err(`ckan-release: ${e.message}\n`);
+    if (e.hint) io.err(`  hint: ${e.hint}\n`);
+    if (debug && e.stack) io.err(`${e.stack}\n`);
+    return e.exitCode;
+  }
+  const err = e instanceof Error ? e : new Error(String(e));
+  io.err(`ckan-release: unexpected error: ${err.message}\n`);
+  io.err(debug && err.stack ? `${err.stack}\n` : '  (run with --debug for the stack trace)\n');
+  return 1;
+}

@@ -1,0 +1,138 @@
+// The ckan-release.yml schema: every key of the design, its type, default and the checks that need
+// only the key itself. Checks that relate keys to each other or to the file system are in load.ts.
+import { bool, int, list, mapOf, obj, oneOf, optional, required, str, anyValue, withDefault } from './validate.js';
+
+export const BUILDER_NETWORKS = ['none', 'default', 'host'] as const;
+export type BuilderNetwork = (typeof BUILDER_NETWORKS)[number];
+
+const NAME = /^[a-z0-9][a-z0-9._-]*$/;
+const PACKAGE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
+const PLUGIN = /^[A-Za-z0-9_][A-Za-z0-9_.-]*$/;
+// A host as ssh would take it: a name, an alias from ~/.ssh/config, or an address; optionally
+// user@ in front and :port behind. Nothing a shell would interpret.
+const HOST = /^(?:[A-Za-z0-9._-]+@)?(?:[A-Za-z0-9][A-Za-z0-9._-]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$/;
+
+const absolutePath = str({
+  expected: 'an absolute path',
+  check: (v) =>
+    !v.startsWith('/')
+      ? `expected an absolute path, got "${v}"`
+      : v === '/' || v.split('/').some((part) => part === '..' || part === '.')
+        ? `expected an absolute path without "." or ".." parts (and not "/"), got "${v}"`
+        : /[\s'"$`\\]/.test(v)
+          ? `expected a path without spaces, quotes, "$", "\`" or "\\", got "${v}"`
+          : undefined,
+});
+
+/** A path inside a release or under <root>/shared: relative, no "..", nothing a shell would expand. */
+const innerPath = str({
+  expected: 'a relative path',
+  check: (v) =>
+    v.startsWith('/') || v.split('/').some((part) => part === '..' || part === '.' || part === '') || /[\s'"$`\\*?]/.test(v)
+      ? `expected a relative path without "..", ".", empty parts, spaces or shell characters, got "${v}"`
+      : undefined,
+});
+
+const hook = obj({
+  run: required(str({ expected: 'a shell command' })),
+  once: withDefault(bool(), () => false),
+});
+
+const environment = obj({
+  hosts: required(list(str({ expected: 'a host name, alias or address ([user@]host[:port])', pattern: HOST }), { min: 1, what: 'hosts' })),
+  user: optional(str({ expected: 'a user name', pattern: /^[a-z_][a-z0-9_.-]*$/i })),
+  port: optional(int(1, 65535)),
+  ssh_config: optional(str({ expected: 'the path of an OpenSSH client config file' })),
+  vars: withDefault(mapOf(anyValue(), { keyPattern: /^[A-Za-z_][A-Za-z0-9_]*$/, keyExpected: 'a template variable name (letters, digits, _)' }), () => ({})),
+  secrets: optional(str({ expected: 'the path of a YAML or ansible-vault file' })),
+  requires: optional(str({ expected: 'the name of another environment' })),
+  parallel: withDefault(int(1, 256), () => 10),
+});
+
+export const configSchema = obj({
+  project: required(str({ expected: 'a project name (lower case letters, digits, ".", "_", "-")', pattern: NAME })),
+  root: withDefault(absolutePath, () => '/usr/lib/ckan'),
+  store: optional(str({ expected: 'a directory for the artifact store' })),
+  ckan: required(
+    obj({
+      source: required(str({ expected: 'a git URL or a local path' })),
+      ref: required(str({ expected: 'a git tag, branch or commit' })),
+    }),
+  ),
+  builder: withDefault(
+    obj({
+      os: withDefault(str({ expected: 'a builder OS name', pattern: NAME }), () => 'centos7'),
+      python: withDefault(str({ expected: 'a python command or path', pattern: /^[A-Za-z0-9_./-]+$/ }), () => 'python3'),
+      network: withDefault(oneOf(BUILDER_NETWORKS), () => 'none' as const),
+      pip: withDefault(
+        obj({
+          index_url: optional(str({ expected: 'a URL', pattern: /^(https?|file):\/\/\S+$/ })),
+          find_links: withDefault(list(str({ expected: 'a directory or URL' })), () => []),
+          extra_args: withDefault(list(str({ expected: 'a pip argument' })), () => []),
+        }),
+        () => ({ index_url: undefined, find_links: [], extra_args: [] }),
+      ),
+    }),
+    () => ({
+      os: 'centos7',
+      python: 'python3',
+      network: 'none' as const,
+      pip: { index_url: undefined, find_links: [], extra_args: [] },
+    }),
+  ),
+  extensions: withDefault(
+    list(
+      obj({
+        name: required(str({ expected: 'a package name (letters, digits, ".", "_", "-")', pattern: PACKAGE_NAME })),
+        source: required(str({ expected: 'a git URL or a local path' })),
+        ref: required(str({ expected: 'a git tag, branch or commit' })),
+        plugins: withDefault(list(str({ expected: 'a CKAN plugin name', pattern: PLUGIN })), () => []),
+      }),
+      { what: 'extensions' },
+    ),
+    () => [],
+  ),
+  patches: optional(str({ expected: 'a directory of patches/<target>/*.patch' })),
+  config: required(
+    obj({
+      template: required(str({ expected: 'the path of a Jinja2 template' })),
+      file: withDefault(str({ expected: 'a file name such as ckan.ini', pattern: /^[A-Za-z0-9][A-Za-z0-9._-]*$/ }), () => 'ckan.ini'),
+    }),
+  ),
+  shared: withDefault(
+    list(obj({ path: required(innerPath), link: required(innerPath) }), { what: '{ path, link } entries' }),
+    () => [],
+  ),
+  deploy: required(
+    obj({
+      keep_releases: withDefault(int(1, 1000), () => 5),
+      owner: optional(str({ expected: 'a user name', pattern: /^[a-z_][a-z0-9_.-]*$/i })),
+      group: optional(str({ expected: 'a group name', pattern: /^[a-z_][a-z0-9_.-]*$/i })),
+      restart: required(str({ expected: 'a shell command that restarts the web server' })),
+      healthcheck: withDefault(
+        obj({
+          url: withDefault(
+            str({ expected: 'an http(s) URL', pattern: /^https?:\/\/[^\s/]+(\/\S*)?$/ }),
+            () => 'http://127.0.0.1/api/3/action/status_show',
+          ),
+          timeout: withDefault(int(1, 3600), () => 60),
+        }),
+        () => ({ url: 'http://127.0.0.1/api/3/action/status_show', timeout: 60 }),
+      ),
+      hooks: withDefault(
+        obj({
+          before_switch: withDefault(list(hook), () => []),
+          after_switch: withDefault(list(hook), () => []),
+        }),
+        () => ({ before_switch: [], after_switch: [] }),
+      ),
+    }),
+  ),
+  environments: required(
+    mapOf(environment, {
+      keyPattern: /^[a-z][a-z0-9_-]*$/,
+      keyExpected: 'lower case letters, digits, "_" and "-", starting with a letter',
+      min: 1,
+    }),
+  ),
+});

@@ -1,0 +1,68 @@
+// The validated configuration, with defaults applied and paths resolved against the config's directory.
+import type { BuilderNetwork } from './schema.js';
+
+export interface GitSource {
+  /** As written in the config (a URL, or a path relative to the config). */
+  source: string;
+  /** What git is given: URLs as they are, local paths made absolute. */
+  url: string;
+  ref: string;
+}
+
+export interface Extension extends GitSource {
+  name: string;
+  plugins: string[];
+}
+
+export interface Hook {
+  run: string;
+  once: boolean;
+}
+
+export interface Environment {
+  name: string;
+  hosts: string[];
+  user: string | undefined;
+  port: number | undefined;
+  /** Absolute path of an extra OpenSSH client config, read before ~/.ssh/config. */
+  sshConfig: string | undefined;
+  vars: Record<string, unknown>;
+  /** Absolute path of the secrets file (plain YAML or ansible-vault), read only when the environment is used. */
+  secrets: string | undefined;
+  requires: string | undefined;
+  /** How many hosts are worked on at once. */
+  parallel: number;
+}
+
+export interface Config {
+  /** Absolute path of the config file, and the name used for it in messages. */
+  file: string;
+  displayFile: string;
+  dir: string;
+  project: string;
+  root: string;
+  store: string;
+  ckan: GitSource;
+  builder: {
+    os: string;
+    /** Absolute path of docker/<os>/Dockerfile (the project's own docker/ first, then the tool's). */
+    dockerfile: string;
+    python: string;
+    network: BuilderNetwork;
+    pip: { indexUrl: string | undefined; findLinks: string[]; extraArgs: string[] };
+  };
+  extensions: Extension[];
+  /** Absolute path of the patches directory, or undefined when the project has none. */
+  patches: string | undefined;
+  config: { template: string; file: string };
+  shared: { path: string; link: string }[];
+  deploy: {
+    keepReleases: number;
+    owner: string | undefined;
+    group: string | undefined;
+    restart: string;
+    healthcheck: { url: string; timeout: number };
+    hooks: { beforeSwitch: Hook[]; afterSwitch: Hook[] };
+  };
+  environments: Record<string, Environment>;
+}
