@@ -1,0 +1,97 @@
+// The command line: commands, exit codes and messages, through main() and through bin/ckan-release.
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync, copyFileSync, readFileSync, mkdirSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { main } from '../../src/cli.js';
+
+const DEMO = path.resolve('examples/demo/ckan-release.yml');
+
+async function cli(...argv: string[]): Promise<{ code: number; out: string; err: string }> {
+  let out = '';
+  let err = '';
+  const code = await main(argv, { out: (t) => (out += t), err: (t) => (err += t), env: {} });
+  return { code, out, err };
+}
+
+describe('bin/ckan-release', () => {
+  it('--help lists every command of the design', () => {
+    const out = execFileSync(process.execPath, ['bin/ckan-release', '--help'], { encoding: 'utf8' });
+    for (const cmd of [
+      'init',
+      'build',
+      'artifacts',
+      'setup',
+      'ship',
+      'promote',
+      'rollback',
+      'status',
+      'config',
+      'unlock',
+      'sandbox',
+    ]) {
+      expect(out).toMatch(new RegExp(`^  ${cmd}\\b`, 'm'));
+    }
+  });
+
+  it('ship to an unknown environment exits 2 naming it and the known ones', () => {
+    const r = spawnSync(process.execPath, ['bin/ckan-release', '--config', DEMO, 'ship', 'nowhere'], {
+      encoding: 'utf8',
+    });
+    expect(r.status).toBe(2);
+    expect(r.stderr).toBe(
+      'ckan-release: no environment "nowhere" in examples/demo/ckan-release.yml: expected one of staging, production\n',
+    );
+    expect(r.stdout).toBe('');
+  });
+});
+
+describe('main()', () => {
+  it('a typo in the config exits 2 with the line, the key path and a suggestion', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'ckan-release-cli-'));
+    mkdirSync(path.join(dir, 'templates'));
+    copyFileSync(
+      path.resolve('examples/demo/templates/ckan.ini.j2'),
+      path.join(dir, 'templates/ckan.ini.j2'),
+    );
+    const text = readFileSync(DEMO, 'utf8')
+      .replace('  keep_releases: 3', '  keep_relases: 3')
+      .replace(/secrets: secrets\/\w+\.yml\n/g, '');
+    writeFileSync(path.join(dir, 'ckan-release.yml'), text);
+    const line = text.split('\n').findIndex((l) => l.includes('keep_relases')) + 1;
+    const r = await cli('--config', path.join(dir, 'ckan-release.yml'), 'status', 'staging');
+    expect(r.code).toBe(2);
+    expect(r.err).toBe(
+      `ckan-release: ${path.join(dir, 'ckan-release.yml')}:${line}: deploy.keep_relases: unknown key; did you mean "keep_releases"?\n`,
+    );
+  });
+
+  it('commands not built yet exit 2, never 0', async () => {
+    for (const argv of [['build'], ['status', 'staging'], ['sandbox', 'up'], ['init']]) {
+      const r = await cli('--config', DEMO, ...argv);
+      expect(r.code, argv.join(' ')).toBe(2);
+      expect(r.err).toMatch(/not implemented yet/);
+    }
+  });
+
+  it('usage errors exit 2', async () => {
+    expect((await cli('ship')).code).toBe(2);
+    expect((await cli('frobnicate')).code).toBe(2);
+    expect((await cli('rollback', 'staging', '--bogus')).code).toBe(2);
+  });
+
+  it('--help exits 0', async () => {
+    const r = await cli('ship', '--help');
+    expect(r.code).toBe(0);
+    expect(r.out).toMatch(/--dry-run/);
+  });
+
+  it('a missing config exits 2 and says how to make one', async () => {
+    const r = await cli('--config', '/nonexistent/ckan-release.yml', 'ship', 'staging');
+    expect(r.code).toBe(2);
+    expect(r.err).toBe(
+      'ckan-release: /nonexistent/ckan-release.yml: no such file\n  hint: run `ckan-release init` to write one, or pass --config FILE\n',
+    );
+  });
+});
