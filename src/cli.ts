@@ -25,7 +25,9 @@ const defaultIo: Io = {
 
 export function buildProgram(io: Io): Command {
   const program = new Command('ckan-release')
-    .description('Build CKAN releases once in a container; ship the same artifact to every host; switch atomically.')
+    .description(
+      'Build CKAN releases once in a container; ship the same artifact to every host; switch atomically.',
+    )
     .option('-c, --config <file>', 'the project config', 'ckan-release.yml')
     .option('--json', 'print data as JSON (one JSON event per line for progress)', false)
     .addOption(

@@ -29,7 +29,13 @@ export class ConfigError extends CkanReleaseError {
   readonly line: number | undefined;
   readonly keyPath: string | undefined;
 
-  constructor(file: string, line: number | undefined, keyPath: string | undefined, what: string, hint?: string) {
+  constructor(
+    file: string,
+    line: number | undefined,
+    keyPath: string | undefined,
+    what: string,
+    hint?: string,
+  ) {
     const where = line === undefined ? file : `${file}:${line}`;
     super(keyPath ? `${where}: ${keyPath}: ${what}` : `${where}: ${what}`, 2, hint);
     this.file = file;

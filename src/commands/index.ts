@@ -1,15 +1,15 @@
 // Registers every command of the design. One file per command holds its body; commands that this
 // version does not do yet still parse their arguments and validate the config, then exit 2.
 import { Command, Option } from 'commander';
-import type { GlobalOptions, Io } from '../cli.js';
+import type { Io } from '../cli.js';
+import { globals } from './common.js';
 import { environment, loadConfig } from '../config/load.js';
 import { NotImplementedError } from '../errors.js';
+import { registerArtifacts } from './artifacts.js';
+import { registerBuild } from './build.js';
 
-export function globals(cmd: Command): GlobalOptions {
-  return cmd.optsWithGlobals() as GlobalOptions;
-}
-
-const dryRun = () => new Option('--dry-run', 'print the plan (per host: current -> target, hooks, prune) and change nothing');
+const dryRun = () =>
+  new Option('--dry-run', 'print the plan (per host: current -> target, hooks, prune) and change nothing');
 
 /** Loads the config and checks the environment names, so bad input is reported before "not implemented". */
 function notYet(name: string, envArgs: (args: string[]) => string[] = () => []) {
@@ -21,7 +21,7 @@ function notYet(name: string, envArgs: (args: string[]) => string[] = () => []) 
   };
 }
 
-export function registerCommands(program: Command, _io: Io): void {
+export function registerCommands(program: Command, io: Io): void {
   program
     .command('init')
     .description('write a commented ckan-release.yml for a new project')
@@ -31,24 +31,14 @@ export function registerCommands(program: Command, _io: Io): void {
       throw new NotImplementedError('init');
     });
 
-  program
-    .command('build')
-    .description('build an artifact in the builder container; prints its ID as the last line')
-    .action(notYet('build'));
-
-  const artifacts = program
-    .command('artifacts')
-    .description('list the local artifact store, newest first')
-    .action(notYet('artifacts'));
-  artifacts
-    .command('show')
-    .description("print one artifact's manifest")
-    .argument('<id>', 'artifact ID or a unique prefix of it')
-    .action(notYet('artifacts show'));
+  registerBuild(program, io);
+  registerArtifacts(program, io);
 
   program
     .command('setup')
-    .description("first deploy: prepare each host's layout (idempotent); adopt <root>/default as the first release")
+    .description(
+      "first deploy: prepare each host's layout (idempotent); adopt <root>/default as the first release",
+    )
     .argument('<env>', 'environment')
     .addOption(dryRun())
     .action(notYet('setup', (a) => [a[0]!]));

@@ -57,7 +57,13 @@ export function parseConfig(text: string, file: string, opts: LoadOptions = {}):
   const ctx: Ctx = { file: display, lines, path: '', env: opts.env ?? process.env };
   const root = doc.contents as Node | null;
   if (!root || (isScalar(root) && root.value === null)) {
-    throw new ConfigError(display, undefined, undefined, 'the file is empty', 'run `ckan-release init` for a starter');
+    throw new ConfigError(
+      display,
+      undefined,
+      undefined,
+      'the file is empty',
+      'run `ckan-release init` for a starter',
+    );
   }
   const raw = configSchema(root, ctx);
   return resolve(raw, abs, display, root, ctx);
@@ -70,7 +76,9 @@ function nodeAt(root: Node, keys: (string | number)[]): Node | undefined {
   let node: Node | undefined = root;
   for (const key of keys) {
     if (isMap(node)) {
-      const pair: Pair | undefined = node.items.find((p) => isScalar(p.key) && String(p.key.value) === String(key));
+      const pair: Pair | undefined = node.items.find(
+        (p) => isScalar(p.key) && String(p.key.value) === String(key),
+      );
       node = (pair?.value as Node | undefined) ?? (pair?.key as Node | undefined);
     } else if (isSeq(node) && typeof key === 'number') {
       node = node.items[key] as Node | undefined;
@@ -104,12 +112,17 @@ function resolve(raw: Raw, file: string, display: string, root: Node, ctx: Ctx):
     const guess = closest(raw.builder.os, known);
     err(
       ['builder', 'os'],
-      `no builder image "${raw.builder.os}": expected one of ${known.join(', ')}` + (guess ? `; did you mean "${guess}"?` : ''),
+      `no builder image "${raw.builder.os}": expected one of ${known.join(', ')}` +
+        (guess ? `; did you mean "${guess}"?` : ''),
       `a builder is a docker/<os>/Dockerfile, in the project or shipped with ckan-release`,
     );
   }
   if (raw.builder.pip.index_url && raw.builder.network === 'none') {
-    err(['builder', 'pip', 'index_url'], 'a package index needs a network, but builder.network is "none"', 'set builder.network to "default" or "host", or use find_links with local directories');
+    err(
+      ['builder', 'pip', 'index_url'],
+      'a package index needs a network, but builder.network is "none"',
+      'set builder.network to "default" or "host", or use find_links with local directories',
+    );
   }
 
   const names = new Set<string>(['ckan']);
@@ -138,7 +151,8 @@ function resolve(raw: Raw, file: string, display: string, root: Node, ctx: Ctx):
         const guess = closest(target, [...names]);
         err(
           ['patches'],
-          `patches/${target}/ names no package: expected ckan or an extension name` + (guess ? `; did you mean "${guess}"?` : ''),
+          `patches/${target}/ names no package: expected ckan or an extension name` +
+            (guess ? `; did you mean "${guess}"?` : ''),
         );
       }
     }
@@ -157,12 +171,14 @@ function resolve(raw: Raw, file: string, display: string, root: Node, ctx: Ctx):
   const envNames = Object.keys(raw.environments);
   for (const [name, e] of Object.entries(raw.environments)) {
     if (e.requires !== undefined) {
-      if (e.requires === name) err(['environments', name, 'requires'], 'an environment cannot require itself');
+      if (e.requires === name)
+        err(['environments', name, 'requires'], 'an environment cannot require itself');
       if (!envNames.includes(e.requires)) {
         const guess = closest(e.requires, envNames);
         err(
           ['environments', name, 'requires'],
-          `no environment "${e.requires}": expected one of ${envNames.join(', ')}` + (guess ? `; did you mean "${guess}"?` : ''),
+          `no environment "${e.requires}": expected one of ${envNames.join(', ')}` +
+            (guess ? `; did you mean "${guess}"?` : ''),
         );
       }
     }
@@ -206,7 +222,11 @@ function resolve(raw: Raw, file: string, display: string, root: Node, ctx: Ctx):
         extraArgs: raw.builder.pip.extra_args,
       },
     },
-    extensions: raw.extensions.map((x) => ({ name: x.name, plugins: x.plugins, ...gitSource(x.source, x.ref) })),
+    extensions: raw.extensions.map((x) => ({
+      name: x.name,
+      plugins: x.plugins,
+      ...gitSource(x.source, x.ref),
+    })),
     patches,
     config: { template, file: raw.config.file },
     shared: raw.shared,
@@ -227,7 +247,8 @@ export function builderOses(projectDir: string): string[] {
   const found = new Set<string>();
   for (const base of [path.join(projectDir, 'docker'), TOOL_DOCKER_DIR]) {
     if (!isDir(base)) continue;
-    for (const os of readdirSync(base)) if (isFile(path.join(base, os, 'Dockerfile')) && os !== 'sandbox-host') found.add(os);
+    for (const os of readdirSync(base))
+      if (isFile(path.join(base, os, 'Dockerfile')) && os !== 'sandbox-host') found.add(os);
   }
   return [...found].sort();
 }

@@ -1,6 +1,18 @@
 // The ckan-release.yml schema: every key of the design, its type, default and the checks that need
 // only the key itself. Checks that relate keys to each other or to the file system are in load.ts.
-import { bool, int, list, mapOf, obj, oneOf, optional, required, str, anyValue, withDefault } from './validate.js';
+import {
+  bool,
+  int,
+  list,
+  mapOf,
+  obj,
+  oneOf,
+  optional,
+  required,
+  str,
+  anyValue,
+  withDefault,
+} from './validate.js';
 
 export const BUILDER_NETWORKS = ['none', 'default', 'host'] as const;
 export type BuilderNetwork = (typeof BUILDER_NETWORKS)[number];
@@ -28,7 +40,9 @@ const absolutePath = str({
 const innerPath = str({
   expected: 'a relative path',
   check: (v) =>
-    v.startsWith('/') || v.split('/').some((part) => part === '..' || part === '.' || part === '') || /[\s'"$`\\*?]/.test(v)
+    v.startsWith('/') ||
+    v.split('/').some((part) => part === '..' || part === '.' || part === '') ||
+    /[\s'"$`\\*?]/.test(v)
       ? `expected a relative path without "..", ".", empty parts, spaces or shell characters, got "${v}"`
       : undefined,
 });
@@ -39,18 +53,31 @@ const hook = obj({
 });
 
 const environment = obj({
-  hosts: required(list(str({ expected: 'a host name, alias or address ([user@]host[:port])', pattern: HOST }), { min: 1, what: 'hosts' })),
+  hosts: required(
+    list(str({ expected: 'a host name, alias or address ([user@]host[:port])', pattern: HOST }), {
+      min: 1,
+      what: 'hosts',
+    }),
+  ),
   user: optional(str({ expected: 'a user name', pattern: /^[a-z_][a-z0-9_.-]*$/i })),
   port: optional(int(1, 65535)),
   ssh_config: optional(str({ expected: 'the path of an OpenSSH client config file' })),
-  vars: withDefault(mapOf(anyValue(), { keyPattern: /^[A-Za-z_][A-Za-z0-9_]*$/, keyExpected: 'a template variable name (letters, digits, _)' }), () => ({})),
+  vars: withDefault(
+    mapOf(anyValue(), {
+      keyPattern: /^[A-Za-z_][A-Za-z0-9_]*$/,
+      keyExpected: 'a template variable name (letters, digits, _)',
+    }),
+    () => ({}),
+  ),
   secrets: optional(str({ expected: 'the path of a YAML or ansible-vault file' })),
   requires: optional(str({ expected: 'the name of another environment' })),
   parallel: withDefault(int(1, 256), () => 10),
 });
 
 export const configSchema = obj({
-  project: required(str({ expected: 'a project name (lower case letters, digits, ".", "_", "-")', pattern: NAME })),
+  project: required(
+    str({ expected: 'a project name (lower case letters, digits, ".", "_", "-")', pattern: NAME }),
+  ),
   root: withDefault(absolutePath, () => '/usr/lib/ckan'),
   store: optional(str({ expected: 'a directory for the artifact store' })),
   ckan: required(
@@ -62,7 +89,10 @@ export const configSchema = obj({
   builder: withDefault(
     obj({
       os: withDefault(str({ expected: 'a builder OS name', pattern: NAME }), () => 'centos7'),
-      python: withDefault(str({ expected: 'a python command or path', pattern: /^[A-Za-z0-9_./-]+$/ }), () => 'python3'),
+      python: withDefault(
+        str({ expected: 'a python command or path', pattern: /^[A-Za-z0-9_./-]+$/ }),
+        () => 'python3',
+      ),
       network: withDefault(oneOf(BUILDER_NETWORKS), () => 'none' as const),
       pip: withDefault(
         obj({
@@ -83,7 +113,9 @@ export const configSchema = obj({
   extensions: withDefault(
     list(
       obj({
-        name: required(str({ expected: 'a package name (letters, digits, ".", "_", "-")', pattern: PACKAGE_NAME })),
+        name: required(
+          str({ expected: 'a package name (letters, digits, ".", "_", "-")', pattern: PACKAGE_NAME }),
+        ),
         source: required(str({ expected: 'a git URL or a local path' })),
         ref: required(str({ expected: 'a git tag, branch or commit' })),
         plugins: withDefault(list(str({ expected: 'a CKAN plugin name', pattern: PLUGIN })), () => []),
@@ -96,7 +128,10 @@ export const configSchema = obj({
   config: required(
     obj({
       template: required(str({ expected: 'the path of a Jinja2 template' })),
-      file: withDefault(str({ expected: 'a file name such as ckan.ini', pattern: /^[A-Za-z0-9][A-Za-z0-9._-]*$/ }), () => 'ckan.ini'),
+      file: withDefault(
+        str({ expected: 'a file name such as ckan.ini', pattern: /^[A-Za-z0-9][A-Za-z0-9._-]*$/ }),
+        () => 'ckan.ini',
+      ),
     }),
   ),
   shared: withDefault(

@@ -46,7 +46,8 @@ const ENV_REF = /\$\{env:([^}]*)\}/g;
 /** Replaces ${env:NAME} with the environment's value; an unset variable is an error. */
 export function interpolate(value: string, node: Node, ctx: Ctx): string {
   return value.replace(ENV_REF, (_m, name: string) => {
-    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) fail(ctx, node, `"\${env:${name}}" is not a valid variable name`);
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name))
+      fail(ctx, node, `"\${env:${name}}" is not a valid variable name`);
     const v = ctx.env[name];
     if (v === undefined) fail(ctx, node, `environment variable ${name} is not set (used as \${env:${name}})`);
     return v;
@@ -107,7 +108,8 @@ export function oneOf<T extends string>(values: readonly T[]): Validator<T> {
       fail(
         ctx,
         node,
-        `expected one of ${values.join(', ')}, got ${describe(node)}` + (guess ? `; did you mean "${guess}"?` : ''),
+        `expected one of ${values.join(', ')}, got ${describe(node)}` +
+          (guess ? `; did you mean "${guess}"?` : ''),
       );
     }
     return v as T;
@@ -116,9 +118,11 @@ export function oneOf<T extends string>(values: readonly T[]): Validator<T> {
 
 export function list<T>(item: Validator<T>, opts: { min?: number; what?: string } = {}): Validator<T[]> {
   return (node, ctx) => {
-    if (!isSeq(node)) fail(ctx, node, `expected a list${opts.what ? ` of ${opts.what}` : ''}, got ${describe(node)}`);
+    if (!isSeq(node))
+      fail(ctx, node, `expected a list${opts.what ? ` of ${opts.what}` : ''}, got ${describe(node)}`);
     const min = opts.min ?? 0;
-    if (node.items.length < min) fail(ctx, node, `expected at least ${min} item${min === 1 ? '' : 's'}, got none`);
+    if (node.items.length < min)
+      fail(ctx, node, `expected at least ${min} item${min === 1 ? '' : 's'}, got none`);
     return node.items.map((n, i) => item(n as Node, child(ctx, i)));
   };
 }
@@ -135,7 +139,8 @@ export function anyValue(): Validator<unknown> {
       return out;
     }
     if (isSeq(node)) return node.items.map((n, i) => walk(n as Node, child(ctx, i)));
-    if (isScalar(node)) return typeof node.value === 'string' ? interpolate(node.value, node, ctx) : node.value;
+    if (isScalar(node))
+      return typeof node.value === 'string' ? interpolate(node.value, node, ctx) : node.value;
     fail(ctx, node, `unsupported YAML value (aliases and tags other than plain values are not allowed)`);
   };
   return walk;
@@ -189,7 +194,12 @@ type Out<F> = { [K in keyof F]: F[K] extends Field<infer T> ? T : never };
 /** A mapping with a fixed set of keys; unknown keys are errors with a "did you mean". */
 export function obj<F extends Record<string, Field<unknown>>>(fields: F): Validator<Out<F>> {
   return (node, ctx) => {
-    if (!isMap(node)) fail(ctx, node, `expected a mapping with keys ${Object.keys(fields).join(', ')}, got ${describe(node)}`);
+    if (!isMap(node))
+      fail(
+        ctx,
+        node,
+        `expected a mapping with keys ${Object.keys(fields).join(', ')}, got ${describe(node)}`,
+      );
     const seen = new Map<string, Node>();
     for (const pair of (node as YAMLMap).items) {
       const key = keyOf(pair, ctx);
@@ -199,7 +209,8 @@ export function obj<F extends Record<string, Field<unknown>>>(fields: F): Valida
         fail(
           child(ctx, key),
           k,
-          'unknown key' + (guess ? `; did you mean "${guess}"?` : `; expected one of ${Object.keys(fields).join(', ')}`),
+          'unknown key' +
+            (guess ? `; did you mean "${guess}"?` : `; expected one of ${Object.keys(fields).join(', ')}`),
         );
       }
       if (seen.has(key)) fail(child(ctx, key), k, 'duplicate key');

@@ -68,7 +68,10 @@ export async function ensureEngine(say: Say, logFile = '/var/log/ckan-release-do
       : !dockerd
         ? 'dockerd is not installed'
         : 'not running as root, so dockerd cannot be started here';
-    throw new DockerUnavailableError(`no Docker engine answers and none can be started: ${why}`, HOW_TO_GET_DOCKER);
+    throw new DockerUnavailableError(
+      `no Docker engine answers and none can be started: ${why}`,
+      HOW_TO_GET_DOCKER,
+    );
   }
   mkdirSync(path.dirname(logFile), { recursive: true });
   const log = createWriteStream(logFile, { flags: 'a' });
@@ -102,13 +105,16 @@ export async function pullImage(docker: Docker, ref: string): Promise<boolean> {
   try {
     const stream = await docker.pull(ref);
     await new Promise<void>((resolve, reject) => {
-      docker.modem.followProgress(stream, (err: Error | null, events: { error?: string; errorDetail?: unknown }[]) => {
-        // followProgress reports success even when an event carries an error: look at every event.
-        const failed = events?.find((e) => e.error || e.errorDetail);
-        if (err) reject(err);
-        else if (failed) reject(new Error(failed.error ?? JSON.stringify(failed.errorDetail)));
-        else resolve();
-      });
+      docker.modem.followProgress(
+        stream,
+        (err: Error | null, events: { error?: string; errorDetail?: unknown }[]) => {
+          // followProgress reports success even when an event carries an error: look at every event.
+          const failed = events?.find((e) => e.error || e.errorDetail);
+          if (err) reject(err);
+          else if (failed) reject(new Error(failed.error ?? JSON.stringify(failed.errorDetail)));
+          else resolve();
+        },
+      );
     });
     return true;
   } catch (e) {
@@ -136,14 +142,18 @@ export async function ensureBaseImage(docker: Docker, say: Say): Promise<BaseIma
       'apt-get install debootstrap and run as root, or load the image with `docker load`',
     );
   }
-  say(`${BASE_IMAGE}: no registry answers; making it with debootstrap --variant=minbase bookworm (about 30 s)`);
+  say(
+    `${BASE_IMAGE}: no registry answers; making it with debootstrap --variant=minbase bookworm (about 30 s)`,
+  );
   const dir = mkdtempSync(path.join(os.tmpdir(), 'ckan-release-rootfs-'));
   try {
     const mirror = process.env.CKAN_RELEASE_DEBIAN_MIRROR ?? 'http://deb.debian.org/debian';
     await run(debootstrap, ['--variant=minbase', 'bookworm', dir, mirror], { maxBuffer: 64 * 1024 * 1024 });
     // Trim what a -slim image leaves out anyway.
     rmSync(path.join(dir, 'var/cache/apt/archives'), { recursive: true, force: true });
-    const tar = spawn('tar', ['-C', dir, '--numeric-owner', '-c', '.'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const tar = spawn('tar', ['-C', dir, '--numeric-owner', '-c', '.'], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
     const [repo, tag] = BASE_IMAGE.split(':') as [string, string];
     const stream = await docker.importImage(tar.stdout as unknown as string, { repo, tag });
     await new Promise<void>((resolve, reject) => {
@@ -156,7 +166,8 @@ export async function ensureBaseImage(docker: Docker, say: Say): Promise<BaseIma
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
-  if (!(await imageExists(docker, BASE_IMAGE))) throw new OperationError(`importing ${BASE_IMAGE} did not produce the image`);
+  if (!(await imageExists(docker, BASE_IMAGE)))
+    throw new OperationError(`importing ${BASE_IMAGE} did not produce the image`);
   say(`${BASE_IMAGE}: debootstrapped and imported`);
   return 'debootstrapped';
 }

@@ -46,7 +46,12 @@ export interface BuiltImage {
 }
 
 /** Builds the image unless one with the same input digest exists. */
-export async function ensureImage(docker: Docker, spec: ImageBuild, say: Say, log?: (chunk: string) => void): Promise<BuiltImage> {
+export async function ensureImage(
+  docker: Docker,
+  spec: ImageBuild,
+  say: Say,
+  log?: (chunk: string) => void,
+): Promise<BuiltImage> {
   const buildArgs = spec.buildArgs ?? {};
   const tag = `${spec.repository}:${spec.flavour}-${contextDigest(spec.context, buildArgs).slice(0, 12)}`;
   if (await imageExists(docker, tag)) {
@@ -84,7 +89,9 @@ export async function ensureImage(docker: Docker, spec: ImageBuild, say: Say, lo
       },
     );
   }).catch((e: Error) => {
-    throw new OperationError(`building image ${tag} from ${spec.context} failed: ${e.message}\n${tail.join('\n')}`);
+    throw new OperationError(
+      `building image ${tag} from ${spec.context} failed: ${e.message}\n${tail.join('\n')}`,
+    );
   });
   const id = (await docker.getImage(tag).inspect()).Id;
   say(`image ${tag}: built`);

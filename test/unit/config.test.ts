@@ -68,33 +68,51 @@ describe('a valid config', () => {
     expect(c.deploy).toMatchObject({ keepReleases: 5, healthcheck: { timeout: 60 } });
     expect(c.config).toEqual({ template: path.join(dir, 'templates/ckan.ini.j2'), file: 'ckan.ini' });
     expect(c.store).toBe(path.join(dir, '.ckan-release/artifacts'));
-    expect(c.extensions[0]).toMatchObject({ url: 'git@github.com:ckan/ckanext-scheming.git', plugins: ['scheming_datasets'] });
+    expect(c.extensions[0]).toMatchObject({
+      url: 'git@github.com:ckan/ckanext-scheming.git',
+      plugins: ['scheming_datasets'],
+    });
     expect(c.environments.production).toMatchObject({ requires: 'staging', parallel: 10, vars: {} });
   });
 
   it('resolves local git sources against the config directory', () => {
-    const c = parseConfig(edit('source: https://github.com/ckan/ckan.git', 'source: ./repos/ckan'), file, { env: {} });
+    const c = parseConfig(edit('source: https://github.com/ckan/ckan.git', 'source: ./repos/ckan'), file, {
+      env: {},
+    });
     expect(c.ckan.url).toBe(path.join(dir, 'repos/ckan'));
   });
 
   it('reads ${env:NAME} from the environment', () => {
-    const c = parseConfig(edit('ref: ckan-2.9.11', 'ref: ${env:CKAN_REF}'), file, { env: { CKAN_REF: 'ckan-2.10.4' } });
+    const c = parseConfig(edit('ref: ckan-2.9.11', 'ref: ${env:CKAN_REF}'), file, {
+      env: { CKAN_REF: 'ckan-2.10.4' },
+    });
     expect(c.ckan.ref).toBe('ckan-2.10.4');
   });
 
   it('loads the example project', () => {
     const c = loadConfig(path.resolve('examples/demo/ckan-release.yml'));
     expect(Object.keys(c.environments)).toEqual(['staging', 'production']);
-    expect(c.extensions.map((e) => e.name)).toEqual(['ckanext-showcase', 'ckanext-spatial', 'ckanext-scheming']);
+    expect(c.extensions.map((e) => e.name)).toEqual([
+      'ckanext-showcase',
+      'ckanext-spatial',
+      'ckanext-scheming',
+    ]);
   });
 });
 
 describe('malformed configs', () => {
   const cases: [string, string, string][] = [
-    ['a typo in a top-level key', edit('project: portal', 'projet: portal'), 'FILE:1: projet: unknown key; did you mean "project"?'],
+    [
+      'a typo in a top-level key',
+      edit('project: portal', 'projet: portal'),
+      'FILE:1: projet: unknown key; did you mean "project"?',
+    ],
     [
       'a typo in a nested key',
-      edit('  restart: sudo systemctl reload httpd', '  restart: sudo systemctl reload httpd\n  keep_releses: 3'),
+      edit(
+        '  restart: sudo systemctl reload httpd',
+        '  restart: sudo systemctl reload httpd\n  keep_releses: 3',
+      ),
       'FILE:17: deploy.keep_releses: unknown key; did you mean "keep_releases"?',
     ],
     [
@@ -104,8 +122,16 @@ describe('malformed configs', () => {
     ],
     ['a missing required key', edit('project: portal\n', ''), 'FILE:1: missing required key "project"'],
     ['a missing nested key', edit('  ref: ckan-2.9.11\n', ''), 'FILE:4: ckan: missing required key "ref"'],
-    ['a YAML syntax error', edit('  ref: ckan-2.9.11', '  ref: ckan-2.9.11: x'), 'FILE:5: invalid YAML: Nested mappings are not allowed in compact mappings'],
-    ['a relative root', edit('root: /usr/lib/ckan', 'root: usr/lib/ckan'), 'FILE:2: root: expected an absolute path, got "usr/lib/ckan"'],
+    [
+      'a YAML syntax error',
+      edit('  ref: ckan-2.9.11', '  ref: ckan-2.9.11: x'),
+      'FILE:5: invalid YAML: Nested mappings are not allowed in compact mappings',
+    ],
+    [
+      'a relative root',
+      edit('root: /usr/lib/ckan', 'root: usr/lib/ckan'),
+      'FILE:2: root: expected an absolute path, got "usr/lib/ckan"',
+    ],
     [
       'a root with ..',
       edit('root: /usr/lib/ckan', 'root: /usr/lib/../ckan'),
@@ -161,33 +187,55 @@ describe('malformed configs', () => {
     ],
     [
       'keep_releases zero',
-      edit('  restart: sudo systemctl reload httpd', '  restart: sudo systemctl reload httpd\n  keep_releases: 0'),
+      edit(
+        '  restart: sudo systemctl reload httpd',
+        '  restart: sudo systemctl reload httpd\n  keep_releases: 0',
+      ),
       'FILE:17: deploy.keep_releases: expected a whole number from 1 to 1000, got a number (0)',
     ],
     [
       'keep_releases as a string',
-      edit('  restart: sudo systemctl reload httpd', '  restart: sudo systemctl reload httpd\n  keep_releases: five'),
+      edit(
+        '  restart: sudo systemctl reload httpd',
+        '  restart: sudo systemctl reload httpd\n  keep_releases: five',
+      ),
       'FILE:17: deploy.keep_releases: expected a whole number from 1 to 1000, got "five"',
     ],
-    ['deploy without restart', edit('  restart: sudo systemctl reload httpd', '  keep_releases: 3'), 'FILE:16: deploy: missing required key "restart"'],
+    [
+      'deploy without restart',
+      edit('  restart: sudo systemctl reload httpd', '  keep_releases: 3'),
+      'FILE:16: deploy: missing required key "restart"',
+    ],
     [
       'a healthcheck URL that is not http',
-      edit('  restart: sudo systemctl reload httpd', '  restart: sudo systemctl reload httpd\n  healthcheck: { url: ftp://x/ }'),
+      edit(
+        '  restart: sudo systemctl reload httpd',
+        '  restart: sudo systemctl reload httpd\n  healthcheck: { url: ftp://x/ }',
+      ),
       'FILE:17: deploy.healthcheck.url: expected an http(s) URL, got "ftp://x/"',
     ],
     [
       'a hook without run',
-      edit('  restart: sudo systemctl reload httpd', '  restart: sudo systemctl reload httpd\n  hooks:\n    before_switch:\n      - { once: true }'),
+      edit(
+        '  restart: sudo systemctl reload httpd',
+        '  restart: sudo systemctl reload httpd\n  hooks:\n    before_switch:\n      - { once: true }',
+      ),
       'FILE:19: deploy.hooks.before_switch[0]: missing required key "run"',
     ],
     [
       'a hook with once: "yes please"',
-      edit('  restart: sudo systemctl reload httpd', '  restart: sudo systemctl reload httpd\n  hooks:\n    after_switch:\n      - { run: x, once: "yes please" }'),
+      edit(
+        '  restart: sudo systemctl reload httpd',
+        '  restart: sudo systemctl reload httpd\n  hooks:\n    after_switch:\n      - { run: x, once: "yes please" }',
+      ),
       'FILE:19: deploy.hooks.after_switch[0].once: expected true or false, got "yes please"',
     ],
     [
       'no environments',
-      edit('  staging:\n    hosts: [ckan-staging.example.org]\n  production:\n    hosts: [web1.example.org, web2.example.org]\n    requires: staging\n', '  {}\n'),
+      edit(
+        '  staging:\n    hosts: [ckan-staging.example.org]\n  production:\n    hosts: [web1.example.org, web2.example.org]\n    requires: staging\n',
+        '  {}\n',
+      ),
       'FILE:18: environments: expected at least 1 entry, got none',
     ],
     [
@@ -217,12 +265,18 @@ describe('malformed configs', () => {
     ],
     [
       'a missing secrets file',
-      edit('    hosts: [ckan-staging.example.org]', '    hosts: [ckan-staging.example.org]\n    secrets: secrets/stagin.yml'),
+      edit(
+        '    hosts: [ckan-staging.example.org]',
+        '    hosts: [ckan-staging.example.org]\n    secrets: secrets/stagin.yml',
+      ),
       'FILE:20: environments.staging.secrets: no such file: secrets/stagin.yml',
     ],
     [
       'a typo in an environment key',
-      edit('    hosts: [ckan-staging.example.org]', '    hosts: [ckan-staging.example.org]\n    varz: { a: 1 }'),
+      edit(
+        '    hosts: [ckan-staging.example.org]',
+        '    hosts: [ckan-staging.example.org]\n    varz: { a: 1 }',
+      ),
       'FILE:20: environments.staging.varz: unknown key; did you mean "vars"?',
     ],
     [
@@ -235,12 +289,27 @@ describe('malformed configs', () => {
       edit('  ref: ckan-2.9.11', '  ref: ${env:CKAN_REF}'),
       'FILE:5: ckan.ref: environment variable CKAN_REF is not set (used as ${env:CKAN_REF})',
     ],
-    ['a duplicate key', edit('project: portal', 'project: portal\nproject: other'), 'FILE:2: project: duplicate key'],
-    ['a list as the whole file', '- a\n- b\n', 'FILE:1: expected a mapping with keys project, root, store, ckan, builder, extensions, patches, config, shared, deploy, environments, got a list'],
-    ['a bad project name', edit('project: portal', 'project: "My Portal"'), 'FILE:1: project: expected a project name (lower case letters, digits, ".", "_", "-"), got "My Portal"'],
+    [
+      'a duplicate key',
+      edit('project: portal', 'project: portal\nproject: other'),
+      'FILE:2: project: duplicate key',
+    ],
+    [
+      'a list as the whole file',
+      '- a\n- b\n',
+      'FILE:1: expected a mapping with keys project, root, store, ckan, builder, extensions, patches, config, shared, deploy, environments, got a list',
+    ],
+    [
+      'a bad project name',
+      edit('project: portal', 'project: "My Portal"'),
+      'FILE:1: project: expected a project name (lower case letters, digits, ".", "_", "-"), got "My Portal"',
+    ],
     [
       'a vars key that is not a variable name',
-      edit('    hosts: [ckan-staging.example.org]', '    hosts: [ckan-staging.example.org]\n    vars: { site-url: x }'),
+      edit(
+        '    hosts: [ckan-staging.example.org]',
+        '    hosts: [ckan-staging.example.org]\n    vars: { site-url: x }',
+      ),
       'FILE:20: environments.staging.vars.site-url: invalid name: expected a template variable name (letters, digits, _)',
     ],
   ];
@@ -279,7 +348,9 @@ describe('files and environments', () => {
   it('patches/<target> must name ckan or an extension', () => {
     mkdirSync(path.join(dir, 'patches/ckanext-schemin'), { recursive: true });
     try {
-      expect(errorOf(VALID)).toMatch(/^FILE: patches: patches\/ckanext-schemin\/ names no package: expected ckan or an extension name; did you mean "ckanext-scheming"\?$/);
+      expect(errorOf(VALID)).toMatch(
+        /^FILE: patches: patches\/ckanext-schemin\/ names no package: expected ckan or an extension name; did you mean "ckanext-scheming"\?$/,
+      );
     } finally {
       mkdirSync(path.join(dir, 'patches'), { recursive: true });
     }

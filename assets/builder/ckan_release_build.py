@@ -1,0 +1,425 @@
+# -*- coding: utf-8 -*-
+"""The part of `ckan-release build` that runs inside the builder container.
+
+It runs with the image's own interpreter, which may be CentOS 7's Python 2.7 or 3.6, or a newer
+Python 3: keep it compatible with all of them (no f-strings, no pathlib, no subprocess.run).
+
+Two commands, each driven by a JSON spec file written by the TypeScript side:
+
+  base SPEC      make the base virtualenv: CKAN core (editable, <base>/src/ckan) and its requirements.
+  release SPEC   clone the base venv to <root>/releases/<ID>, add the extensions, apply the patches,
+                 install, compile, verify, write RELEASE.json, the file list and the tarball.
+
+Progress and results go to stdout as lines starting with "@@" followed by JSON; everything else on
+stdout/stderr is build log. A failure is reported as one @@ error event and exit code 3.
+"""
+from __future__ import print_function
+
+import hashlib
+import io
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+
+# Every file of a release gets this mtime (2000-01-01T00:00:00Z): byte-identical rebuilds, stable
+# .pyc headers (which store the source mtime), and no timestamp noise in deltas.
+FIXED_MTIME = 946684800
+# Kernels cut #! lines at 127 bytes (BINPRM_BUF_SIZE 128); longer ones need pip's /bin/sh trampoline.
+MAX_SHEBANG = 127
+
+
+class BuildFailure(Exception):
+    def __init__(self, kind, message, **details):
+        Exception.__init__(self, message)
+        self.kind = kind
+        self.message = message
+        self.details = details
+
+
+def emit(event, **fields):
+    fields["event"] = event
+    sys.stdout.write("@@" + json.dumps(fields, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def log(text):
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    sys.stdout.flush()
+
+
+def run(cmd, cwd=None, env=None, capture=False):
+    """Runs cmd (a list); its output goes to the build log, and is returned when capture is set."""
+    log("$ " + " ".join(cmd))
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = proc.communicate()[0].decode("utf-8", "replace")
+    if out:
+        log(out)
+    return proc.returncode, out
+
+
+def pip_args(spec):
+    args = ["--no-compile", "--disable-pip-version-check", "--no-input"]
+    pip = spec["pip"]
+    if pip.get("index_url"):
+        args += ["--index-url", pip["index_url"]]
+    else:
+        args += ["--no-index"]
+    for link in pip.get("find_links", []):
+        args += ["--find-links", link]
+    # setuptools and wheel for PEP 517 builds with isolation, without a network.
+    args += ["--find-links", "/opt/ckan-release/wheels"]
+    return args + list(pip.get("extra_args", []))
+
+
+def pip_failure(kind, who, out):
+    """Turns pip's output into a message that names the culprit."""
+    missing = re.findall(r"No matching distribution found for ([^\s]+)", out)
+    if missing:
+        return BuildFailure(kind, "%s: requirement %s is not available (not in any index or find-links)" % (who, missing[0]),
+                            requirement=missing[0])
+    wanted = re.findall(r"The user requested (?!\(constraint\))(.+)", out)
+    installed = re.findall(r"The user requested \(constraint\) (.+)", out)
+    if wanted or installed or "ResolutionImpossible" in out:
+        return BuildFailure(kind, "%s: conflicting requirements: needs %s, but %s is already installed (by ckan or an "
+                            "earlier extension); align the pins, or patch the other requirements.txt"
+                            % (who, " and ".join(w.strip() for w in wanted) or "?",
+                               " and ".join(i.strip() for i in installed) or "?"))
+    errors = [l.strip() for l in out.splitlines() if l.strip().startswith("ERROR")]
+    return BuildFailure(kind, "%s: pip install failed: %s" % (who, errors[-1] if errors else out.strip().splitlines()[-1:]))
+
+
+def installed_constraints(python, path):
+    """Pins of everything installed so far (editables aside): an extension may add packages, but never
+    silently replace a version that CKAN or an earlier extension asked for."""
+    code, out = run([python, "-m", "pip", "freeze"])
+    if code != 0:
+        raise BuildFailure("install", "pip freeze failed")
+    pins = [l for l in out.splitlines() if "==" in l and not l.startswith(("-e", "#", "$")) and " @ " not in l]
+    with io.open(path, "w", encoding="utf-8") as f:
+        f.write(u"\n".join(pins) + u"\n")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- base
+
+
+def cmd_base(spec):
+    base = spec["base"]
+    code, _ = run(["/opt/ckan-release/bin/make-venv", base])
+    if code != 0:
+        raise BuildFailure("base", "making the virtualenv at %s failed" % base)
+    src = os.path.join(base, "src", "ckan")
+    os.makedirs(os.path.dirname(src))
+    code, _ = run(["cp", "-a", spec["ckan_source"], src])
+    if code != 0:
+        raise BuildFailure("base", "copying CKAN's source into %s failed" % src)
+    pip = [os.path.join(base, "bin", "python"), "-m", "pip", "install"] + pip_args(spec)
+    req = os.path.join(src, "requirements.txt")
+    if os.path.exists(req):
+        code, out = run(pip + ["-r", req], cwd=src)
+        if code != 0:
+            raise pip_failure("base", "ckan requirements.txt", out)
+    code, out = run(pip + ["-e", src], cwd=src)
+    if code != 0:
+        raise pip_failure("base", "ckan", out)
+    emit("done")
+
+
+# ------------------------------------------------------------------------------------------- release
+
+
+def walk(top):
+    """Every path under top (not top itself), sorted, without following symlinks."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(top):
+        dirnames.sort()
+        for name in dirnames + filenames:
+            out.append(os.path.join(dirpath, name))
+    out.sort()
+    return out
+
+
+def fix_shebang(data, path):
+    """After a rewrite, a #! line longer than the kernel accepts becomes pip's /bin/sh trampoline."""
+    if not data.startswith(b"#!"):
+        return data
+    end = data.find(b"\n")
+    line = data[:end] if end >= 0 else data
+    if len(line) <= MAX_SHEBANG:
+        return data
+    interpreter = line[2:].strip()
+    if b" " in interpreter:
+        raise BuildFailure("clone", "%s: #! line too long and has arguments, cannot rewrite it" % path)
+    trampoline = b"#!/bin/sh\n'''exec' \"" + interpreter + b"\" \"$0\" \"$@\"\n' '''\n"
+    return trampoline + (data[end + 1:] if end >= 0 else b"")
+
+
+def rewrite_paths(release, old, new):
+    """Replaces the base venv's path in every text file and symlink of the clone."""
+    old_b, new_b = old.encode("utf-8"), new.encode("utf-8")
+    binaries = []
+    changed = 0
+    for path in walk(release):
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            target = os.readlink(path)
+            if old in target:
+                os.unlink(path)
+                os.symlink(target.replace(old, new), path)
+                changed += 1
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        with open(path, "rb") as f:
+            data = f.read()
+        if old_b not in data:
+            continue
+        if b"\0" in data:
+            binaries.append(os.path.relpath(path, release))
+            continue
+        data = fix_shebang(data.replace(old_b, new_b), path)
+        with open(path, "wb") as f:
+            f.write(data)
+        os.chmod(path, stat.S_IMODE(st.st_mode))
+        changed += 1
+    return changed, binaries
+
+
+def remove_bytecode(top):
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in filenames:
+            if name.endswith((".pyc", ".pyo")):
+                os.unlink(os.path.join(dirpath, name))
+        if "__pycache__" in dirnames:
+            run(["rm", "-rf", os.path.join(dirpath, "__pycache__")])
+            dirnames.remove("__pycache__")
+
+
+def apply_patch(patch, target_dir):
+    """patch -p1 in target_dir; a patch that does not apply names the patch, the file and the hunk."""
+    args = ["patch", "-p1", "--batch", "--forward", "--no-backup-if-mismatch", "-d", target_dir, "-i", patch["path"]]
+    code, out = run(args + ["--dry-run"])
+    if code != 0:
+        current = None
+        failures = []
+        for line in out.splitlines():
+            m = re.match(r"patching file (.+)", line) or re.match(r"checking file (.+)", line)
+            if m:
+                current = m.group(1).strip()
+            m = re.match(r"Hunk #(\d+) FAILED at (\d+)", line)
+            if m:
+                failures.append("hunk #%s at line %s of %s" % (m.group(1), m.group(2), current))
+            if "can't find file to patch" in line or "No file to patch" in line:
+                failures.append("a file it patches does not exist")
+            if "Reversed (or previously applied) patch detected" in line:
+                failures.append("%s: already applied (reversed patch detected)" % current)
+        raise BuildFailure("patch", "patch %s does not apply to %s: %s" % (
+            patch["file"], patch["target"], "; ".join(failures) or out.strip().splitlines()[-1]),
+            patch=patch["file"])
+    code, out = run(args)
+    if code != 0:
+        raise BuildFailure("patch", "patch %s failed after a clean dry run: %s" % (patch["file"], out.strip()))
+
+
+PLUGIN_CHECK = r'''
+import json, sys
+names = json.loads(sys.argv[1])
+found = {}
+try:
+    from importlib.metadata import distributions
+    for dist in distributions():
+        for ep in dist.entry_points:
+            if ep.group == "ckan.plugins":
+                found.setdefault(ep.name, (dist.metadata["Name"], ep.value))
+    load = lambda name: [ep for d in distributions() for ep in d.entry_points
+                         if ep.group == "ckan.plugins" and ep.name == name][0].load()
+except ImportError:
+    import pkg_resources
+    for ep in pkg_resources.iter_entry_points("ckan.plugins"):
+        found.setdefault(ep.name, (ep.dist.project_name, "%s:%s" % (ep.module_name, ".".join(ep.attrs))))
+    load = lambda name: next(pkg_resources.iter_entry_points("ckan.plugins", name)).load()
+result = {"plugins": dict((k, {"dist": v[0], "target": v[1]}) for k, v in found.items()), "errors": {}}
+for name in names:
+    if name in found:
+        try:
+            load(name)
+        except Exception as e:
+            result["errors"][name] = "%s: %s" % (type(e).__name__, e)
+import ckan
+result["ckan_version"] = getattr(ckan, "__version__", None)
+result["python_version"] = "%d.%d.%d" % sys.version_info[:3]
+print(json.dumps(result))
+'''
+
+
+def cmd_release(spec):
+    base, release = spec["base"], spec["release"]
+    python = os.path.join(release, "bin", "python")
+
+    emit("step", name="clone")
+    if os.path.exists(release):
+        raise BuildFailure("clone", "%s already exists in the build container" % release)
+    parent = os.path.dirname(release)
+    if not os.path.isdir(parent):
+        os.makedirs(parent)
+    code, _ = run(["cp", "-a", base, release])
+    if code != 0:
+        raise BuildFailure("clone", "copying the base venv to %s failed" % release)
+    remove_bytecode(release)
+    changed, binaries = rewrite_paths(release, base, release)
+    if binaries:
+        raise BuildFailure("clone", "binary files name the base venv path %s and cannot be rewritten: %s"
+                           % (base, ", ".join(binaries[:10])), files=binaries)
+    log("rewrote the base venv path in %d files and links" % changed)
+
+    emit("step", name="extensions")
+    for ext in spec["extensions"]:
+        dest = os.path.join(release, "src", ext["name"])
+        code, _ = run(["cp", "-a", ext["path"], dest])
+        if code != 0:
+            raise BuildFailure("extensions", "copying %s into the release failed" % ext["name"])
+
+    emit("step", name="patches")
+    for patch in spec["patches"]:
+        apply_patch(patch, os.path.join(release, "src", patch["target"]))
+        log("applied %s" % patch["file"])
+
+    emit("step", name="install")
+    pip = [python, "-m", "pip", "install"] + pip_args(spec)
+    for ext in spec["extensions"]:
+        src = os.path.join(release, "src", ext["name"])
+        req = os.path.join(src, "requirements.txt")
+        constraints = ["-c", installed_constraints(python, "/tmp/ckan-release-constraints.txt")]
+        if os.path.exists(req):
+            code, out = run(pip + constraints + ["-r", req], cwd=src)
+            if code != 0:
+                raise pip_failure("install", "%s requirements.txt" % ext["name"], out)
+        code, out = run(pip + constraints + ["-e", src], cwd=src)
+        if code != 0:
+            raise pip_failure("install", ext["name"], out)
+
+    emit("step", name="compile")
+    run(["find", release, "-exec", "touch", "-h", "-d", "@%d" % FIXED_MTIME, "{}", "+"])
+    code, out = run([python, "-m", "compileall", "-q", "-f", release])
+    if code != 0:
+        # Venvs hold files that are not valid for this Python (templates, py2-only tests): not fatal.
+        log("compileall reported files it could not compile (see above); they stay uncompiled")
+
+    emit("step", name="verify")
+    code, out = run([python, "-m", "pip", "check"])
+    if code != 0:
+        lines = [l.strip() for l in out.splitlines() if l.strip() and not l.startswith("$")]
+        raise BuildFailure("verify", "pip check: %s" % "; ".join(lines[:5]))
+    code, freeze = run([python, "-m", "pip", "freeze", "--all"])
+    if code != 0:
+        raise BuildFailure("verify", "pip freeze failed")
+    declared = [p for ext in spec["extensions"] for p in ext["plugins"]]
+    proc = subprocess.Popen([python, "-c", PLUGIN_CHECK, json.dumps(declared)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd="/")
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise BuildFailure("verify", "the release's python cannot import ckan and its plugins: %s"
+                           % err.decode("utf-8", "replace").strip().splitlines()[-1:])
+    facts = json.loads(out.decode("utf-8"))
+    for ext in spec["extensions"]:
+        for name in ext["plugins"]:
+            if name not in facts["plugins"]:
+                raise BuildFailure("verify", "%s: plugin %s is not a ckan.plugins entry point of any installed package"
+                                   % (ext["name"], name), plugin=name)
+            if name in facts["errors"]:
+                raise BuildFailure("verify", "%s: plugin %s does not load: %s" % (ext["name"], name, facts["errors"][name]),
+                                   plugin=name)
+
+    freeze_lines = [l for l in freeze.splitlines() if l and not l.startswith("$ ")]
+    release_json = dict(spec["release_json"])
+    release_json["python"] = {"version": facts["python_version"], "path": spec["python_path"]}
+    release_json["ckan"]["version"] = facts["ckan_version"]
+    with io.open(os.path.join(release, "RELEASE.json"), "w", encoding="utf-8") as f:
+        f.write(json.dumps(release_json, indent=2, sort_keys=True) + u"\n")
+    run(["touch", "-h", "-d", "@%d" % FIXED_MTIME, os.path.join(release, "RELEASE.json"), release])
+
+    emit("step", name="manifest")
+    files, offenders = manifest(release, base)
+    if offenders:
+        raise BuildFailure("verify", "files still name the base venv path %s: %s" % (base, ", ".join(offenders[:10])),
+                           files=offenders)
+    out_dir = spec["output"]
+    with io.open(os.path.join(out_dir, "files.json"), "w", encoding="utf-8") as f:
+        f.write(json.dumps(files, sort_keys=True) + u"\n")
+
+    emit("step", name="pack")
+    listing = os.path.join(out_dir, "files.txt")
+    with io.open(listing, "w", encoding="utf-8") as f:
+        for entry in files:
+            f.write(u"./" + entry["path"] + u"\n")
+    archive = os.path.join(out_dir, "release.tar.gz")
+    shell = ("set -o pipefail 2>/dev/null; tar -C '%s' --no-recursion --numeric-owner --owner=0 --group=0 "
+             "--mtime=@%d -cf - -T '%s' | gzip -n -6 > '%s'" % (release, FIXED_MTIME, listing, archive))
+    code, _ = run(["bash", "-c", shell])
+    if code != 0:
+        raise BuildFailure("pack", "packing the release failed")
+    os.unlink(listing)
+    h = hashlib.sha256()
+    with open(archive, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    emit("result", plugins=facts["plugins"], freeze=freeze_lines, python_version=facts["python_version"],
+         ckan_version=facts["ckan_version"], archive_bytes=os.path.getsize(archive), archive_sha256=h.hexdigest(),
+         files=len(files))
+
+
+def manifest(release, base):
+    """Every entry under the release: path, type, mode, size, sha256, link target. Also finds any file
+    that still names the base venv path (text or binary)."""
+    base_b = base.encode("utf-8")
+    files = []
+    offenders = []
+    for path in walk(release):
+        rel = os.path.relpath(path, release)
+        st = os.lstat(path)
+        mode = "%04o" % stat.S_IMODE(st.st_mode)
+        if stat.S_ISLNK(st.st_mode):
+            target = os.readlink(path)
+            if base in target:
+                offenders.append(rel)
+            files.append({"path": rel, "type": "symlink", "mode": mode, "size": 0, "sha256": None, "target": target})
+        elif stat.S_ISDIR(st.st_mode):
+            files.append({"path": rel, "type": "dir", "mode": mode, "size": 0, "sha256": None, "target": None})
+        elif stat.S_ISREG(st.st_mode):
+            h = hashlib.sha256()
+            tail = b""
+            found = False
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+                    if not found and base_b in tail + chunk:
+                        found = True
+                    tail = chunk[-len(base_b):]
+            if found:
+                offenders.append(rel)
+            files.append({"path": rel, "type": "file", "mode": mode, "size": st.st_size, "sha256": h.hexdigest(),
+                          "target": None})
+        else:
+            raise BuildFailure("verify", "%s is neither a file, a directory nor a symlink" % rel)
+    return files, offenders
+
+
+def main():
+    if len(sys.argv) != 3 or sys.argv[1] not in ("base", "release"):
+        sys.stderr.write("usage: ckan_release_build.py base|release SPEC.json\n")
+        return 2
+    with io.open(sys.argv[2], encoding="utf-8") as f:
+        spec = json.load(f)
+    try:
+        (cmd_base if sys.argv[1] == "base" else cmd_release)(spec)
+    except BuildFailure as e:
+        emit("error", kind=e.kind, message=e.message, details=e.details)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

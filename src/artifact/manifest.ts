@@ -1,0 +1,38 @@
+// manifest.json: what an artifact is, how it was made, and every file in it.
+
+export interface ManifestFile {
+  path: string;
+  type: 'file' | 'dir' | 'symlink';
+  /** Permission bits as four octal digits, e.g. "0755". */
+  mode: string;
+  size: number;
+  sha256: string | null;
+  target: string | null;
+}
+
+export interface Manifest {
+  format: 1;
+  id: string;
+  created: string;
+  project: string;
+  root: string;
+  /** <root>/releases/<id>: the path the release was built at and must be unpacked at. */
+  release_path: string;
+  inputs_digest: string;
+  builder: {
+    os: string;
+    image: string;
+    image_id: string;
+    base_image: string;
+    base_venv: string;
+    python: { version: string; path: string };
+  };
+  ckan: { source: string; ref: string; commit: string; version: string | null };
+  extensions: { name: string; source: string; ref: string; commit: string; plugins: string[] }[];
+  /** Every ckan.plugins entry point in the release: name -> distribution and object. */
+  plugins: Record<string, { dist: string; target: string }>;
+  patches: { file: string; target: string; sha256: string }[];
+  pip: { index_url: string | null; find_links: string[]; extra_args: string[]; freeze: string[] };
+  archive: { file: 'release.tar.gz'; bytes: number; sha256: string };
+  files: ManifestFile[];
+}

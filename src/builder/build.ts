@@ -1,0 +1,479 @@
+// ckan-release build: resolve and pin the inputs, make (or reuse) the builder image and the base venv
+// image, run the release step in a container without network, and store the artifact atomically.
+import {
+  createReadStream,
+  cpSync,
+  createWriteStream,
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+  type WriteStream,
+} from 'node:fs';
+import { createHash } from 'node:crypto';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type Docker from 'dockerode';
+import tar from 'tar-fs';
+import type { Manifest, ManifestFile } from '../artifact/manifest.js';
+import type { Config } from '../config/types.js';
+import { imageExists } from '../docker/engine.js';
+import { ensureImage } from '../docker/images.js';
+import { OperationError } from '../errors.js';
+import { exportTree } from './git.js';
+import { artifactId, digest, findLinksListing, resolveInputs, type BuildInputs } from './inputs.js';
+
+export const BUILD_SCRIPT = path.resolve(
+  path.dirname(fileURLToPath(import.meta.url)),
+  '../../assets/builder/ckan_release_build.py',
+);
+/** Where the base venv lives in the base image. Distinctive, so that any leftover mention is found. */
+export const BASE_VENV = '/opt/ckan-release/base-venv';
+
+export type BuildStep =
+  | 'resolve'
+  | 'image'
+  | 'base venv'
+  | 'clone'
+  | 'extensions'
+  | 'patches'
+  | 'install'
+  | 'compile'
+  | 'verify'
+  | 'manifest'
+  | 'pack'
+  | 'store';
+
+export type BuildEvent =
+  | { kind: 'step'; step: BuildStep; detail?: string }
+  | { kind: 'info'; message: string }
+  | { kind: 'log'; text: string };
+
+export interface BuildOptions {
+  config: Config;
+  docker: Docker;
+  /** Mirrors and work directories; default ~/.cache/ckan-release. */
+  cacheDir?: string;
+  onEvent?: (event: BuildEvent) => void;
+  now?: () => Date;
+}
+
+export interface BuildResult {
+  id: string;
+  dir: string;
+  archive: string;
+  bytes: number;
+  sha256: string;
+  baseReused: boolean;
+  imageReused: boolean;
+  manifest: Manifest;
+}
+
+export class BuildFailedError extends OperationError {
+  readonly logFile: string;
+  constructor(message: string, logFile: string, tail: string) {
+    super(
+      `${message}${tail ? `\n--- last lines of the build log ---\n${tail}` : ''}`,
+      `the whole build log: ${logFile}`,
+    );
+    this.logFile = logFile;
+  }
+}
+
+export function defaultCacheDir(): string {
+  return (
+    process.env.CKAN_RELEASE_CACHE ??
+    path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), '.cache'), 'ckan-release')
+  );
+}
+
+interface ScriptEvent {
+  event: 'step' | 'error' | 'result' | 'done';
+  name?: string;
+  kind?: string;
+  message?: string;
+  [k: string]: unknown;
+}
+
+export async function build(opts: BuildOptions): Promise<BuildResult> {
+  const { config, docker } = opts;
+  const emit = opts.onEvent ?? (() => undefined);
+  const cacheDir = opts.cacheDir ?? defaultCacheDir();
+  const now = opts.now ?? (() => new Date());
+  const scriptText = readFileSync(BUILD_SCRIPT);
+
+  // The log exists from the first step so a failure at any point has one to show.
+  mkdirSync(path.join(config.store, '.logs'), { recursive: true });
+  const started = now();
+  const logFile = path.join(
+    config.store,
+    '.logs',
+    `build-${started.toISOString().replace(/[:.]/g, '')}-${process.pid}.log`,
+  );
+  const log = createWriteStream(logFile);
+  const work = path.join(cacheDir, 'work', `${process.pid}-${Date.now()}`);
+  let staging: string | undefined;
+
+  try {
+    emit({ kind: 'step', step: 'resolve' });
+    const inputs = await resolveInputs(config, path.join(cacheDir, 'git'));
+    for (const s of [inputs.ckan, ...inputs.extensions]) {
+      emit({
+        kind: 'info',
+        message: `${s.name} ${s.ref} -> ${s.commit.slice(0, 12)}${s.fetched ? '' : ' (cached mirror, no fetch)'}`,
+      });
+    }
+
+    emit({ kind: 'step', step: 'image' });
+    const image = await ensureImage(
+      docker,
+      {
+        context: path.dirname(config.builder.dockerfile),
+        repository: 'ckan-release-builder',
+        flavour: config.builder.os,
+        buildArgs: { PYTHON: config.builder.python },
+        labels: { 'org.ckan-release.builder-os': config.builder.os },
+      },
+      (m) => emit({ kind: 'info', message: m }),
+      (chunk) => log.write(chunk),
+    );
+    const imageInfo = await docker.getImage(image.tag).inspect();
+    const pythonPath = (imageInfo.Config.Env ?? [])
+      .find((e) => e.startsWith('CKAN_RELEASE_PYTHON='))
+      ?.slice(20);
+    if (!pythonPath)
+      throw new OperationError(
+        `builder image ${image.tag} does not set CKAN_RELEASE_PYTHON (see docker/debian12/Dockerfile)`,
+      );
+
+    const pipSettings = {
+      index_url: config.builder.pip.indexUrl ?? null,
+      find_links: config.builder.pip.findLinks,
+      extra_args: config.builder.pip.extraArgs,
+    };
+    const pipDigestPart = { ...pipSettings, find_links: findLinksListing(config.builder.pip.findLinks) };
+
+    emit({ kind: 'step', step: 'base venv' });
+    const baseDigest = digest({
+      image: image.id,
+      ckan: inputs.ckan.commit,
+      pip: pipDigestPart,
+      script: digest(scriptText.toString()),
+    });
+    const baseTag = `ckan-release-base:${config.builder.os}-${baseDigest.slice(0, 16)}`;
+    const baseReused = await imageExists(docker, baseTag);
+    if (baseReused) {
+      emit({
+        kind: 'info',
+        message: `base venv: reused ${baseTag} (ckan ${inputs.ckan.commit.slice(0, 12)})`,
+      });
+    } else {
+      emit({
+        kind: 'info',
+        message: `base venv: building ${baseTag} (ckan ${inputs.ckan.commit.slice(0, 12)} and its requirements)`,
+      });
+      const input = path.join(work, 'base', 'input');
+      await exportTree(inputs.ckan.mirror, inputs.ckan.commit, path.join(input, 'ckan'));
+      const findLinks = stageFindLinks(config.builder.pip.findLinks, input);
+      writeFileSync(
+        path.join(input, 'spec.json'),
+        JSON.stringify({
+          base: BASE_VENV,
+          ckan_source: '/input/ckan',
+          pip: { ...pipSettings, find_links: findLinks },
+        }),
+      );
+      writeFileSync(path.join(input, 'build.py'), scriptText);
+      await runStep(docker, image.tag, 'base', path.join(work, 'base'), {
+        network: config.builder.network,
+        log,
+        emit,
+        commitAs: baseTag,
+        logFile,
+      });
+    }
+
+    const inputsDigest = digest({
+      image: image.id,
+      root: config.root,
+      python: config.builder.python,
+      ckan: inputs.ckan.commit,
+      extensions: inputs.extensions.map((x) => ({ name: x.name, commit: x.commit, plugins: x.plugins })),
+      patches: inputs.patches.map((p) => ({ target: p.target, file: p.file, sha256: p.sha256 })),
+      pip: pipDigestPart,
+      script: digest(scriptText.toString()),
+    });
+    const id = artifactId(now(), inputsDigest);
+    const releasePath = path.posix.join(config.root, 'releases', id);
+    emit({ kind: 'info', message: `artifact ${id}, built at ${releasePath}` });
+
+    // The release step's input: extension trees, patches, find-links, the spec and the script.
+    const input = path.join(work, 'release', 'input');
+    await Promise.all(
+      inputs.extensions.map((x) => exportTree(x.mirror, x.commit, path.join(input, 'src', x.name))),
+    );
+    for (const p of inputs.patches)
+      cpSync(p.abs, path.join(input, 'patches', p.target, path.basename(p.abs)));
+    const findLinks = stageFindLinks(config.builder.pip.findLinks, input);
+    const created = now().toISOString();
+    const releaseJson = releaseHeader(
+      config,
+      id,
+      created,
+      releasePath,
+      inputs,
+      image.tag,
+      imageInfo.Id,
+      baseTag,
+    );
+    writeFileSync(
+      path.join(input, 'spec.json'),
+      JSON.stringify({
+        base: BASE_VENV,
+        release: releasePath,
+        output: '/output',
+        python_path: pythonPath,
+        pip: { ...pipSettings, find_links: findLinks },
+        extensions: inputs.extensions.map((x) => ({
+          name: x.name,
+          plugins: x.plugins,
+          path: `/input/src/${x.name}`,
+        })),
+        patches: inputs.patches.map((p) => ({
+          target: p.target,
+          file: p.file,
+          path: `/input/patches/${p.target}/${path.basename(p.abs)}`,
+        })),
+        // RELEASE.json on the host: the manifest's header. Not the base venv's path: no file may name it.
+        release_json: { ...releaseJson, builder: { ...releaseJson.builder, base_venv: undefined } },
+      }),
+    );
+    writeFileSync(path.join(input, 'build.py'), scriptText);
+
+    staging = path.join(config.store, `.staging-${id}-${process.pid}`);
+    rmSync(staging, { recursive: true, force: true });
+    const result = await runStep(docker, baseTag, 'release', path.join(work, 'release'), {
+      network: config.builder.network,
+      log,
+      emit,
+      fetchOutputTo: staging,
+      logFile,
+    });
+
+    emit({ kind: 'step', step: 'store' });
+    const archiveSha = await sha256File(path.join(staging, 'release.tar.gz'));
+    if (archiveSha !== result.archive_sha256) {
+      throw new OperationError(
+        `the archive copied out of the build container is corrupt (sha256 ${archiveSha}, expected ${String(result.archive_sha256)})`,
+      );
+    }
+    const files = JSON.parse(readFileSync(path.join(staging, 'files.json'), 'utf8')) as ManifestFile[];
+    rmSync(path.join(staging, 'files.json'));
+    const manifest: Manifest = {
+      ...releaseJson,
+      builder: {
+        ...releaseJson.builder,
+        python: { version: String(result.python_version), path: pythonPath },
+      },
+      ckan: { ...releaseJson.ckan, version: (result.ckan_version as string | null) ?? null },
+      plugins: result.plugins as Manifest['plugins'],
+      pip: { ...releaseJson.pip, freeze: result.freeze as string[] },
+      archive: {
+        file: 'release.tar.gz',
+        bytes: result.archive_bytes as number,
+        sha256: result.archive_sha256 as string,
+      },
+      files,
+    };
+    writeFileSync(path.join(staging, 'manifest.json'), JSON.stringify(manifest, null, 2) + '\n');
+    await new Promise<void>((r) => log.end(r));
+    renameSync(logFile, path.join(staging, 'build.log'));
+    const dir = path.join(config.store, id);
+    renameSync(staging, dir);
+    staging = undefined;
+    return {
+      id,
+      dir,
+      archive: path.join(dir, 'release.tar.gz'),
+      bytes: manifest.archive.bytes,
+      sha256: manifest.archive.sha256,
+      baseReused,
+      imageReused: image.reused,
+      manifest,
+    };
+  } catch (e) {
+    if (!log.closed) await new Promise<void>((r) => log.end(r));
+    if (e instanceof OperationError && !(e instanceof BuildFailedError) && existsSync(logFile)) {
+      throw new BuildFailedError(e.message, logFile, '');
+    }
+    throw e;
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+    if (staging) rmSync(staging, { recursive: true, force: true });
+  }
+}
+
+export async function sha256File(file: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(file)) hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}
+
+type ReleaseHeader = Omit<Manifest, 'plugins' | 'archive' | 'files'>;
+
+function releaseHeader(
+  config: Config,
+  id: string,
+  created: string,
+  releasePath: string,
+  inputs: BuildInputs,
+  imageTag: string,
+  imageId: string,
+  baseTag: string,
+): ReleaseHeader {
+  return {
+    format: 1,
+    id,
+    created,
+    project: config.project,
+    root: config.root,
+    release_path: releasePath,
+    inputs_digest: id.split('-')[1]!,
+    builder: {
+      os: config.builder.os,
+      image: imageTag,
+      image_id: imageId,
+      base_image: baseTag,
+      base_venv: BASE_VENV,
+      python: { version: '', path: '' },
+    },
+    ckan: { source: inputs.ckan.source, ref: inputs.ckan.ref, commit: inputs.ckan.commit, version: null },
+    extensions: inputs.extensions.map((x) => ({
+      name: x.name,
+      source: x.source,
+      ref: x.ref,
+      commit: x.commit,
+      plugins: x.plugins,
+    })),
+    patches: inputs.patches.map((p) => ({ file: p.file, target: p.target, sha256: p.sha256 })),
+    pip: {
+      index_url: config.builder.pip.indexUrl ?? null,
+      find_links: config.builder.pip.findLinks,
+      extra_args: config.builder.pip.extraArgs,
+      freeze: [],
+    },
+  };
+}
+
+/** Copies local find-links directories into the container input; URLs pass through. */
+function stageFindLinks(links: string[], input: string): string[] {
+  return links.map((link, i) => {
+    if (/^[a-z]+:\/\//i.test(link)) return link;
+    cpSync(link, path.join(input, 'find-links', String(i)), { recursive: true, dereference: true });
+    return `/input/find-links/${i}`;
+  });
+}
+
+interface StepOptions {
+  network: 'none' | 'default' | 'host';
+  log: WriteStream;
+  emit: (e: BuildEvent) => void;
+  logFile: string;
+  /** Commit the finished container as this image (the base venv layer). */
+  commitAs?: string;
+  /** Copy the container's /output into this directory. */
+  fetchOutputTo?: string;
+}
+
+/** Runs build.py base|release in a container whose /input is `workDir/input`; returns the result event. */
+async function runStep(
+  docker: Docker,
+  image: string,
+  command: 'base' | 'release',
+  workDir: string,
+  opts: StepOptions,
+): Promise<ScriptEvent> {
+  const container = await docker.createContainer({
+    Image: image,
+    Cmd: [
+      'sh',
+      '-c',
+      `mkdir -p /output && "$CKAN_RELEASE_PYTHON" -u /input/build.py ${command} /input/spec.json; rc=$?; rm -rf /input; exit $rc`,
+    ],
+    Labels: { 'ckan-release': '1', 'ckan-release.step': command },
+    HostConfig: { NetworkMode: opts.network === 'default' ? 'default' : opts.network },
+    AttachStdout: true,
+    AttachStderr: true,
+  });
+  const tail: string[] = [];
+  let failure: ScriptEvent | undefined;
+  let result: ScriptEvent | undefined;
+  try {
+    const pack = tar.pack(workDir, { map: (h) => ({ ...h, uid: 0, gid: 0, uname: 'root', gname: 'root' }) });
+    await container.putArchive(pack as unknown as NodeJS.ReadableStream, { path: '/' });
+    const stream = await container.attach({ stream: true, stdout: true, stderr: true });
+    let pending = '';
+    const onText = (text: string) => {
+      pending += text;
+      const lines = pending.split('\n');
+      pending = lines.pop() ?? '';
+      for (const line of lines) {
+        if (line.startsWith('@@{')) {
+          const ev = JSON.parse(line.slice(2)) as ScriptEvent;
+          if (ev.event === 'step') opts.emit({ kind: 'step', step: ev.name as BuildStep });
+          else if (ev.event === 'error') failure = ev;
+          else if (ev.event === 'result') result = ev;
+          continue;
+        }
+        opts.log.write(line + '\n');
+        opts.emit({ kind: 'log', text: line });
+        tail.push(line);
+        if (tail.length > 25) tail.shift();
+      }
+    };
+    const { PassThrough } = await import('node:stream');
+    const out = new PassThrough();
+    out.on('data', (c: Buffer) => onText(c.toString()));
+    docker.modem.demuxStream(stream, out, out);
+    const ended = new Promise<void>((r) => stream.on('end', r));
+    await container.start();
+    const { StatusCode } = (await container.wait()) as { StatusCode: number };
+    await Promise.race([ended, new Promise((r) => setTimeout(r, 3000))]);
+    if (pending) onText('\n');
+    if (failure)
+      throw new BuildFailedError(
+        `build failed (${failure.kind}): ${failure.message}`,
+        opts.logFile,
+        tail.join('\n'),
+      );
+    if (StatusCode !== 0)
+      throw new BuildFailedError(
+        `build step "${command}" exited with code ${StatusCode}`,
+        opts.logFile,
+        tail.join('\n'),
+      );
+    if (opts.commitAs) {
+      const [repo, tag] = opts.commitAs.split(':') as [string, string];
+      await container.commit({ repo, tag, comment: 'ckan-release base venv' });
+    }
+    if (opts.fetchOutputTo) {
+      mkdirSync(opts.fetchOutputTo, { recursive: true });
+      const archive = await container.getArchive({ path: '/output' });
+      await new Promise<void>((resolve, reject) => {
+        const extract = tar.extract(opts.fetchOutputTo!, {
+          map: (h) => ({ ...h, name: h.name.replace(/^output\/?/, '') }),
+          ignore: (_name, h) => h?.name === 'output' || h?.name === 'output/',
+        });
+        extract.on('finish', resolve);
+        extract.on('error', reject);
+        (archive as NodeJS.ReadableStream).pipe(extract);
+      });
+    }
+    return result ?? { event: 'done' };
+  } finally {
+    await container.remove({ force: true }).catch(() => undefined);
+  }
+}

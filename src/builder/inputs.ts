@@ -1,0 +1,102 @@
+// Everything an artifact is made of, resolved on the build machine and pinned: the digest of these
+// inputs is the second half of the artifact ID.
+import { createHash } from 'node:crypto';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import path from 'node:path';
+import type { Config } from '../config/types.js';
+import { pin, type Pinned } from './git.js';
+
+export interface PinnedSource {
+  name: string;
+  source: string;
+  url: string;
+  ref: string;
+  commit: string;
+  mirror: string;
+  fetched: boolean;
+}
+
+export interface PinnedExtension extends PinnedSource {
+  plugins: string[];
+}
+
+export interface PatchInput {
+  /** ckan or an extension name. */
+  target: string;
+  /** As shown to the user and recorded in the manifest: patches/<target>/<name>. */
+  file: string;
+  abs: string;
+  sha256: string;
+}
+
+export interface BuildInputs {
+  ckan: PinnedSource;
+  extensions: PinnedExtension[];
+  patches: PatchInput[];
+}
+
+export async function resolveInputs(config: Config, gitCache: string): Promise<BuildInputs> {
+  const pinOne = async (
+    name: string,
+    src: { source: string; url: string; ref: string },
+  ): Promise<PinnedSource> => {
+    const p: Pinned = await pin(gitCache, src.url, src.ref, name === 'ckan' ? 'ckan' : `extension ${name}`);
+    return { name, source: src.source, url: src.url, ref: src.ref, ...p };
+  };
+  const [ckan, ...extensions] = await Promise.all([
+    pinOne('ckan', config.ckan),
+    ...config.extensions.map(async (x) => ({ ...(await pinOne(x.name, x)), plugins: x.plugins })),
+  ]);
+  return { ckan: ckan!, extensions: extensions as PinnedExtension[], patches: readPatches(config) };
+}
+
+/** patches/<target>/*.patch, targets and files in sorted order (the order they are applied in). */
+export function readPatches(config: Config): PatchInput[] {
+  if (!config.patches) return [];
+  const out: PatchInput[] = [];
+  const base = path.basename(config.patches);
+  for (const target of readdirSync(config.patches).sort()) {
+    const dir = path.join(config.patches, target);
+    if (!statSync(dir).isDirectory()) continue;
+    for (const name of readdirSync(dir).sort()) {
+      if (!name.endsWith('.patch')) continue;
+      const abs = path.join(dir, name);
+      out.push({
+        target,
+        file: `${base}/${target}/${name}`,
+        abs,
+        sha256: createHash('sha256').update(readFileSync(abs)).digest('hex'),
+      });
+    }
+  }
+  return out;
+}
+
+/** A listing (names and sizes) of local find-links directories: new wheels there change the build. */
+export function findLinksListing(dirs: string[]): string[] {
+  const out: string[] = [];
+  for (const dir of dirs) {
+    if (/^[a-z]+:\/\//i.test(dir)) {
+      out.push(dir);
+      continue;
+    }
+    for (const name of readdirSync(dir).sort())
+      out.push(`${dir}/${name}:${statSync(path.join(dir, name)).size}`);
+  }
+  return out;
+}
+
+export function digest(value: unknown): string {
+  return createHash('sha256').update(JSON.stringify(value)).digest('hex');
+}
+
+/** YYYYMMDDHHMMSSZ-xxxxxxxx: UTC build time and 8 hex digits of the inputs' digest. */
+export function artifactId(when: Date, inputsDigest: string): string {
+  const stamp = when
+    .toISOString()
+    .replace(/[-:T]/g, '')
+    .replace(/\.\d+Z$/, 'Z');
+  return `${stamp}-${inputsDigest.slice(0, 8)}`;
+}
+
+export const ARTIFACT_ID = /^\d{14}Z-[0-9a-f]{8}$/;

@@ -1,0 +1,7 @@
+// What every command shares: the global options.
+import type { Command } from 'commander';
+import type { GlobalOptions } from '../cli.js';
+
+export function globals(cmd: Command): GlobalOptions {
+  return cmd.optsWithGlobals() as GlobalOptions;
+}
