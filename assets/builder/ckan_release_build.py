@@ -303,7 +303,9 @@ def cmd_release(spec):
 
     emit("step", name="compile")
     run(["find", release, "-exec", "touch", "-h", "-d", "@%d" % FIXED_MTIME, "{}", "+"])
-    code, out = run([python, "-m", "compileall", "-q", "-f", release])
+    # -d: the bytecode names sources by <root>/current/..., not by this release's own path, so the
+    # .pyc files of an unchanged package are byte-identical from one release to the next (deltas).
+    code, out = run([python, "-m", "compileall", "-q", "-f", "-d", spec["current"], release])
     if code != 0:
         # Venvs hold files that are not valid for this Python (templates, py2-only tests): not fatal.
         log("compileall reported files it could not compile (see above); they stay uncompiled")

@@ -234,6 +234,7 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
       JSON.stringify({
         base: BASE_VENV,
         release: releasePath,
+        current: path.posix.join(config.root, 'current'),
         output: '/output',
         python_path: pythonPath,
         pip: { ...pipSettings, find_links: findLinks },

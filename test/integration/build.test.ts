@@ -1,0 +1,352 @@
+// ckan-release build on the real engine with the debian12 builder and the fixture repositories.
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import {
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  writeFileSync,
+} from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import type Docker from 'dockerode';
+import tar from 'tar-fs';
+import { beforeAll, describe, expect, it } from 'vitest';
+import type { Manifest } from '../../src/artifact/manifest.js';
+import { listArtifacts } from '../../src/artifact/store.js';
+import { BASE_VENV } from '../../src/builder/build.js';
+import { commitFile } from '../support/fixtures.js';
+import { builderImage, testDocker } from '../support/docker.js';
+import { testProject, type TestProject } from '../support/project.js';
+
+let docker: Docker;
+let project: TestProject;
+let first: { id: string; manifest: Manifest; dir: string };
+let firstOutput: string;
+
+beforeAll(async () => {
+  docker = await testDocker();
+  project = await testProject();
+  const r = await project.cli('--config', project.config, 'build');
+  firstOutput = r.err;
+  expect(r.err).not.toMatch(/^ckan-release: /m);
+  expect(r.code).toBe(0);
+  const id = r.out.trim().split('\n').pop()!;
+  const dir = path.join(project.dir, '.ckan-release/artifacts', id);
+  first = {
+    id,
+    dir,
+    manifest: JSON.parse(readFileSync(path.join(dir, 'manifest.json'), 'utf8')) as Manifest,
+  };
+}, 900_000);
+
+/** Runs a shell script in a fresh container of the debian12 image with the artifact's tarball at /in. */
+async function inFreshContainer(artifactDir: string, script: string): Promise<{ code: number; out: string }> {
+  const image = (await builderImage('debian12')).tag;
+  const container = await docker.createContainer({
+    Image: image,
+    Cmd: ['sh', '-c', script],
+    HostConfig: { NetworkMode: 'none' },
+    Labels: { 'ckan-release': '1' },
+  });
+  try {
+    const stage = mkdtempSync(path.join(os.tmpdir(), 'ckan-release-in-'));
+    mkdirSync(path.join(stage, 'in'));
+    writeFileSync(
+      path.join(stage, 'in/release.tar.gz'),
+      readFileSync(path.join(artifactDir, 'release.tar.gz')),
+    );
+    await container.putArchive(tar.pack(stage) as unknown as NodeJS.ReadableStream, { path: '/' });
+    await container.start();
+    const { StatusCode } = (await container.wait()) as { StatusCode: number };
+    const logs = (await container.logs({ stdout: true, stderr: true })) as Buffer;
+    // Strip docker's 8-byte stream frame headers.
+    let out = '';
+    for (let i = 0; i + 8 <= logs.length;) {
+      const size = logs.readUInt32BE(i + 4);
+      out += logs.subarray(i + 8, i + 8 + size).toString();
+      i += 8 + size;
+    }
+    return { code: StatusCode, out };
+  } finally {
+    await container.remove({ force: true });
+  }
+}
+
+function sha256(file: string): string {
+  return createHash('sha256').update(readFileSync(file)).digest('hex');
+}
+
+describe('a build of the example project', () => {
+  it('reports every step with timings and prints the ID last', () => {
+    for (const step of [
+      'resolve',
+      'image',
+      'base venv',
+      'clone',
+      'extensions',
+      'patches',
+      'install',
+      'verify',
+      'pack',
+    ]) {
+      expect(firstOutput).toMatch(new RegExp(`^\\[ *\\d+\\.\\ds\\] ${step}$`, 'm'));
+    }
+    expect(first.id).toMatch(/^\d{14}Z-[0-9a-f]{8}$/);
+  });
+
+  it('records every input in the manifest', () => {
+    const m = first.manifest;
+    const tags = project.fixtures.repos;
+    expect(m.id).toBe(first.id);
+    expect(m.release_path).toBe(`/usr/lib/ckan/releases/${first.id}`);
+    expect(m.ckan).toMatchObject({
+      ref: 'ckan-2.9.11',
+      commit: tags.ckan.tags['ckan-2.9.11'],
+      version: '2.9.11',
+    });
+    expect(m.extensions.map((x) => [x.name, x.commit])).toEqual([
+      ['ckanext-showcase', tags['ckanext-showcase'].tags['v1.1.0']],
+      ['ckanext-spatial', tags['ckanext-spatial'].tags['v2.1.0']],
+      ['ckanext-scheming', tags['ckanext-scheming'].tags['release-3.0.0']],
+    ]);
+    expect(m.patches).toEqual([
+      {
+        file: 'patches/ckan/0001-default-site-description.patch',
+        target: 'ckan',
+        sha256: sha256(path.join(project.dir, 'patches/ckan/0001-default-site-description.patch')),
+      },
+    ]);
+    expect(m.builder).toMatchObject({
+      os: 'debian12',
+      base_venv: BASE_VENV,
+      python: { path: '/usr/bin/python3' },
+    });
+    expect(m.builder.python.version).toMatch(/^3\.11\.\d+$/);
+    expect(m.pip.freeze).toContain('fixturelib-geo==1.0.0');
+    expect(Object.keys(m.plugins)).toEqual(
+      expect.arrayContaining(['showcase', 'spatial_metadata', 'spatial_query', 'scheming_datasets']),
+    );
+    expect(m.archive.sha256).toBe(sha256(path.join(first.dir, 'release.tar.gz')));
+    expect(m.archive.bytes).toBe(lstatSync(path.join(first.dir, 'release.tar.gz')).size);
+    expect(readFileSync(path.join(first.dir, 'build.log'), 'utf8')).toMatch(/Successfully installed/);
+  });
+
+  it('has a manifest whose every entry matches the tarball (sha256, mode, type, link target), and nothing more', () => {
+    const out = mkdtempSync(path.join(os.tmpdir(), 'ckan-release-unpack-'));
+    execFileSync('tar', ['-xzf', path.join(first.dir, 'release.tar.gz'), '-C', out]);
+    const listed = new Set<string>();
+    for (const f of first.manifest.files) {
+      listed.add(f.path);
+      const p = path.join(out, f.path);
+      const st = lstatSync(p);
+      expect((st.mode & 0o7777).toString(8).padStart(4, '0'), f.path).toBe(f.mode);
+      if (f.type === 'file') {
+        expect(st.isFile(), f.path).toBe(true);
+        expect(st.size, f.path).toBe(f.size);
+        expect(sha256(p), f.path).toBe(f.sha256);
+      } else if (f.type === 'symlink') {
+        expect(readlinkSync(p), f.path).toBe(f.target);
+      } else {
+        expect(st.isDirectory(), f.path).toBe(true);
+      }
+    }
+    const onDisk: string[] = [];
+    const walk = (rel: string) => {
+      for (const name of readdirSync(path.join(out, rel))) {
+        const r = rel ? `${rel}/${name}` : name;
+        onDisk.push(r);
+        if (lstatSync(path.join(out, r)).isDirectory()) walk(r);
+      }
+    };
+    walk('');
+    expect(onDisk.filter((p) => !listed.has(p))).toEqual([]);
+    expect(onDisk.length).toBe(first.manifest.files.length);
+  });
+
+  it('unpacked at <root>/releases/<ID> in a fresh container, runs its console scripts and imports every extension, with no trace of the base path', async () => {
+    const R = `/usr/lib/ckan/releases/${first.id}`;
+    const r = await inFreshContainer(
+      first.dir,
+      [
+        'set -e',
+        `mkdir -p ${R} && tar -xzf /in/release.tar.gz -C ${R}`,
+        `${R}/bin/ckan --version`,
+        `${R}/bin/python -c "import ckan, ckanext.showcase, ckanext.spatial, ckanext.scheming, fixturelib_geo; print('imports ok')"`,
+        `printf '[app:main]\\nckan.site_url = http://ckan.test\\nckan.plugins = showcase spatial_metadata spatial_query scheming_datasets\\n' > /tmp/t.ini`,
+        `${R}/bin/ckan -c /tmp/t.ini plugins | cut -d' ' -f1 | tr '\\n' ' '; echo`,
+        `${R}/bin/python -c "from ckan.cli import CKANConfigLoader; from ckan.config.middleware import make_app; import json; app = make_app(CKANConfigLoader('/tmp/t.ini').get_config()); print(json.dumps(app.status_show()['result']['site_description']))"`,
+        `if grep -rlF ${BASE_VENV} ${R}; then echo BASE PATH FOUND; exit 1; fi`,
+        `head -1 ${R}/bin/ckan`,
+        'echo done',
+      ].join('\n'),
+    );
+    expect(r.out).toBe(
+      [
+        'CKAN 2.9.11',
+        'imports ok',
+        'showcase spatial_metadata spatial_query scheming_datasets ',
+        '"A CKAN portal (core patched by ckan-release)"',
+        `#!${R}/bin/python`,
+        'done',
+        '',
+      ].join('\n'),
+    );
+    expect(r.code).toBe(0);
+  });
+});
+
+describe('a rebuild with one extension changed', () => {
+  let second: Manifest;
+  let output: string;
+
+  beforeAll(async () => {
+    const file = project.variant('showcase-v1.0.0', (t) => t.replace('ref: v1.1.0', 'ref: v1.0.0'));
+    const r = await project.cli('--config', file, 'build');
+    output = r.err;
+    expect(r.code).toBe(0);
+    const id = r.out.trim();
+    second = JSON.parse(
+      readFileSync(path.join(project.dir, '.ckan-release/artifacts', id, 'manifest.json'), 'utf8'),
+    ) as Manifest;
+  }, 600_000);
+
+  it('reuses the cached base venv and says so', () => {
+    expect(output).toMatch(/base venv: reused ckan-release-base:debian12-/);
+    expect(output).toMatch(
+      /ckan ckan-2\.9\.11 -> [0-9a-f]{12} \(cached mirror, no fetch\)|ckan ckan-2\.9\.11 -> [0-9a-f]{12}/,
+    );
+  });
+
+  it('records the new commit', () => {
+    const showcase = second.extensions.find((x) => x.name === 'ckanext-showcase')!;
+    expect(showcase).toMatchObject({
+      ref: 'v1.0.0',
+      commit: project.fixtures.repos['ckanext-showcase'].tags['v1.0.0'],
+    });
+    expect(second.id).not.toBe(first.id);
+    expect(second.id.split('-')[1]).not.toBe(first.id.split('-')[1]);
+  });
+
+  it('differs from the first build in few bytes: .pyc files do not embed the release path', () => {
+    const before = new Map(first.manifest.files.map((f) => [f.path, f]));
+    let changed = 0;
+    let total = 0;
+    const changedPaths: string[] = [];
+    for (const f of second.files) {
+      if (f.type !== 'file') continue;
+      total += f.size;
+      if (before.get(f.path)?.sha256 !== f.sha256) {
+        changed += f.size;
+        changedPaths.push(f.path);
+      }
+    }
+    // What may differ: showcase's own files, and the small files that name the release path (shebangs,
+    // .egg-link, .pth, PEP 660 finders and their bytecode, RECORD, direct_url.json, pyvenv.cfg).
+    expect(
+      changedPaths.filter(
+        (p) => p.endsWith('.pyc') && !p.includes('showcase') && !p.includes('__editable__'),
+      ),
+    ).toEqual([]);
+    expect(changed / total).toBeLessThan(0.05);
+  });
+});
+
+describe('builds that must fail', () => {
+  const artifactsNow = () =>
+    listArtifacts(path.join(project.dir, '.ckan-release/artifacts')).map((a) => a.id);
+  const leftovers = () =>
+    readdirSync(path.join(project.dir, '.ckan-release/artifacts')).filter((n) => n.startsWith('.staging'));
+
+  async function failingBuild(name: string, edit: (t: string) => string) {
+    const before = artifactsNow();
+    const r = await project.cli('--config', project.variant(name, edit), 'build');
+    expect(r.out).toBe('');
+    expect(artifactsNow()).toEqual(before);
+    expect(leftovers()).toEqual([]);
+    return r;
+  }
+
+  it('a patch that does not apply names the patch and the hunk', async () => {
+    const dir = path.join(project.dir, 'patches-bad', 'ckanext-showcase');
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(
+      path.join(dir, '0001-broken.patch'),
+      [
+        '--- a/ckanext/showcase/plugin.py',
+        '+++ b/ckanext/showcase/plugin.py',
+        '@@ -1,3 +1,3 @@',
+        '-this line is not in the file',
+        '+neither is this one',
+        ' nor this',
+        ' or this',
+        '',
+      ].join('\n'),
+    );
+    const r = await failingBuild('bad-patch', (t) => t.replace('patches: patches/', 'patches: patches-bad/'));
+    expect(r.code).toBe(1);
+    expect(r.err).toMatch(
+      /^ckan-release: build failed \(patch\): patch patches-bad\/ckanext-showcase\/0001-broken\.patch does not apply to ckanext-showcase: hunk #1 at line 1 of ckanext\/showcase\/plugin\.py$/m,
+    );
+    expect(r.err).toMatch(/hint: the whole build log: .*\.logs\/build-.*\.log/);
+  });
+
+  it('an unknown ref names the extension and the ref, exit 2', async () => {
+    const r = await failingBuild('bad-ref', (t) => t.replace('ref: release-3.0.0', 'ref: release-9.9.9'));
+    expect(r.code).toBe(2);
+    expect(r.err).toMatch(
+      /^ckan-release: extension ckanext-scheming: ref "release-9\.9\.9" is not a tag, branch or commit of .*ckanext-scheming$/m,
+    );
+  });
+
+  it('a missing requirement names the extension and the requirement', async () => {
+    await commitFile(
+      project.fixtures.repos['ckanext-spatial'].path,
+      'requirements.txt',
+      'fixturelib-geo>=1.0\nfixturelib-nosuch>=1.0\n',
+      'Require a package that no index has',
+      'v2.1.1-missing',
+    );
+    const r = await failingBuild('missing-req', (t) => t.replace('ref: v2.1.0', 'ref: v2.1.1-missing'));
+    expect(r.code).toBe(1);
+    expect(r.err).toMatch(
+      /^ckan-release: build failed \(install\): ckanext-spatial requirements\.txt: requirement fixturelib-nosuch>=1\.0 is not available \(not in any index or find-links\)$/m,
+    );
+  });
+
+  it('a requirement conflict names the extension and both requirements', async () => {
+    await commitFile(
+      project.fixtures.repos['ckanext-scheming'].path,
+      'requirements.txt',
+      'fixturelib-markup>=2.0\n',
+      'Want the new markup',
+      'release-3.0.1-conflict',
+    );
+    const r = await failingBuild('conflict', (t) =>
+      t.replace('ref: release-3.0.0', 'ref: release-3.0.1-conflict'),
+    );
+    expect(r.code).toBe(1);
+    expect(r.err).toMatch(
+      /^ckan-release: build failed \(install\): ckanext-scheming requirements\.txt: conflicting requirements: needs fixturelib-markup>=2\.0, but fixturelib-markup==1\.0\.0 is already installed/m,
+    );
+  });
+
+  it('a declared plugin that no package provides is named', async () => {
+    const r = await failingBuild('no-plugin', (t) =>
+      t.replace('plugins: [showcase]', 'plugins: [showcase, showcase_admin]'),
+    );
+    expect(r.code).toBe(1);
+    expect(r.err).toMatch(
+      /^ckan-release: build failed \(verify\): ckanext-showcase: plugin showcase_admin is not a ckan\.plugins entry point of any installed package$/m,
+    );
+  });
+
+  it('keeps no half artifact', () => {
+    expect(existsSync(path.join(project.dir, '.ckan-release/artifacts/.logs'))).toBe(true);
+    expect(leftovers()).toEqual([]);
+  });
+});
