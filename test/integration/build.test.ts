@@ -350,3 +350,28 @@ describe('builds that must fail', () => {
     expect(leftovers()).toEqual([]);
   });
 });
+
+describe('artifacts', () => {
+  it('--json lists {id, created, bytes, sha256} newest first', async () => {
+    const r = await project.cli('--config', project.config, '--json', 'artifacts');
+    expect(r.code).toBe(0);
+    const list = JSON.parse(r.out) as { id: string; created: string; bytes: number; sha256: string }[];
+    expect(list.length).toBe(2);
+    expect(list[1]).toEqual({
+      id: first.id,
+      created: first.manifest.created,
+      bytes: first.manifest.archive.bytes,
+      sha256: first.manifest.archive.sha256,
+    });
+    expect(list[0]!.id > list[1]!.id).toBe(true);
+  });
+
+  it('show takes a unique prefix and prints the manifest', async () => {
+    const r = await project.cli('--config', project.config, 'artifacts', 'show', first.id.slice(0, 20));
+    expect(r.code).toBe(0);
+    expect(r.out).toMatch(new RegExp(`^id: +${first.id}$`, 'm'));
+    expect(r.out).toMatch(/^ {2}patches\/ckan\/0001-default-site-description\.patch {2}sha256 [0-9a-f]{64}$/m);
+    const json = await project.cli('--config', project.config, '--json', 'artifacts', 'show', first.id);
+    expect((JSON.parse(json.out) as Manifest).files.length).toBe(first.manifest.files.length);
+  });
+});
