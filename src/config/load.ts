@@ -190,6 +190,15 @@ function resolve(raw: Raw, file: string, display: string, root: Node, ctx: Ctx):
       if (seen.has(h)) err(['environments', name, 'hosts', i], `"${h}" is listed twice`);
       seen.add(h);
     });
+    for (const h of Object.keys(e.host_vars)) {
+      if (!e.hosts.includes(h)) {
+        const guess = closest(h, e.hosts);
+        err(
+          ['environments', name, 'host_vars', h],
+          `"${h}" is not a host of this environment` + (guess ? `; did you mean "${guess}"?` : ''),
+        );
+      }
+    }
     environments[name] = {
       name,
       hosts: e.hosts,
@@ -197,6 +206,7 @@ function resolve(raw: Raw, file: string, display: string, root: Node, ctx: Ctx):
       port: e.port,
       sshConfig,
       vars: e.vars,
+      hostVars: e.host_vars,
       secrets,
       requires: e.requires,
       parallel: e.parallel,

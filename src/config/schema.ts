@@ -69,6 +69,15 @@ const environment = obj({
     }),
     () => ({}),
   ),
+  host_vars: withDefault(
+    mapOf(
+      mapOf(anyValue(), {
+        keyPattern: /^[A-Za-z_][A-Za-z0-9_]*$/,
+        keyExpected: 'a template variable name (letters, digits, _)',
+      }),
+    ),
+    () => ({}),
+  ),
   secrets: optional(str({ expected: 'the path of a YAML or ansible-vault file' })),
   requires: optional(str({ expected: 'the name of another environment' })),
   parallel: withDefault(int(1, 256), () => 10),

@@ -27,6 +27,8 @@ export interface Environment {
   /** Absolute path of an extra OpenSSH client config, read before ~/.ssh/config. */
   sshConfig: string | undefined;
   vars: Record<string, unknown>;
+  /** Per-host template variables (as Ansible's host_vars), over `vars`. */
+  hostVars: Record<string, Record<string, unknown>>;
   /** Absolute path of the secrets file (plain YAML or ansible-vault), read only when the environment is used. */
   secrets: string | undefined;
   requires: string | undefined;

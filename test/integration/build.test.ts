@@ -370,7 +370,9 @@ describe('artifacts', () => {
     const r = await project.cli('--config', project.config, 'artifacts', 'show', first.id.slice(0, 20));
     expect(r.code).toBe(0);
     expect(r.out).toMatch(new RegExp(`^id: +${first.id}$`, 'm'));
-    expect(r.out).toMatch(/^ {2}patches\/ckan\/0001-default-site-description\.patch {2}sha256 [0-9a-f]{64}$/m);
+    expect(r.out).toMatch(
+      /^ {2}patches\/ckan\/0001-default-site-description\.patch {2}sha256 [0-9a-f]{64}$/m,
+    );
     const json = await project.cli('--config', project.config, '--json', 'artifacts', 'show', first.id);
     expect((JSON.parse(json.out) as Manifest).files.length).toBe(first.manifest.files.length);
   });

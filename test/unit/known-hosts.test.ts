@@ -90,6 +90,7 @@ describe('host targets', () => {
     port: undefined,
     sshConfig: undefined,
     vars: {},
+    hostVars: {},
     secrets: undefined,
     requires: undefined,
     parallel: 10,

@@ -47,14 +47,19 @@ describe('the store', () => {
 
   it('an ambiguous prefix lists the candidates; an unknown one is bad input', () => {
     const dir = store(a, b, c);
-    expect(() => findArtifact(dir, '20261121')).toThrow(new UsageError(`artifact ID "20261121" is ambiguous: ${c}, ${b}`));
+    expect(() => findArtifact(dir, '20261121')).toThrow(
+      new UsageError(`artifact ID "20261121" is ambiguous: ${c}, ${b}`),
+    );
     expect(() => findArtifact(dir, '2025')).toThrow(UsageError);
     expect(() => findArtifact(dir, '2025')).toThrow(`no artifact "2025" in ${dir}`);
   });
 
   it('a manifest that names another ID is refused', () => {
     const dir = store(a);
-    writeFileSync(path.join(dir, a, 'manifest.json'), JSON.stringify({ id: b, archive: { file: 'release.tar.gz' } }));
+    writeFileSync(
+      path.join(dir, a, 'manifest.json'),
+      JSON.stringify({ id: b, archive: { file: 'release.tar.gz' } }),
+    );
     expect(() => findArtifact(dir, a)).toThrow(`artifact ${a}: its manifest says it is ${b}`);
   });
 });
