@@ -156,7 +156,7 @@ export const configSchema = obj({
       healthcheck: withDefault(
         obj({
           url: withDefault(
-            str({ expected: 'an http(s) URL', pattern: /^https?:\/\/[^\s/]+(\/\S*)?$/ }),
+            str({ expected: 'an http(s) URL (may use template variables)', pattern: /^https?:\/\/./ }),
             () => 'http://127.0.0.1/api/3/action/status_show',
           ),
           timeout: withDefault(int(1, 3600), () => 60),

@@ -212,7 +212,7 @@ describe('malformed configs', () => {
         '  restart: sudo systemctl reload httpd',
         '  restart: sudo systemctl reload httpd\n  healthcheck: { url: ftp://x/ }',
       ),
-      'FILE:17: deploy.healthcheck.url: expected an http(s) URL, got "ftp://x/"',
+      'FILE:17: deploy.healthcheck.url: expected an http(s) URL (may use template variables), got "ftp://x/"',
     ],
     [
       'a hook without run',

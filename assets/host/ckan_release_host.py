@@ -1,0 +1,664 @@
+# -*- coding: utf-8 -*-
+"""The part of ckan-release that runs on a CKAN host, over SSH.
+
+Installed as <root>/.ckan-release/agent/<digest>.py and run with the release's interpreter, which may be
+Python 2.7 or 3.6+ (CentOS 7): no f-strings, no pathlib, no subprocess.run.
+
+Every command prints one JSON object on stdout and exits 0, or prints a JSON error object and exits 3
+(a refused operation, with "kind" saying why). It never prints secrets: config content arrives on
+stdin and is written, never echoed.
+
+Layout (see README "Host layout"):
+  <root>/releases/<ID>/               a release
+  <root>/releases/.partial-<ID>-<op>/ a release being received (never a rollback target)
+  <root>/current -> releases/<ID>     switched only by rename(2) of a new link over the old one
+  <root>/shared/                      directories that outlive releases
+  <root>/.ckan-release/ledger.jsonl   append-only history
+  <root>/.ckan-release/lock/          held while an operation runs
+"""
+from __future__ import print_function
+
+import errno
+import hashlib
+import io
+import json
+import os
+import shutil
+import socket
+import stat
+import sys
+import tarfile
+import time
+
+ID_CHARS = set("0123456789abcdefghijklmnopqrstuvwxyzZ-")
+
+
+class Refused(Exception):
+    def __init__(self, kind, message, **details):
+        Exception.__init__(self, message)
+        self.kind = kind
+        self.message = message
+        self.details = details
+
+
+def out(obj):
+    sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def check_id(release_id):
+    if not release_id or not set(release_id) <= ID_CHARS or len(release_id) > 64:
+        raise Refused("bad-input", "not a release ID: %r" % release_id)
+    return release_id
+
+
+def paths(root):
+    meta = os.path.join(root, ".ckan-release")
+    return {
+        "root": root,
+        "releases": os.path.join(root, "releases"),
+        "current": os.path.join(root, "current"),
+        "shared": os.path.join(root, "shared"),
+        "meta": meta,
+        "ledger": os.path.join(meta, "ledger.jsonl"),
+        "lock": os.path.join(meta, "lock"),
+    }
+
+
+def now_iso():
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def fsync_dir(path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+# ------------------------------------------------------------------------------------------ ledger
+
+
+def ledger_read(p):
+    entries = []
+    try:
+        with io.open(p["ledger"], encoding="utf-8") as f:
+            for line in f:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    entries.append(json.loads(line))
+                except ValueError:
+                    # A line cut short by a crash mid-append: ignore it, keep the rest.
+                    continue
+    except IOError as e:
+        if e.errno != errno.ENOENT:
+            raise
+    return entries
+
+
+def ledger_append(p, entries):
+    """Appends whole lines with one write each and fsyncs: a crash loses at most the line being written."""
+    fd = os.open(p["ledger"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        for entry in entries:
+            entry.setdefault("time", now_iso())
+            os.write(fd, (json.dumps(entry, sort_keys=True) + "\n").encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def release_states(entries):
+    """Each release's latest state, in order of first appearance."""
+    states = {}
+    order = []
+    for e in entries:
+        rid = e.get("release")
+        if not rid:
+            continue
+        if rid not in states:
+            order.append(rid)
+        states[rid] = {"state": e["event"], "time": e.get("time")}
+    return order, states
+
+
+def rollback_target(entries, current):
+    """The last release activated and found healthy before the current one, never one marked bad."""
+    bad = set(e["release"] for e in entries if e.get("event") == "bad")
+    healthy = set()
+    candidates = []
+    for e in entries:
+        if e.get("event") == "healthy":
+            healthy.add(e["release"])
+            if e["release"] != current:
+                if e["release"] in candidates:
+                    candidates.remove(e["release"])
+                candidates.append(e["release"])
+    for rid in reversed(candidates):
+        if rid not in bad and rid != current:
+            return rid
+    return None
+
+
+# ------------------------------------------------------------------------------------------- facts
+
+
+def read_current(p):
+    try:
+        target = os.readlink(p["current"])
+    except OSError:
+        return None
+    name = os.path.basename(target.rstrip("/"))
+    return name if os.path.dirname(target.rstrip("/")) in ("releases", p["releases"]) else None
+
+
+def list_releases(p):
+    try:
+        names = os.listdir(p["releases"])
+    except OSError:
+        return [], []
+    releases = sorted(n for n in names if not n.startswith("."))
+    partials = sorted(n for n in names if n.startswith((".partial-", ".prune-")))
+    return releases, partials
+
+
+def read_lock(p):
+    try:
+        with io.open(os.path.join(p["lock"], "owner.json"), encoding="utf-8") as f:
+            return json.load(f)
+    except (IOError, ValueError):
+        if os.path.isdir(p["lock"]):
+            # mkdir won but the owner file was not written yet (or the writer died): treat as held,
+            # and expired after the default TTL from the directory's mtime.
+            st = os.stat(p["lock"])
+            return {"owner": "unknown", "expires": st.st_mtime + 3600, "since": None}
+        return None
+
+
+def cmd_facts(args):
+    p = paths(args["root"])
+    entries = ledger_read(p)
+    current = read_current(p)
+    releases, partials = list_releases(p)
+    order, states = release_states(entries)
+    st = os.statvfs(args["root"]) if os.path.isdir(args["root"]) else None
+    lock = read_lock(p)
+    out({
+        "python": {"path": sys.executable, "version": "%d.%d.%d" % sys.version_info[:3]},
+        "layout": all(os.path.isdir(p[k]) for k in ("releases", "shared", "meta")),
+        "current": current,
+        "rollback_target": rollback_target(entries, current),
+        "releases": [dict(id=r, **states.get(r, {"state": "unknown", "time": None})) for r in releases],
+        "partials": partials,
+        "lock": lock,
+        "lock_expired": bool(lock and lock.get("expires") and lock["expires"] < time.time()),
+        "disk_free": st.f_bavail * st.f_frsize if st else None,
+        "ledger": entries[-200:],
+        "user": os.getuid(),
+    })
+
+
+# -------------------------------------------------------------------------------------------- setup
+
+
+def cmd_setup(args):
+    p = paths(args["root"])
+    made = []
+    for key in ("root", "releases", "shared", "meta"):
+        if not os.path.isdir(p[key]):
+            os.makedirs(p[key])
+            made.append(p[key])
+    for rel in args.get("shared", []):
+        d = os.path.join(p["shared"], rel)
+        if not os.path.isdir(d):
+            os.makedirs(d)
+            made.append(d)
+    adopted = None
+    default = os.path.join(p["root"], "default")
+    if args.get("adopt") and read_current(p) is None and os.path.isfile(os.path.join(default, "bin", "python")):
+        # The old playbooks' venv becomes the first release, in place: a symlink, because moving a venv
+        # breaks the absolute paths inside it. It counts as healthy: it is what the site runs today.
+        st = os.stat(default)
+        adopted = time.strftime("%Y%m%d%H%M%SZ", time.gmtime(st.st_mtime)) + "-00000000"
+        link = os.path.join(p["releases"], adopted)
+        if not os.path.lexists(link):
+            os.symlink(os.path.join("..", "default"), link)
+        tmp = os.path.join(p["root"], ".current-adopt-%d" % os.getpid())
+        os.symlink(os.path.join("releases", adopted), tmp)
+        os.rename(tmp, p["current"])
+        ledger_append(p, [{"event": "adopted", "release": adopted, "from": default},
+                          {"event": "activated", "release": adopted},
+                          {"event": "healthy", "release": adopted}])
+    out({"made": made, "adopted": adopted})
+
+
+# --------------------------------------------------------------------------------------------- lock
+
+
+def cmd_lock(args):
+    p = paths(args["root"])
+    owner = dict(args["owner"])
+    owner["since"] = time.time()
+    owner["expires"] = time.time() + args["ttl"]
+    taken_over = None
+    try:
+        os.mkdir(p["lock"])
+    except OSError as e:
+        if e.errno != errno.EEXIST:
+            raise
+        held = read_lock(p)
+        if held and held.get("expires", 0) > time.time():
+            raise Refused("locked", "locked by %s" % describe_owner(held), holder=held)
+        # Expired: move it aside atomically (only one taker wins the rename), then take it.
+        stale = "%s.stale-%d-%d" % (p["lock"], os.getpid(), int(time.time()))
+        try:
+            os.rename(p["lock"], stale)
+        except OSError:
+            raise Refused("locked", "lock changed hands while taking over an expired one", holder=held)
+        shutil.rmtree(stale, ignore_errors=True)
+        os.mkdir(p["lock"])
+        taken_over = held
+    tmp = os.path.join(p["lock"], ".owner.json.tmp")
+    with io.open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(owner, sort_keys=True))
+    os.rename(tmp, os.path.join(p["lock"], "owner.json"))
+    out({"locked": True, "taken_over": taken_over})
+
+
+def describe_owner(o):
+    since = o.get("since")
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since)) if since else "?"
+    return "%s@%s (pid %s, %s, since %s)" % (o.get("user", "?"), o.get("machine", "?"), o.get("pid", "?"),
+                                             o.get("operation", "?"), when)
+
+
+def cmd_unlock(args):
+    p = paths(args["root"])
+    held = read_lock(p)
+    if held is None:
+        out({"unlocked": False, "holder": None})
+        return
+    if args.get("token") and held.get("token") != args["token"]:
+        raise Refused("locked", "the lock is no longer ours: now held by %s" % describe_owner(held), holder=held)
+    stale = "%s.gone-%d-%d" % (p["lock"], os.getpid(), int(time.time()))
+    os.rename(p["lock"], stale)
+    shutil.rmtree(stale, ignore_errors=True)
+    out({"unlocked": True, "holder": held})
+
+
+# ------------------------------------------------------------------------------------------ receive
+
+
+def safe_member_path(name):
+    """A tar member name as a clean relative path, or None if it tries to leave the release."""
+    if name.startswith("./"):
+        name = name[2:]
+    name = name.rstrip("/")
+    if not name or name == ".":
+        return ""
+    if name.startswith("/") or "\\" in name or "\0" in name:
+        return None
+    parts = name.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        return None
+    return name
+
+
+def cmd_receive(args):
+    """stdin: release.tar.gz. Unpacks into a hidden partial directory, checking every member against the
+    manifest BEFORE writing it, then checks that every manifest entry arrived intact."""
+    p = paths(args["root"])
+    rid = check_id(args["id"])
+    partial = os.path.join(p["releases"], ".partial-%s-%s" % (rid, args["op"]))
+    with io.open(args["manifest"], encoding="utf-8") as f:
+        manifest = json.load(f)
+    if manifest.get("id") != rid:
+        raise Refused("bad-artifact", "manifest is for %s, not %s" % (manifest.get("id"), rid))
+    entries = dict((e["path"], e) for e in manifest["files"])
+    if os.path.exists(partial):
+        shutil.rmtree(partial)
+    os.makedirs(partial)
+    seen = set()
+    stdin = getattr(sys.stdin, "buffer", sys.stdin)
+    try:
+        tar = tarfile.open(fileobj=stdin, mode="r|gz")
+        for member in tar:
+            rel = safe_member_path(member.name)
+            if rel is None:
+                raise Refused("bad-artifact", "archive entry %r points outside the release" % member.name)
+            if rel == "":
+                continue
+            entry = entries.get(rel)
+            if entry is None:
+                raise Refused("bad-artifact", "archive entry %s is not in the manifest" % rel)
+            if rel in seen:
+                raise Refused("bad-artifact", "archive entry %s appears twice" % rel)
+            seen.add(rel)
+            dest = os.path.join(partial, rel)
+            parent = os.path.dirname(dest)
+            # Never write through a symlink: every parent must be a real directory inside the partial.
+            if os.path.islink(parent) or not os.path.realpath(parent).startswith(os.path.realpath(partial)):
+                raise Refused("bad-artifact", "archive entry %s would be written through a symlink" % rel)
+            mode = int(entry["mode"], 8)
+            if member.isdir():
+                if entry["type"] != "dir":
+                    raise Refused("bad-artifact", "%s: the archive has a directory, the manifest a %s" % (rel, entry["type"]))
+                if not os.path.isdir(dest):
+                    os.mkdir(dest, 0o700)
+            elif member.issym():
+                if entry["type"] != "symlink" or member.linkname != entry["target"]:
+                    raise Refused("bad-artifact", "%s: symlink target %r differs from the manifest's %r"
+                                  % (rel, member.linkname, entry.get("target")))
+                os.symlink(member.linkname, dest)
+            elif member.isreg():
+                if entry["type"] != "file":
+                    raise Refused("bad-artifact", "%s: the archive has a file, the manifest a %s" % (rel, entry["type"]))
+                src = tar.extractfile(member)
+                h = hashlib.sha256()
+                fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    while True:
+                        chunk = src.read(1 << 20)
+                        if not chunk:
+                            break
+                        h.update(chunk)
+                        f.write(chunk)
+                if h.hexdigest() != entry["sha256"]:
+                    raise Refused("bad-artifact", "%s: sha256 %s differs from the manifest's %s" % (rel, h.hexdigest(), entry["sha256"]))
+                os.chmod(dest, mode)
+            else:
+                raise Refused("bad-artifact", "archive entry %s is a device, fifo or hard link: refused" % rel)
+        tar.close()
+    except (tarfile.TarError, EOFError, IOError, OSError) as e:
+        if isinstance(e, Refused):
+            raise
+        raise Refused("bad-artifact", "the archive is damaged or truncated: %s" % e)
+    missing = sorted(set(entries) - seen)
+    if missing:
+        raise Refused("bad-artifact", "%d manifest entries are missing from the archive, e.g. %s" % (len(missing), missing[0]))
+    # Directory modes last: a read-only directory must not stop the files inside it from being written.
+    for rel in sorted((r for r, e in entries.items() if e["type"] == "dir"), reverse=True):
+        os.chmod(os.path.join(partial, rel), int(entries[rel]["mode"], 8))
+    out({"partial": partial, "entries": len(seen)})
+
+
+def verify_tree(release, manifest):
+    """Every manifest entry exists with its type, mode, link target and sha256; nothing else exists."""
+    entries = dict((e["path"], e) for e in manifest["files"])
+    extra = []
+    for dirpath, dirnames, filenames in os.walk(release):
+        for name in dirnames + filenames:
+            rel = os.path.relpath(os.path.join(dirpath, name), release)
+            if rel not in entries and rel not in manifest.get("_allowed_extra", []):
+                extra.append(rel)
+    problems = []
+    for rel, e in sorted(entries.items()):
+        path = os.path.join(release, rel)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            problems.append("%s is missing" % rel)
+            continue
+        if "%04o" % stat.S_IMODE(st.st_mode) != e["mode"] and e["type"] != "symlink":
+            problems.append("%s has mode %04o, not %s" % (rel, stat.S_IMODE(st.st_mode), e["mode"]))
+        if e["type"] == "symlink":
+            if not stat.S_ISLNK(st.st_mode) or os.readlink(path) != e["target"]:
+                problems.append("%s is not a symlink to %s" % (rel, e["target"]))
+        elif e["type"] == "dir":
+            if not stat.S_ISDIR(st.st_mode):
+                problems.append("%s is not a directory" % rel)
+        else:
+            if not stat.S_ISREG(st.st_mode):
+                problems.append("%s is not a regular file" % rel)
+                continue
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            if h.hexdigest() != e["sha256"]:
+                problems.append("%s: sha256 differs from the manifest" % rel)
+    return problems, extra
+
+
+# --------------------------------------------------------------------------------------- finalize
+
+
+def write_file_atomic(path, data, mode, uid, gid):
+    tmp = "%s.tmp-%d" % (path, os.getpid())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    if uid is not None:
+        os.chown(tmp, uid, gid)
+    os.chmod(tmp, mode)
+    os.rename(tmp, path)
+
+
+def lookup_ids(owner, group):
+    import grp
+    import pwd
+    uid = pwd.getpwnam(owner).pw_uid if owner else None
+    gid = grp.getgrnam(group).gr_gid if group else (pwd.getpwnam(owner).pw_gid if owner else None)
+    if uid is None and gid is not None:
+        uid = -1
+    return uid, (gid if gid is not None else -1)
+
+
+def cmd_finalize(args):
+    """stdin: the rendered config file. Writes it (0640, owner/group), links shared paths, verifies the
+    whole tree against the manifest, renames the partial into releases/<ID>, records 'staged'."""
+    p = paths(args["root"])
+    rid = check_id(args["id"])
+    partial = args["partial"]
+    if os.path.dirname(partial) != p["releases"] or not os.path.basename(partial).startswith(".partial-"):
+        raise Refused("bad-input", "not a partial directory: %s" % partial)
+    with io.open(args["manifest"], encoding="utf-8") as f:
+        manifest = json.load(f)
+    stdin = getattr(sys.stdin, "buffer", sys.stdin)
+    config = stdin.read()
+    uid, gid = lookup_ids(args.get("owner"), args.get("group"))
+    allowed = [args["config_file"]]
+    write_file_atomic(os.path.join(partial, args["config_file"]), config, 0o640, uid if uid != -1 else None, gid)
+    for s in args.get("shared", []):
+        target = os.path.join(p["shared"], s["path"])
+        if not os.path.isdir(target):
+            os.makedirs(target)
+        link = os.path.join(partial, s["link"])
+        if os.path.lexists(link):
+            raise Refused("bad-artifact", "shared link %s: the release already has a %s there" % (s["link"], s["link"]))
+        os.symlink(target, link)
+        allowed.append(s["link"])
+    manifest["_allowed_extra"] = allowed
+    problems, extra = verify_tree(partial, manifest)
+    if problems or extra:
+        raise Refused("bad-artifact", "the unpacked release differs from its manifest: %s"
+                      % "; ".join((problems + ["unexpected %s" % x for x in extra])[:5]))
+    if uid is not None and uid != -1 or gid != -1:
+        for dirpath, dirnames, filenames in os.walk(partial):
+            for name in dirnames + filenames:
+                os.lchown(os.path.join(dirpath, name), uid if uid is not None else -1, gid)
+        os.lchown(partial, uid if uid is not None else -1, gid)
+    final = os.path.join(p["releases"], rid)
+    if os.path.exists(final):
+        # Already there from an earlier run (a retry after a failure): verify it and keep it.
+        shutil.rmtree(partial)
+        out({"release": final, "existed": True})
+        return
+    os.chmod(partial, 0o755)
+    os.rename(partial, final)
+    fsync_dir(p["releases"])
+    ledger_append(p, [{"event": "staged", "release": rid, "op": args["op"], "by": args.get("by")}])
+    out({"release": final, "existed": False})
+
+
+def cmd_verify(args):
+    """Checks an existing release against its manifest (used before switching back to an older one)."""
+    p = paths(args["root"])
+    rid = check_id(args["id"])
+    release = os.path.join(p["releases"], rid)
+    with io.open(args["manifest"], encoding="utf-8") as f:
+        manifest = json.load(f)
+    manifest["_allowed_extra"] = args.get("allowed_extra", [])
+    problems, extra = verify_tree(release, manifest)
+    out({"ok": not problems and not extra, "problems": problems[:20], "extra": extra[:20]})
+
+
+# ------------------------------------------------------------------------------------------ switch
+
+
+def cmd_switch(args):
+    """Points current at releases/<ID> by rename(2) of a fresh symlink over the old one: atomic, so a
+    reader sees the old release or the new one, never nothing."""
+    p = paths(args["root"])
+    previous = read_current(p)
+    tmp = os.path.join(p["root"], ".current-%s-%d" % (args["op"], os.getpid()))
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    if args["id"] is None:
+        # Back to no release at all (a failed first deploy): move the link away, then drop it.
+        if os.path.lexists(p["current"]):
+            os.rename(p["current"], tmp)
+            os.unlink(tmp)
+        fsync_dir(p["root"])
+        out({"previous": previous, "current": None})
+        return
+    rid = check_id(args["id"])
+    if not os.path.isdir(os.path.join(p["releases"], rid)):
+        raise Refused("missing", "releases/%s does not exist on this host" % rid)
+    os.symlink(os.path.join("releases", rid), tmp)
+    os.rename(tmp, p["current"])
+    fsync_dir(p["root"])
+    ledger_append(p, [{"event": "activated", "release": rid, "op": args["op"], "previous": previous, "by": args.get("by")}])
+    out({"previous": previous, "current": rid})
+
+
+def cmd_ledger(args):
+    p = paths(args["root"])
+    for e in args["entries"]:
+        if e.get("release"):
+            check_id(e["release"])
+    ledger_append(p, args["entries"])
+    out({"appended": len(args["entries"])})
+
+
+# ------------------------------------------------------------------------------------------- prune
+
+
+def cmd_prune(args):
+    """Keeps `keep` releases (newest by ID, i.e. by build time, never by mtime) plus the current one and
+    the rollback target; removes stale partial directories of operations that are not running."""
+    p = paths(args["root"])
+    entries = ledger_read(p)
+    current = read_current(p)
+    target = rollback_target(entries, current)
+    releases, partials = list_releases(p)
+    protect = set(x for x in (current, target) if x) | set(args.get("protect", []))
+    kept = [r for r in sorted(releases, reverse=True) if r not in protect][: max(0, args["keep"] - len(protect))]
+    removed = []
+    for r in releases:
+        if r in protect or r in kept:
+            continue
+        reason = "beyond keep_releases=%d" % args["keep"]
+        doomed = os.path.join(p["releases"], ".prune-%s-%d" % (r, os.getpid()))
+        os.rename(os.path.join(p["releases"], r), doomed)
+        if os.path.islink(doomed):
+            os.unlink(doomed)  # an adopted release: the link goes, the old venv stays where it was
+        else:
+            shutil.rmtree(doomed, ignore_errors=True)
+        removed.append({"release": r, "why": reason})
+    for d in partials:
+        if not args.get("dry_run") and args["op"] not in d:
+            shutil.rmtree(os.path.join(p["releases"], d), ignore_errors=True)
+            removed.append({"release": None, "path": d, "why": "partial directory left by an interrupted operation"})
+    if removed:
+        ledger_append(p, [{"event": "pruned", "release": r["release"], "why": r["why"], "op": args["op"]}
+                          for r in removed if r["release"]])
+    out({"removed": removed, "kept": sorted(protect | set(kept))})
+
+
+def cmd_clean(args):
+    """Removes this operation's own partial directory (after a failure in phase 1)."""
+    p = paths(args["root"])
+    removed = []
+    for d in list_releases(p)[1]:
+        if d.endswith("-" + args["op"]) or args.get("all"):
+            shutil.rmtree(os.path.join(p["releases"], d), ignore_errors=True)
+            removed.append(d)
+    out({"removed": removed})
+
+
+# ------------------------------------------------------------------------------------- healthcheck
+
+
+def cmd_health(args):
+    """Polls CKAN's status_show until it answers 200 with every configured plugin, or the timeout."""
+    try:
+        from urllib.request import urlopen
+    except ImportError:
+        from urllib2 import urlopen
+    deadline = time.time() + args["timeout"]
+    last = "no answer"
+    while True:
+        try:
+            resp = urlopen(args["url"], timeout=10)
+            body = resp.read().decode("utf-8", "replace")
+            code = resp.getcode()
+            if code == 200:
+                data = json.loads(body)
+                result = data.get("result") or {}
+                plugins = result.get("extensions") or []
+                missing = [x for x in args["plugins"] if x not in plugins]
+                if data.get("success") and not missing:
+                    out({"healthy": True, "ckan_version": result.get("ckan_version"), "extensions": plugins,
+                         "fixture": result.get("fixture")})
+                    return
+                last = "status_show answered without plugins %s" % ", ".join(missing) if missing else "success is false"
+            else:
+                last = "HTTP %s" % code
+        except Exception as e:  # noqa: any failure is "not healthy yet"
+            code = getattr(e, "code", None)
+            last = "HTTP %s" % code if code else "%s: %s" % (type(e).__name__, e)
+        if time.time() > deadline:
+            raise Refused("unhealthy", "%s did not become healthy within %ss: %s" % (args["url"], args["timeout"], last))
+        time.sleep(0.5)
+
+
+COMMANDS = {
+    "facts": cmd_facts,
+    "setup": cmd_setup,
+    "lock": cmd_lock,
+    "unlock": cmd_unlock,
+    "receive": cmd_receive,
+    "finalize": cmd_finalize,
+    "verify": cmd_verify,
+    "switch": cmd_switch,
+    "ledger": cmd_ledger,
+    "prune": cmd_prune,
+    "clean": cmd_clean,
+    "health": cmd_health,
+}
+
+
+def main():
+    if len(sys.argv) != 3 or sys.argv[1] not in COMMANDS:
+        sys.stderr.write("usage: ckan_release_host.py COMMAND JSON-ARGS\n")
+        return 2
+    try:
+        args = json.loads(sys.argv[2])
+        COMMANDS[sys.argv[1]](args)
+    except Refused as e:
+        out({"error": e.kind, "message": e.message, "details": e.details})
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+// sandbox up / down: local throwaway hosts for the environments whose ssh_config is the sandbox's own
+// (<config dir>/.ckan-release/sandbox/ssh_config). Ports come from each host's host_vars
+// (ssh_port, http_port), so the committed config and the sandbox agree.
+import path from 'node:path';
+import type { Command } from 'commander';
+import type { Io } from '../cli.js';
+import { loadConfig } from '../config/load.js';
+import type { Config } from '../config/types.js';
+import { ensureBaseImage, requireEngine } from '../docker/engine.js';
+import { UsageError } from '../errors.js';
+import { sandboxDown, sandboxUp, type SandboxHostSpec } from '../sandbox/sandbox.js';
+import { globals } from './common.js';
+
+export function sandboxDir(config: Config): string {
+  return path.join(config.dir, '.ckan-release', 'sandbox');
+}
+
+/** Every host of the environments that reach their hosts through the sandbox's ssh_config. */
+export function sandboxHosts(config: Config): SandboxHostSpec[] {
+  const file = path.join(sandboxDir(config), 'ssh_config');
+  const out: SandboxHostSpec[] = [];
+  for (const env of Object.values(config.environments)) {
+    if (env.sshConfig !== file) continue;
+    for (const host of env.hosts) {
+      const vars = env.hostVars[host] ?? {};
+      const sshPort = Number(vars.ssh_port);
+      const httpPort = Number(vars.http_port);
+      if (!Number.isInteger(sshPort) || !Number.isInteger(httpPort)) {
+        throw new UsageError(
+          `${config.displayFile}: environments.${env.name}.host_vars.${host} needs ssh_port and http_port for a sandbox host`,
+        );
+      }
+      if (!out.some((h) => h.name === host)) out.push({ name: host, sshPort, httpPort });
+    }
+  }
+  return out;
+}
+
+export function registerSandbox(program: Command, io: Io): void {
+  const sandbox = program
+    .command('sandbox')
+    .description('local throwaway hosts (containers with sshd + Apache/mod_wsgi) to rehearse deploys');
+  sandbox
+    .command('up')
+    .description("start the sandbox hosts of the environments that use the sandbox's ssh_config")
+    .option('--hosts <names>', 'only these hosts (comma-separated)')
+    .action(async (opts: { hosts?: string }, c: Command) => {
+      const config = loadConfig(globals(c).config);
+      let hosts = sandboxHosts(config);
+      if (hosts.length === 0) {
+        throw new UsageError(
+          `no environment of ${config.displayFile} uses the sandbox: set its ssh_config to .ckan-release/sandbox/ssh_config`,
+        );
+      }
+      if (opts.hosts) {
+        const wanted = opts.hosts.split(',').map((h) => h.trim());
+        const unknown = wanted.filter((w) => !hosts.some((h) => h.name === w));
+        if (unknown.length)
+          throw new UsageError(`not sandbox hosts of ${config.displayFile}: ${unknown.join(', ')}`);
+        hosts = hosts.filter((h) => wanted.includes(h.name));
+      }
+      const docker = await requireEngine();
+      await ensureBaseImage(docker, (l) => io.err(`${l}\n`));
+      const up = await sandboxUp(docker, { dir: sandboxDir(config), hosts }, (l) => io.err(`${l}\n`));
+      for (const h of up) io.out(`${h.name}: ssh 127.0.0.1:${h.sshPort}, http://127.0.0.1:${h.httpPort}/\n`);
+    });
+  sandbox
+    .command('down')
+    .description('remove the sandbox hosts (keeps the key pair)')
+    .action(async (_opts: unknown, c: Command) => {
+      const config = loadConfig(globals(c).config);
+      const docker = await requireEngine();
+      const removed = await sandboxDown(docker, { dir: sandboxDir(config) }, (l) => io.err(`${l}\n`));
+      io.out(removed.length ? `removed ${removed.join(', ')}\n` : 'no sandbox hosts were running\n');
+    });
+}

@@ -1,0 +1,89 @@
+// The host agent (assets/host/ckan_release_host.py): installed once per version under
+// <root>/.ckan-release/agent/, run with the release's interpreter, one JSON answer per call.
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { fileURLToPath } from 'node:url';
+import { OperationError } from '../errors.js';
+import type { ExecOptions, Remote } from '../remote/ssh.js';
+import { RemoteCommandError } from '../remote/ssh.js';
+import { cmd, maybeSudo } from './shell.js';
+
+export const AGENT_SCRIPT = path.resolve(
+  path.dirname(fileURLToPath(import.meta.url)),
+  '../../assets/host/ckan_release_host.py',
+);
+const agentText = readFileSync(AGENT_SCRIPT);
+const agentDigest = createHash('sha256').update(agentText).digest('hex').slice(0, 12);
+
+export interface AgentHost {
+  remote: Remote;
+  root: string;
+  /** The interpreter the agent runs with: the artifact's python (or python3 before there is one). */
+  python: string;
+  sudo: boolean;
+}
+
+/** The host refused an operation (locked, bad artifact, unhealthy...): `kind` says which. */
+export class AgentRefusal extends OperationError {
+  constructor(
+    readonly host: string,
+    readonly kind: string,
+    message: string,
+    readonly details: Record<string, unknown>,
+  ) {
+    super(`${host}: ${message}`);
+  }
+}
+
+export function agentPath(root: string): string {
+  return path.posix.join(root, '.ckan-release', 'agent', `${agentDigest}.py`);
+}
+
+/** The command line that runs one agent command: pure, so tests can assert it. */
+export function agentCommand(
+  h: Pick<AgentHost, 'root' | 'python' | 'sudo'>,
+  command: string,
+  args: Record<string, unknown>,
+): string {
+  return cmd(maybeSudo([h.python, agentPath(h.root), command, JSON.stringify(args)], h.sudo));
+}
+
+/** Writes the agent to the host unless this version is already there. */
+export async function installAgent(h: AgentHost): Promise<void> {
+  const file = agentPath(h.root);
+  const dir = path.posix.dirname(file);
+  const tmp = `${file}.tmp-${process.pid}`;
+  const script = `test -f ${cmd([file])} || { mkdir -p ${cmd([dir])} && cat > ${cmd([tmp])} && mv ${cmd([tmp, file])}; }`;
+  await h.remote.run('install the host agent', cmd(maybeSudo(['sh', '-c', script], h.sudo)), {
+    stdin: Readable.from([agentText]),
+  });
+}
+
+export async function callAgent<T = Record<string, unknown>>(
+  h: AgentHost,
+  step: string,
+  command: string,
+  args: Record<string, unknown>,
+  opts: ExecOptions = {},
+): Promise<T> {
+  const r = await h.remote.exec(agentCommand(h, command, args), opts);
+  const last = r.stdout.trim().split('\n').pop() ?? '';
+  let parsed: Record<string, unknown> | undefined;
+  try {
+    parsed = last ? (JSON.parse(last) as Record<string, unknown>) : undefined;
+  } catch {
+    parsed = undefined;
+  }
+  if (r.code === 3 && parsed?.error) {
+    throw new AgentRefusal(
+      h.remote.name,
+      String(parsed.error),
+      String(parsed.message),
+      (parsed.details as Record<string, unknown>) ?? {},
+    );
+  }
+  if (r.code !== 0 || !parsed) throw new RemoteCommandError(h.remote.name, step, r);
+  return parsed as T;
+}

@@ -1,0 +1,495 @@
+// ship, rollback and promote, for one environment, in the design's two phases:
+//   1. every host in parallel: connect, lock, preflight, receive + verify + render + link + rename into
+//      releases/<ID>, before_switch hooks. Any failure: nobody switches, partials removed, locks released.
+//   2. switch every host, restart, health check. Any failure: every switched host switches back and
+//      restarts, the release is marked failed. Then after_switch hooks, prune, ledger, unlock.
+import { randomBytes } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import type { Manifest } from '../artifact/manifest.js';
+import type { StoredArtifact } from '../artifact/store.js';
+import type { Config, Environment, Hook } from '../config/types.js';
+import { CkanReleaseError, OperationError, UsageError } from '../errors.js';
+import { renderFile, renderString } from '../render/template.js';
+import { SshRemote, type Remote } from '../remote/ssh.js';
+import { resolveTarget } from '../remote/target.js';
+import { AgentRefusal, callAgent, installAgent, type AgentHost } from './agent.js';
+import { cmd, maybeSudo } from './shell.js';
+
+export interface HostFacts {
+  python: { path: string; version: string };
+  layout: boolean;
+  current: string | null;
+  rollback_target: string | null;
+  releases: { id: string; state: string; time: string | null }[];
+  partials: string[];
+  lock: Record<string, unknown> | null;
+  lock_expired: boolean;
+  disk_free: number | null;
+  ledger: { event: string; release?: string; time?: string }[];
+}
+
+export type Say = (line: string) => void;
+
+export interface Session {
+  config: Config;
+  env: Environment;
+  secrets: Record<string, unknown>;
+  say: Say;
+  /** This operation's token: names its partial directories and its lock. */
+  op: string;
+  hosts: HostSession[];
+}
+
+export interface HostSession {
+  name: string;
+  remote: Remote;
+  /** Whether privileged steps run through sudo -n (deploy.owner set and the SSH user is not root). */
+  sudo: boolean;
+  locked: boolean;
+}
+
+/** Runs fn over items with at most `limit` at once; resolves when all settled, in input order. */
+export async function settleAll<T, R>(
+  items: T[],
+  limit: number,
+  fn: (item: T, index: number) => Promise<R>,
+): Promise<PromiseSettledResult<R>[]> {
+  const results: PromiseSettledResult<R>[] = new Array(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      try {
+        results[i] = { status: 'fulfilled', value: await fn(items[i]!, i) };
+      } catch (reason) {
+        results[i] = { status: 'rejected', reason };
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return results;
+}
+
+function failures<R>(
+  hosts: HostSession[],
+  results: PromiseSettledResult<R>[],
+): { host: string; error: unknown }[] {
+  return results.flatMap((r, i) =>
+    r.status === 'rejected' ? [{ host: hosts[i]!.name, error: r.reason }] : [],
+  );
+}
+
+function message(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
+/** Connects to every host of the environment (in parallel); any failure closes the others. */
+export async function openSession(
+  config: Config,
+  env: Environment,
+  secrets: Record<string, unknown>,
+  say: Say,
+): Promise<Session> {
+  const op = randomBytes(4).toString('hex');
+  const targets = env.hosts.map((h) => resolveTarget(env, h));
+  const results = await settleAll(targets, env.parallel, (t) => SshRemote.connect(t));
+  const hosts: HostSession[] = results.flatMap((r, i) =>
+    r.status === 'fulfilled'
+      ? [
+          {
+            name: targets[i]!.name,
+            remote: r.value,
+            sudo: !!config.deploy.owner && targets[i]!.user !== 'root',
+            locked: false,
+          },
+        ]
+      : [],
+  );
+  const failed = results.flatMap((r) => (r.status === 'rejected' ? [r.reason as Error] : []));
+  if (failed.length) {
+    for (const h of hosts) h.remote.close();
+    // A host key problem is bad input (exit 2); an unreachable host is a failure (exit 1).
+    const keyError = failed.find((e) => e instanceof CkanReleaseError && e.exitCode === 2);
+    if (keyError) throw keyError;
+    throw new OperationError(
+      `cannot reach every host of ${env.name}; nothing was changed:\n${failed.map((e) => `  ${e.message}`).join('\n')}`,
+    );
+  }
+  say(`connected to ${hosts.map((h) => h.name).join(', ')}`);
+  return { config, env, secrets, say, op, hosts };
+}
+
+export function closeSession(s: Session): void {
+  for (const h of s.hosts) h.remote.close();
+}
+
+function agentFor(s: Session, h: HostSession, python: string): AgentHost {
+  return { remote: h.remote, root: s.config.root, python, sudo: h.sudo };
+}
+
+export async function readFacts(s: Session, h: HostSession, python: string): Promise<HostFacts> {
+  const agent = agentFor(s, h, python);
+  await installAgent(agent);
+  return callAgent<HostFacts>(agent, 'read host facts', 'facts', { root: s.config.root });
+}
+
+export function lockOwner(s: Session, operation: string): Record<string, unknown> {
+  return { user: os.userInfo().username, machine: os.hostname(), pid: process.pid, operation, token: s.op };
+}
+
+const LOCK_TTL_SECONDS = 3600;
+
+async function lockHost(s: Session, h: HostSession, python: string, operation: string): Promise<void> {
+  const r = await callAgent<{ taken_over: Record<string, unknown> | null }>(
+    agentFor(s, h, python),
+    'lock',
+    'lock',
+    {
+      root: s.config.root,
+      owner: lockOwner(s, operation),
+      ttl: LOCK_TTL_SECONDS,
+    },
+  );
+  h.locked = true;
+  if (r.taken_over) s.say(`${h.name}: took over an expired lock of ${describeHolder(r.taken_over)}`);
+}
+
+export function describeHolder(o: Record<string, unknown>): string {
+  const since = typeof o.since === 'number' ? new Date(o.since * 1000).toISOString() : '?';
+  return `${String(o.user ?? '?')}@${String(o.machine ?? '?')} (pid ${String(o.pid ?? '?')}, ${String(o.operation ?? '?')}, since ${since})`;
+}
+
+async function unlockAll(s: Session, python: string): Promise<void> {
+  await settleAll(
+    s.hosts.filter((h) => h.locked),
+    s.env.parallel,
+    async (h) => {
+      await callAgent(agentFor(s, h, python), 'unlock', 'unlock', { root: s.config.root, token: s.op });
+      h.locked = false;
+    },
+  );
+}
+
+/** Template variables for one host: environment vars, secrets, host_vars, and the deploy's own. */
+export function templateVars(
+  s: Pick<Session, 'config' | 'env' | 'secrets'>,
+  host: string,
+  manifest: Manifest,
+): Record<string, unknown> {
+  const release = path.posix.join(s.config.root, 'releases', manifest.id);
+  return {
+    ...s.env.vars,
+    ...s.secrets,
+    ...(s.env.hostVars[host] ?? {}),
+    project: s.config.project,
+    release,
+    release_id: manifest.id,
+    root: s.config.root,
+    current: path.posix.join(s.config.root, 'current'),
+    config_file: path.posix.join(release, s.config.config.file),
+    environment: s.env.name,
+    host,
+    extensions: manifest.extensions,
+    plugins: manifest.extensions.flatMap((x) => x.plugins),
+  };
+}
+
+function pythonOf(m: Manifest): string {
+  return m.builder.python.path;
+}
+
+/** Phase 1 on one host: everything up to, not including, the switch. */
+async function stageOnHost(
+  s: Session,
+  h: HostSession,
+  artifact: StoredArtifact,
+  operation: string,
+  runOnceHooks: boolean,
+): Promise<void> {
+  const m = artifact.manifest;
+  const python = pythonOf(m);
+  const agent = agentFor(s, h, python);
+  let facts: HostFacts;
+  try {
+    await installAgent(agent);
+    facts = await callAgent<HostFacts>(agent, 'read host facts', 'facts', { root: s.config.root });
+  } catch (e) {
+    if (e instanceof AgentRefusal) throw e;
+    throw new OperationError(
+      `${h.name}: preflight: cannot run ${python} (the artifact's python) with the host agent: ${message(e)}`,
+    );
+  }
+  if (!facts.layout)
+    throw new UsageError(
+      `${h.name}: ${s.config.root} is not set up`,
+      `run \`ckan-release setup ${s.env.name}\` first`,
+    );
+  if (facts.python.version !== m.builder.python.version) {
+    throw new OperationError(
+      `${h.name}: preflight: the host's ${python} is Python ${facts.python.version}, the artifact was built for ${m.builder.python.version} (builder ${m.builder.os})`,
+    );
+  }
+  await lockHost(s, h, python, operation);
+  const existing = facts.releases.find((r) => r.id === m.id);
+  if (existing) {
+    s.say(`${h.name}: releases/${m.id} is already there (${existing.state}); not sent again`);
+  } else {
+    const need = m.files.reduce((n, f) => n + f.size, 0) + m.archive.bytes;
+    if (facts.disk_free !== null && facts.disk_free < need * 1.2) {
+      throw new OperationError(
+        `${h.name}: preflight: ${facts.disk_free} bytes free under ${s.config.root}, the release needs about ${need}`,
+      );
+    }
+    const manifestPath = path.posix.join(s.config.root, '.ckan-release', 'tmp', `${s.op}-manifest.json`);
+    const writeManifest = `mkdir -p ${cmd([path.posix.dirname(manifestPath)])} && cat > ${cmd([manifestPath])}`;
+    await h.remote.run('upload the manifest', cmd(maybeSudo(['sh', '-c', writeManifest], h.sudo)), {
+      stdin: Readable.from([JSON.stringify(m)]),
+    });
+    const t0 = Date.now();
+    const received = await callAgent<{ partial: string }>(
+      agent,
+      'receive',
+      'receive',
+      { root: s.config.root, id: m.id, op: s.op, manifest: manifestPath },
+      { stdin: createReadStream(artifact.archive, { highWaterMark: 1 << 20 }) },
+    );
+    const secs = (Date.now() - t0) / 1000;
+    s.say(
+      `${h.name}: received ${(m.archive.bytes / 1e6).toFixed(1)} MB in ${secs.toFixed(1)} s, every file checked against the manifest`,
+    );
+    const vars = templateVars(s, h.name, m);
+    const rendered = renderFile(
+      s.config.config.template,
+      vars,
+      path.relative(process.cwd(), s.config.config.template),
+    );
+    await callAgent(
+      agent,
+      'finalize',
+      'finalize',
+      {
+        root: s.config.root,
+        id: m.id,
+        op: s.op,
+        partial: received.partial,
+        manifest: manifestPath,
+        config_file: s.config.config.file,
+        owner: s.config.deploy.owner ?? null,
+        group: s.config.deploy.group ?? null,
+        shared: s.config.shared,
+        by: lockOwner(s, operation),
+      },
+      { stdin: Readable.from([rendered]) },
+    );
+    await h.remote.exec(cmd(maybeSudo(['rm', '-f', manifestPath], h.sudo)));
+    s.say(`${h.name}: staged releases/${m.id} (config rendered, shared paths linked)`);
+  }
+  for (const hook of s.config.deploy.hooks.beforeSwitch) {
+    if (hook.once && !runOnceHooks) continue;
+    await runHook(s, h, hook, m, 'before_switch');
+  }
+}
+
+async function runHook(s: Session, h: HostSession, hook: Hook, m: Manifest, when: string): Promise<void> {
+  const line = renderString(hook.run, templateVars(s, h.name, m), `deploy.hooks.${when}`);
+  const release = path.posix.join(s.config.root, 'releases', m.id);
+  const argv = ['sh', '-c', `cd ${cmd([release])} && ${line}`];
+  const asOwner =
+    s.config.deploy.owner && h.sudo ? ['sudo', '-n', '-u', s.config.deploy.owner, '--', ...argv] : argv;
+  s.say(`${h.name}: ${when} hook: ${hook.run}`);
+  await h.remote.run(`${when} hook "${hook.run}"`, cmd(asOwner));
+}
+
+async function switchHost(
+  s: Session,
+  h: HostSession,
+  python: string,
+  id: string | null,
+): Promise<{ previous: string | null }> {
+  return callAgent<{ previous: string | null }>(agentFor(s, h, python), 'switch', 'switch', {
+    root: s.config.root,
+    id,
+    op: s.op,
+  });
+}
+
+async function restartHost(s: Session, h: HostSession, m: Manifest): Promise<void> {
+  const line = renderString(s.config.deploy.restart, templateVars(s, h.name, m), 'deploy.restart');
+  await h.remote.run(`restart ("${s.config.deploy.restart}")`, cmd(['sh', '-c', line]));
+}
+
+async function healthOnHost(s: Session, h: HostSession, m: Manifest): Promise<Record<string, unknown>> {
+  const url = renderString(
+    s.config.deploy.healthcheck.url,
+    templateVars(s, h.name, m),
+    'deploy.healthcheck.url',
+  );
+  return callAgent(agentFor(s, h, pythonOf(m)), 'health check', 'health', {
+    url,
+    plugins: m.extensions.flatMap((x) => x.plugins),
+    timeout: s.config.deploy.healthcheck.timeout,
+  });
+}
+
+async function ledger(
+  s: Session,
+  h: HostSession,
+  python: string,
+  entries: Record<string, unknown>[],
+): Promise<void> {
+  await callAgent(agentFor(s, h, python), 'ledger', 'ledger', {
+    root: s.config.root,
+    entries: entries.map((e) => ({ op: s.op, ...e })),
+  });
+}
+
+export interface DeployOptions {
+  operation: string;
+  /** rollback: the release switched away from is marked bad on success. */
+  markPreviousBad?: boolean;
+}
+
+export interface DeployResult {
+  hosts: { host: string; previous: string | null; current: string }[];
+  pruned: { host: string; release: string | null; why: string }[];
+}
+
+/** Stages the artifact on every host, then switches them all; the whole two-phase operation. */
+export async function deploy(
+  s: Session,
+  artifact: StoredArtifact,
+  opts: DeployOptions,
+): Promise<DeployResult> {
+  const m = artifact.manifest;
+  const python = pythonOf(m);
+  const limit = s.env.parallel;
+  try {
+    // Phase 1.
+    const staged = await settleAll(s.hosts, limit, (h, i) =>
+      stageOnHost(s, h, artifact, opts.operation, i === 0),
+    );
+    const failed1 = failures(s.hosts, staged);
+    if (failed1.length) {
+      await settleAll(s.hosts, limit, (h) =>
+        callAgent(agentFor(s, h, python), 'clean', 'clean', { root: s.config.root, op: s.op }),
+      );
+      const refusal = failed1.find((f) => f.error instanceof AgentRefusal && f.error.kind === 'locked');
+      const detail = failed1.map((f) => `  ${message(f.error)}`).join('\n');
+      const err = new OperationError(
+        `${opts.operation} failed before any host switched; nothing changed on any host:\n${detail}`,
+      );
+      if (refusal)
+        throw new OperationError(
+          err.message,
+          'if that lock is stale (its process is gone), run `ckan-release unlock ' + s.env.name + '`',
+        );
+      const bad = failed1.find((f) => f.error instanceof CkanReleaseError && f.error.exitCode === 2);
+      if (bad && failed1.length === s.hosts.length)
+        throw new UsageError(err.message, (bad.error as CkanReleaseError).hint);
+      throw err;
+    }
+
+    // Phase 2.
+    const switched: { h: HostSession; previous: string | null }[] = [];
+    const phase2 = await settleAll(s.hosts, limit, async (h) => {
+      const { previous } = await switchHost(s, h, python, m.id);
+      switched.push({ h, previous });
+      s.say(`${h.name}: current -> releases/${m.id} (was ${previous ?? 'nothing'})`);
+      await restartHost(s, h, m);
+      const health = await healthOnHost(s, h, m);
+      s.say(
+        `${h.name}: healthy: CKAN ${String(health.ckan_version)} with ${(health.extensions as string[]).join(' ')}`,
+      );
+      return previous;
+    });
+    const failed2 = failures(s.hosts, phase2);
+    if (failed2.length) {
+      const back = await settleAll(switched, limit, async ({ h, previous }) => {
+        await switchHost(s, h, python, previous);
+        await ledger(s, h, python, [
+          {
+            event: 'failed',
+            release: m.id,
+            why: failed2
+              .map((f) => message(f.error))
+              .join('; ')
+              .slice(0, 500),
+          },
+          ...(previous ? [{ event: 'rolled_back', release: previous, from: m.id }] : []),
+        ]);
+        if (previous) await restartHost(s, h, m);
+        s.say(`${h.name}: switched back to ${previous ?? 'nothing'}`);
+      });
+      const backFailed = failures(
+        switched.map((x) => x.h),
+        back,
+      );
+      const detail = failed2.map((f) => `  ${message(f.error)}`).join('\n');
+      throw new OperationError(
+        `${opts.operation} failed after switching; ` +
+          (backFailed.length
+            ? `switching back FAILED on ${backFailed.map((f) => f.host).join(', ')}:\n${backFailed.map((f) => `  ${message(f.error)}`).join('\n')}\n`
+            : `every switched host (${switched.map((x) => x.h.name).join(', ') || 'none'}) was switched back and restarted.\n`) +
+          detail,
+      );
+    }
+    await settleAll(s.hosts, limit, (h, i) =>
+      ledger(s, h, python, [
+        { event: 'healthy', release: m.id },
+        ...(opts.markPreviousBad &&
+        phase2[i]!.status === 'fulfilled' &&
+        (phase2[i] as PromiseFulfilledResult<string | null>).value
+          ? [
+              {
+                event: 'bad',
+                release: (phase2[i] as PromiseFulfilledResult<string | null>).value,
+                why: `rolled back from by ${s.op}`,
+              },
+            ]
+          : []),
+      ]),
+    );
+    for (const hook of s.config.deploy.hooks.afterSwitch) {
+      const results = await settleAll(
+        s.hosts.filter((_, i) => !hook.once || i === 0),
+        limit,
+        (h) => runHook(s, h, hook, m, 'after_switch'),
+      );
+      const f = failures(s.hosts, results);
+      if (f.length)
+        s.say(
+          `after_switch hook failed (the release stays live): ${f.map((x) => message(x.error)).join('; ')}`,
+        );
+    }
+    const pruned: DeployResult['pruned'] = [];
+    await settleAll(s.hosts, limit, async (h) => {
+      const r = await callAgent<{ removed: { release: string | null; path?: string; why: string }[] }>(
+        agentFor(s, h, python),
+        'prune',
+        'prune',
+        {
+          root: s.config.root,
+          keep: s.config.deploy.keepReleases,
+          op: s.op,
+        },
+      );
+      for (const x of r.removed) {
+        pruned.push({ host: h.name, release: x.release ?? x.path ?? null, why: x.why });
+        s.say(`${h.name}: pruned ${x.release ?? x.path}: ${x.why}`);
+      }
+    });
+    return {
+      hosts: s.hosts.map((h, i) => ({
+        host: h.name,
+        previous: (phase2[i] as PromiseFulfilledResult<string | null>).value,
+        current: m.id,
+      })),
+      pruned,
+    };
+  } finally {
+    await unlockAll(s, python);
+  }
+}
