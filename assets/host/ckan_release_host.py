@@ -592,6 +592,9 @@ def cmd_clean(args):
         if d.endswith("-" + args["op"]) or args.get("all"):
             shutil.rmtree(os.path.join(p["releases"], d), ignore_errors=True)
             removed.append(d)
+    leftover = os.path.join(p["meta"], "tmp", "%s-manifest.json" % args["op"])
+    if os.path.exists(leftover):
+        os.unlink(leftover)
     out({"removed": removed})
 
 
