@@ -158,7 +158,8 @@ async function lockHost(s: Session, h: HostSession, python: string, operation: s
 }
 
 export function describeHolder(o: Record<string, unknown>): string {
-  const since = typeof o.since === 'number' ? new Date(o.since * 1000).toISOString() : '?';
+  const since =
+    typeof o.since === 'number' ? new Date(o.since * 1000).toISOString().replace(/\.\d{3}Z$/, 'Z') : '?';
   return `${String(o.user ?? '?')}@${String(o.machine ?? '?')} (pid ${String(o.pid ?? '?')}, ${String(o.operation ?? '?')}, since ${since})`;
 }
 
@@ -254,7 +255,10 @@ async function stageOnHost(
       'receive',
       'receive',
       { root: s.config.root, id: m.id, op: s.op, manifest: manifestPath },
-      { stdin: createReadStream(artifact.archive, { highWaterMark: 1 << 20 }) },
+      {
+        stdin: createReadStream(artifact.archive, { highWaterMark: 1 << 20 }),
+        onProgress: progress(s, h.name, m.archive.bytes, t0),
+      },
     );
     const secs = (Date.now() - t0) / 1000;
     s.say(
@@ -291,6 +295,20 @@ async function stageOnHost(
     if (hook.once && !runOnceHooks) continue;
     await runHook(s, h, hook, m, 'before_switch');
   }
+}
+
+/** Upload progress: a line at each quarter, with the rate so far. */
+function progress(s: Session, host: string, total: number, t0: number): (sent: number) => void {
+  let shown = 0;
+  return (sent) => {
+    const quarter = Math.floor((sent / total) * 4);
+    if (quarter <= shown || quarter >= 4) return;
+    shown = quarter;
+    const secs = (Date.now() - t0) / 1000;
+    s.say(
+      `${host}: sent ${quarter * 25}% (${(sent / 1e6).toFixed(1)} of ${(total / 1e6).toFixed(1)} MB, ${(sent / 1e6 / Math.max(secs, 0.001)).toFixed(1)} MB/s)`,
+    );
+  };
 }
 
 async function runHook(s: Session, h: HostSession, hook: Hook, m: Manifest, when: string): Promise<void> {

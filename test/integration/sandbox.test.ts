@@ -1,12 +1,11 @@
 // Sandbox hosts on the real engine: the system OpenSSH client logs in with real host key checking, and a
 // manual deploy of a demo artifact (upload, config, atomic switch, apachectl graceful) is served by
 // Apache + mod_wsgi in daemon mode.
-import { execFile, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, openSync, closeSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, openSync, closeSync, readFileSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import type Docker from 'dockerode';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -21,12 +20,10 @@ import {
   type SandboxHost,
 } from '../../src/sandbox/sandbox.js';
 import { testDocker } from '../support/docker.js';
+import { testProject } from '../support/project.js';
 
-const run = promisify(execFile);
 const say = (line: string) => process.stderr.write(`[sandbox-test] ${line}\n`);
 
-const DEMO = path.resolve('examples/demo');
-const STORE = path.join(DEMO, '.ckan-release/artifacts');
 const PLUGINS = ['showcase', 'spatial_metadata', 'spatial_query', 'scheming_datasets'];
 
 let docker: Docker;
@@ -55,25 +52,13 @@ function ssh(
   });
 }
 
-/** The newest artifact of the demo project, built first if there is none. */
+/** An artifact of the example project, built in a throwaway copy of it (fixtures made there). */
 async function demoArtifact(): Promise<{ id: string; tarball: string }> {
-  const newest = () =>
-    existsSync(STORE)
-      ? readdirSync(STORE)
-          .filter((id) => existsSync(path.join(STORE, id, 'release.tar.gz')))
-          .sort()
-          .pop()
-      : undefined;
-  let id = newest();
-  if (!id) {
-    say('no demo artifact yet: running `ckan-release build` on examples/demo (about 40 s)');
-    await run('node', ['bin/ckan-release', '--config', path.join(DEMO, 'ckan-release.yml'), 'build'], {
-      maxBuffer: 64 * 1024 * 1024,
-    });
-    id = newest();
-  }
-  if (!id) throw new Error(`no artifact in ${STORE} after building`);
-  return { id, tarball: path.join(STORE, id, 'release.tar.gz') };
+  const project = await testProject();
+  const r = await project.cli('--config', project.config, 'build');
+  if (r.code !== 0) throw new Error(`building the example project failed:\n${r.err}`);
+  const id = r.out.trim().split('\n').pop()!;
+  return { id, tarball: path.join(project.dir, '.ckan-release/artifacts', id, 'release.tar.gz') };
 }
 
 beforeAll(async () => {

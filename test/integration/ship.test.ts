@@ -1,7 +1,7 @@
 // setup, ship, promote, rollback, status and the lock, against real sandbox hosts (sshd + Apache +
 // mod_wsgi in containers); every step asserts the hosts' real state: readlink -f current, the ledger,
 // and what Apache serves.
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { cpSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type Docker from 'dockerode';
@@ -274,5 +274,104 @@ describe('prune', () => {
     const r = await onHost(docker, 't-staging', `ls ${ROOT}/releases`);
     // keep 1 but never the current one (B) nor the rollback target (A).
     expect(r.out).toBe(`${A}\n${B}\n`);
+  });
+});
+
+describe('locks and plans', () => {
+  const writeLock = (expires: number) =>
+    onHost(
+      docker,
+      't-staging',
+      `mkdir ${ROOT}/.ckan-release/lock && printf '%s' '{"user": "alice", "machine": "laptop", "pid": 4242, "operation": "ship staging X", "token": "t0", "since": 1700000000, "expires": ${expires}}' > ${ROOT}/.ckan-release/lock/owner.json`,
+    );
+
+  it('a live lock refuses; unlock removes it and says whose it was', async () => {
+    await writeLock(Date.now() / 1000 + 600);
+    const refused = await project.cli('--config', project.config, 'ship', 'staging', B);
+    expect(refused.code).toBe(1);
+    expect(refused.err).toContain(
+      't-staging: locked by alice@laptop (pid 4242, ship staging X, since 2023-11-14T22:13:20Z)',
+    );
+    expect(await ok('unlock', 'staging')).toBe(
+      't-staging: removed the lock of alice@laptop (pid 4242, ship staging X, since 2023-11-14T22:13:20Z)\n',
+    );
+    expect(await ok('unlock', 'staging')).toBe('t-staging: was not locked\n');
+  });
+
+  it('an expired lock is taken over, and the output says so', async () => {
+    await writeLock(Date.now() / 1000 - 1);
+    const r = await project.cli('--config', project.config, 'ship', 'staging', A);
+    expect(r.code).toBe(0);
+    expect(r.err).toContain(
+      't-staging: took over an expired lock of alice@laptop (pid 4242, ship staging X, since 2023-11-14T22:13:20Z)',
+    );
+    await expectServing(['t-staging'], A, '1.1.0');
+  });
+
+  it('ship --dry-run prints the plan and changes nothing on any host', async () => {
+    const snapshot = () =>
+      onHost(
+        docker,
+        't-web1',
+        `find ${ROOT} -not -path '*/releases/*/*' | sort; cat ${ROOT}/.ckan-release/ledger.jsonl; readlink ${ROOT}/current`,
+      );
+    const before = (await snapshot()).out;
+    const out = await ok('ship', 'production', A, '--dry-run');
+    expect(out).toMatch(/^plan: ship \S+ to production \(dry run: nothing is changed\)$/m);
+    expect(out).toMatch(new RegExp(`^ {2}t-web1: current ${B} -> ${A}$`, 'm'));
+    expect(out).toMatch(/^ {4}transfer: none \(already on the host\)$/m);
+    expect(out).toMatch(/^ {4}before_switch: .*db upgrade$/m);
+    expect((await snapshot()).out).toBe(before);
+  });
+});
+
+describe('host keys', () => {
+  it('a changed host key aborts before any command runs (exit 2, with the fingerprint and the fix)', async () => {
+    const sandbox = path.join(project.dir, '.ckan-release/sandbox');
+    const other = path.join(project.dir, 'other_key');
+    execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', other]);
+    const fake = readFileSync(`${other}.pub`, 'utf8').split(' ').slice(0, 2).join(' ');
+    const knownHosts = readFileSync(path.join(sandbox, 'known_hosts'), 'utf8')
+      .split('\n')
+      .map((l) => (l.startsWith('t-staging ') ? `t-staging ${fake}` : l))
+      .join('\n');
+    writeFileSync(path.join(project.dir, 'changed_known_hosts'), knownHosts);
+    writeFileSync(
+      path.join(project.dir, 'changed_ssh_config'),
+      readFileSync(path.join(sandbox, 'ssh_config'), 'utf8').replaceAll(
+        path.join(sandbox, 'known_hosts'),
+        path.join(project.dir, 'changed_known_hosts'),
+      ),
+    );
+    const ledgerBefore = await ledgerOf(docker, 't-staging');
+    const config = project.variant('changed-key', (t) =>
+      t.replaceAll('ssh_config: .ckan-release/sandbox/ssh_config', 'ssh_config: changed_ssh_config'),
+    );
+    const r = await project.cli('--config', config, 'ship', 'staging', A);
+    expect(r.code).toBe(2);
+    expect(r.err).toMatch(
+      /^ckan-release: t-staging \(127\.0\.0\.1:\d+\): HOST KEY CHANGED: offered ssh-ed25519 SHA256:\S+, known_hosts has SHA256:\S+$/m,
+    );
+    expect(r.err).toMatch(/hint: if the host was reinstalled, remove the old key: ssh-keygen -R 't-staging'/);
+    expect(await ledgerOf(docker, 't-staging')).toEqual(ledgerBefore);
+  });
+});
+
+describe('adopting an old-style install', () => {
+  it('setup adopts <root>/default as the first release when there is no current one; it becomes the rollback target', async () => {
+    await onHost(
+      docker,
+      't-staging',
+      `rm ${ROOT}/current && mkdir -p ${ROOT}/default/bin && ln -s /usr/bin/python3 ${ROOT}/default/bin/python`,
+    );
+    const out = await ok('setup', 'staging');
+    const adopted = /adopted \/usr\/lib\/ckan\/default as release (\d{14}Z-00000000)/.exec(out)?.[1];
+    expect(adopted).toBeDefined();
+    expect(await currentOf(docker, 't-staging')).toBe(`${ROOT}/default`);
+    await ok('ship', 'staging', A);
+    const s = JSON.parse(await ok('--json', 'status', 'staging')) as {
+      hosts: { current: string; rollback_target: string }[];
+    };
+    expect(s.hosts[0]).toMatchObject({ current: A, rollback_target: adopted });
   });
 });
