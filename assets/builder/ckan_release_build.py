@@ -63,15 +63,22 @@ def run(cmd, cwd=None, env=None, capture=False):
 def pip_args(spec):
     args = ["--no-compile", "--disable-pip-version-check", "--no-input"]
     pip = spec["pip"]
-    if pip.get("index_url"):
-        args += ["--index-url", pip["index_url"]]
-    else:
+    if not pip.get("index_url"):
         args += ["--no-index"]
     for link in pip.get("find_links", []):
         args += ["--find-links", link]
     # setuptools and wheel for PEP 517 builds with isolation, without a network.
     args += ["--find-links", "/opt/ckan-release/wheels"]
     return args + list(pip.get("extra_args", []))
+
+
+def pip_env(spec):
+    """The index URL goes to pip through its environment, not its command line, which the build log
+    records: index URLs often carry credentials."""
+    env = dict(os.environ)
+    if spec["pip"].get("index_url"):
+        env["PIP_INDEX_URL"] = spec["pip"]["index_url"]
+    return env
 
 
 def pip_failure(kind, who, out):
@@ -119,10 +126,10 @@ def cmd_base(spec):
     pip = [os.path.join(base, "bin", "python"), "-m", "pip", "install"] + pip_args(spec)
     req = os.path.join(src, "requirements.txt")
     if os.path.exists(req):
-        code, out = run(pip + ["-r", req], cwd=src)
+        code, out = run(pip + ["-r", req], cwd=src, env=pip_env(spec))
         if code != 0:
             raise pip_failure("base", "ckan requirements.txt", out)
-    code, out = run(pip + ["-e", src], cwd=src)
+    code, out = run(pip + ["-e", src], cwd=src, env=pip_env(spec))
     if code != 0:
         raise pip_failure("base", "ckan", out)
     emit("done")
@@ -294,10 +301,10 @@ def cmd_release(spec):
         req = os.path.join(src, "requirements.txt")
         constraints = ["-c", installed_constraints(python, "/tmp/ckan-release-constraints.txt")]
         if os.path.exists(req):
-            code, out = run(pip + constraints + ["-r", req], cwd=src)
+            code, out = run(pip + constraints + ["-r", req], cwd=src, env=pip_env(spec))
             if code != 0:
                 raise pip_failure("install", "%s requirements.txt" % ext["name"], out)
-        code, out = run(pip + constraints + ["-e", src], cwd=src)
+        code, out = run(pip + constraints + ["-e", src], cwd=src, env=pip_env(spec))
         if code != 0:
             raise pip_failure("install", ext["name"], out)
 

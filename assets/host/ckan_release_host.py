@@ -54,6 +54,10 @@ def check_id(release_id):
 
 def paths(root):
     meta = os.path.join(root, ".ckan-release")
+    for d in (os.path.join(root, "releases"), meta):
+        # The agent may run as root: never follow a symlink planted where the layout has directories.
+        if os.path.islink(d):
+            raise Refused("bad-layout", "%s is a symlink; refusing to work through it" % d)
     return {
         "root": root,
         "releases": os.path.join(root, "releases"),
@@ -130,12 +134,14 @@ def release_states(entries):
 
 def rollback_target(entries, current):
     """The last release activated and found healthy before the current one, never one marked bad."""
-    bad = set(e["release"] for e in entries if e.get("event") == "bad")
-    healthy = set()
+    bad = set()
     candidates = []
     for e in entries:
+        if e.get("event") == "bad":
+            bad.add(e["release"])
         if e.get("event") == "healthy":
-            healthy.add(e["release"])
+            # Named explicitly later and found healthy again: no longer bad.
+            bad.discard(e["release"])
             if e["release"] != current:
                 if e["release"] in candidates:
                     candidates.remove(e["release"])
@@ -253,20 +259,41 @@ def cmd_lock(args):
         if e.errno != errno.EEXIST:
             raise
         held = read_lock(p)
-        if held and held.get("expires", 0) > time.time():
+        if held and held.get("token") == owner["token"]:
+            pass  # our own lock: renew its expiry
+        elif held and held.get("expires", 0) > time.time():
             raise Refused("locked", "locked by %s" % describe_owner(held), holder=held)
-        # Expired: move it aside atomically (only one taker wins the rename), then take it.
-        stale = "%s.stale-%d-%d" % (p["lock"], os.getpid(), int(time.time()))
-        try:
-            os.rename(p["lock"], stale)
-        except OSError:
-            raise Refused("locked", "lock changed hands while taking over an expired one", holder=held)
-        shutil.rmtree(stale, ignore_errors=True)
-        os.mkdir(p["lock"])
-        taken_over = held
+        else:
+            # Expired: move it aside, then check that what we moved is the lock we judged expired;
+            # another taker may have replaced it in between, and then it is theirs.
+            stale = "%s.stale-%d-%d" % (p["lock"], os.getpid(), int(time.time()))
+            try:
+                os.rename(p["lock"], stale)
+            except OSError:
+                raise Refused("locked", "the lock changed hands while taking over an expired one", holder=held)
+            moved = None
+            try:
+                with io.open(os.path.join(stale, "owner.json"), encoding="utf-8") as f:
+                    moved = json.load(f)
+            except (IOError, ValueError):
+                pass
+            if moved is not None and held is not None and moved.get("token") != held.get("token"):
+                try:
+                    os.rename(stale, p["lock"])
+                except OSError:
+                    pass
+                raise Refused("locked", "locked by %s" % describe_owner(moved), holder=moved)
+            shutil.rmtree(stale, ignore_errors=True)
+            try:
+                os.mkdir(p["lock"])
+            except OSError as e2:
+                if e2.errno != errno.EEXIST:
+                    raise
+                raise Refused("locked", "locked by %s" % describe_owner(read_lock(p) or {}), holder=read_lock(p))
+            taken_over = held
     tmp = os.path.join(p["lock"], ".owner.json.tmp")
     with io.open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(owner, sort_keys=True))
+        f.write(u"%s" % json.dumps(owner, sort_keys=True))
     os.rename(tmp, os.path.join(p["lock"], "owner.json"))
     out({"locked": True, "taken_over": taken_over})
 
@@ -325,6 +352,7 @@ def cmd_receive(args):
         shutil.rmtree(partial)
     os.makedirs(partial)
     seen = set()
+    dir_mtimes = {}
     stdin = getattr(sys.stdin, "buffer", sys.stdin)
     try:
         tar = tarfile.open(fileobj=stdin, mode="r|gz")
@@ -351,6 +379,7 @@ def cmd_receive(args):
                     raise Refused("bad-artifact", "%s: the archive has a directory, the manifest a %s" % (rel, entry["type"]))
                 if not os.path.isdir(dest):
                     os.mkdir(dest, 0o700)
+                dir_mtimes[rel] = member.mtime
             elif member.issym():
                 if entry["type"] != "symlink" or member.linkname != entry["target"]:
                     raise Refused("bad-artifact", "%s: symlink target %r differs from the manifest's %r"
@@ -372,6 +401,9 @@ def cmd_receive(args):
                 if h.hexdigest() != entry["sha256"]:
                     raise Refused("bad-artifact", "%s: sha256 %s differs from the manifest's %s" % (rel, h.hexdigest(), entry["sha256"]))
                 os.chmod(dest, mode)
+                # The build fixed every mtime; .pyc headers record the source's, so keep them equal or
+                # Python would find all bytecode stale and recompile (and write) inside the release.
+                os.utime(dest, (member.mtime, member.mtime))
             else:
                 raise Refused("bad-artifact", "archive entry %s is a device, fifo or hard link: refused" % rel)
         tar.close()
@@ -382,9 +414,12 @@ def cmd_receive(args):
     missing = sorted(set(entries) - seen)
     if missing:
         raise Refused("bad-artifact", "%d manifest entries are missing from the archive, e.g. %s" % (len(missing), missing[0]))
-    # Directory modes last: a read-only directory must not stop the files inside it from being written.
+    # Directory modes (and mtimes) last: a read-only directory must not stop the files inside it from
+    # being written, and writing into a directory changes its mtime.
     for rel in sorted((r for r, e in entries.items() if e["type"] == "dir"), reverse=True):
         os.chmod(os.path.join(partial, rel), int(entries[rel]["mode"], 8))
+        if dir_mtimes.get(rel) is not None:
+            os.utime(os.path.join(partial, rel), (dir_mtimes[rel], dir_mtimes[rel]))
     out({"partial": partial, "entries": len(seen)})
 
 
@@ -395,8 +430,12 @@ def verify_tree(release, manifest):
     for dirpath, dirnames, filenames in os.walk(release):
         for name in dirnames + filenames:
             rel = os.path.relpath(os.path.join(dirpath, name), release)
-            if rel not in entries and rel not in manifest.get("_allowed_extra", []):
-                extra.append(rel)
+            if rel in entries or rel in manifest.get("_allowed_extra", []):
+                continue
+            # Bytecode Python wrote at run time for a module the build could not compile: harmless.
+            if name == "__pycache__" or (os.path.basename(dirpath) == "__pycache__" and name.endswith(".pyc")):
+                continue
+            extra.append(rel)
     problems = []
     for rel, e in sorted(entries.items()):
         path = os.path.join(release, rel)
@@ -511,6 +550,19 @@ def cmd_verify(args):
     out({"ok": not problems and not extra, "problems": problems[:20], "extra": extra[:20]})
 
 
+def cmd_config(args):
+    """stdin: the rendered config file, written atomically (0640, owner/group) into an existing release."""
+    p = paths(args["root"])
+    rid = check_id(args["id"])
+    release = os.path.join(p["releases"], rid)
+    if os.path.islink(release) or not os.path.isdir(release):
+        raise Refused("missing", "releases/%s is not a release directory on this host" % rid)
+    uid, gid = lookup_ids(args.get("owner"), args.get("group"))
+    data = getattr(sys.stdin, "buffer", sys.stdin).read()
+    write_file_atomic(os.path.join(release, args["config_file"]), data, 0o640, uid if uid != -1 else None, gid)
+    out({"written": True})
+
+
 # ------------------------------------------------------------------------------------------ switch
 
 
@@ -533,10 +585,11 @@ def cmd_switch(args):
     rid = check_id(args["id"])
     if not os.path.isdir(os.path.join(p["releases"], rid)):
         raise Refused("missing", "releases/%s does not exist on this host" % rid)
+    # The ledger first: if it cannot be written (disk full), nothing has switched yet.
+    ledger_append(p, [{"event": "activated", "release": rid, "op": args["op"], "previous": previous, "by": args.get("by")}])
     os.symlink(os.path.join("releases", rid), tmp)
     os.rename(tmp, p["current"])
     fsync_dir(p["root"])
-    ledger_append(p, [{"event": "activated", "release": rid, "op": args["op"], "previous": previous, "by": args.get("by")}])
     out({"previous": previous, "current": rid})
 
 
@@ -575,7 +628,7 @@ def cmd_prune(args):
             shutil.rmtree(doomed, ignore_errors=True)
         removed.append({"release": r, "why": reason})
     for d in partials:
-        if not args.get("dry_run") and args["op"] not in d:
+        if args["op"] not in d:
             shutil.rmtree(os.path.join(p["releases"], d), ignore_errors=True)
             removed.append({"release": None, "path": d, "why": "partial directory left by an interrupted operation"})
     if removed:
@@ -642,6 +695,7 @@ COMMANDS = {
     "receive": cmd_receive,
     "finalize": cmd_finalize,
     "verify": cmd_verify,
+    "config": cmd_config,
     "switch": cmd_switch,
     "ledger": cmd_ledger,
     "prune": cmd_prune,

@@ -23,6 +23,7 @@ import type { Config } from '../config/types.js';
 import { imageExists } from '../docker/engine.js';
 import { ensureImage } from '../docker/images.js';
 import { OperationError } from '../errors.js';
+import { redactUrls } from '../redact.js';
 import { exportTree } from './git.js';
 import { artifactId, digest, findLinksListing, resolveInputs, type BuildInputs } from './inputs.js';
 
@@ -351,19 +352,24 @@ function releaseHeader(
       base_venv: BASE_VENV,
       python: { version: '', path: '' },
     },
-    ckan: { source: inputs.ckan.source, ref: inputs.ckan.ref, commit: inputs.ckan.commit, version: null },
+    ckan: {
+      source: redactUrls(inputs.ckan.source),
+      ref: inputs.ckan.ref,
+      commit: inputs.ckan.commit,
+      version: null,
+    },
     extensions: inputs.extensions.map((x) => ({
       name: x.name,
-      source: x.source,
+      source: redactUrls(x.source),
       ref: x.ref,
       commit: x.commit,
       plugins: x.plugins,
     })),
     patches: inputs.patches.map((p) => ({ file: p.file, target: p.target, sha256: p.sha256 })),
     pip: {
-      index_url: config.builder.pip.indexUrl ?? null,
-      find_links: config.builder.pip.findLinks,
-      extra_args: config.builder.pip.extraArgs,
+      index_url: config.builder.pip.indexUrl ? redactUrls(config.builder.pip.indexUrl) : null,
+      find_links: config.builder.pip.findLinks.map(redactUrls),
+      extra_args: config.builder.pip.extraArgs.map(redactUrls),
       freeze: [],
     },
   };

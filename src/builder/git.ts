@@ -8,6 +8,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import tar from 'tar-fs';
 import { OperationError, UsageError } from '../errors.js';
+import { redactUrls } from '../redact.js';
 
 const run = promisify(execFile);
 
@@ -71,7 +72,7 @@ export async function pin(cacheDir: string, url: string, ref: string, who: strin
     if (r.code !== 0) {
       rmSync(tmp, { recursive: true, force: true });
       throw new UsageError(
-        `${who}: cannot fetch ${url}: ${lastLine(r.stderr)}`,
+        `${who}: cannot fetch ${redactUrls(url)}: ${redactUrls(lastLine(r.stderr))}`,
         'check the source URL and your git access to it',
       );
     }
@@ -88,7 +89,8 @@ export async function pin(cacheDir: string, url: string, ref: string, who: strin
       'origin',
       '+refs/*:refs/*',
     ]);
-    if (r.code !== 0) throw new UsageError(`${who}: cannot fetch ${url}: ${lastLine(r.stderr)}`);
+    if (r.code !== 0)
+      throw new UsageError(`${who}: cannot fetch ${redactUrls(url)}: ${redactUrls(lastLine(r.stderr))}`);
     fetched = true;
   }
   const r = await git(['--git-dir', mirror, 'rev-parse', '--verify', '--quiet', `${ref}^{commit}`]);
@@ -96,7 +98,7 @@ export async function pin(cacheDir: string, url: string, ref: string, who: strin
     const tags = await git(['--git-dir', mirror, 'tag', '--sort=-creatordate']);
     const recent = tags.stdout.split('\n').filter(Boolean).slice(0, 5);
     throw new UsageError(
-      `${who}: ref "${ref}" is not a tag, branch or commit of ${url}`,
+      `${who}: ref "${ref}" is not a tag, branch or commit of ${redactUrls(url)}`,
       recent.length ? `recent tags: ${recent.join(', ')}` : undefined,
     );
   }

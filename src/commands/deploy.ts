@@ -92,15 +92,26 @@ function printPlan(io: Io, s: Session, facts: HostFacts[], artifact: StoredArtif
     io.out(`    restart: ${s.config.deploy.restart}\n    health check: ${s.config.deploy.healthcheck.url}\n`);
     for (const hook of s.config.deploy.hooks.afterSwitch)
       if (!hook.once || i === 0) io.out(`    after_switch: ${hook.run}\n`);
+    // The agent's prune rule: keep the newest keep_releases, never the current release (the new one)
+    // nor the rollback target (for ship/promote: the old current, if it was healthy).
     const ids = [...new Set([...f.releases.map((r) => r.id), m.id])].sort().reverse();
-    const protect = new Set([m.id, f.current].filter(Boolean));
+    const target =
+      what === 'rollback'
+        ? null
+        : f.current && healthyOn(f, f.current) && f.current !== m.id
+          ? f.current
+          : f.rollback_target;
+    const protect = new Set([m.id, target].filter((x): x is string => !!x));
     const keep = ids
       .filter((id) => !protect.has(id))
       .slice(0, Math.max(0, s.config.deploy.keepReleases - protect.size));
-    for (const id of ids)
+    for (const id of ids) {
       if (!protect.has(id) && !keep.includes(id))
         io.out(`    prune: ${id} (beyond keep_releases=${s.config.deploy.keepReleases})\n`);
-    io.out(`    rollback target afterwards: ${f.current ?? 'none'}\n`);
+    }
+    io.out(
+      `    rollback target afterwards: ${what === 'rollback' ? 'decided by the ledger after the rollback' : (target ?? 'none')}\n`,
+    );
   });
 }
 
@@ -173,10 +184,9 @@ export function registerDeploy(program: Command, io: Io, dryRun: () => import('c
           return;
         }
         await settleAll(s.hosts, s.env.parallel, async (h) => {
-          const owner = [l.config.deploy.owner, l.config.deploy.group].filter(Boolean).join(':');
-          const prepare =
-            `mkdir -p ${cmd([`${l.config.root}/.ckan-release/agent`])}` +
-            (owner ? ` && chown ${cmd([owner, l.config.root])}` : '');
+          // <root> and .ckan-release stay owned by whoever runs the agent (root with sudo): the
+          // agent runs privileged, so the CKAN user must not be able to replace it.
+          const prepare = `mkdir -p ${cmd([`${l.config.root}/.ckan-release/agent`])}`;
           await h.remote.run('create the root', cmd(maybeSudo(['sh', '-c', prepare], h.sudo)));
           const agent = { remote: h.remote, root: l.config.root, python: HOST_PYTHON, sudo: h.sudo };
           await installAgent(agent);
@@ -185,6 +195,12 @@ export function registerDeploy(program: Command, io: Io, dryRun: () => import('c
             shared: l.config.shared.map((x) => x.path),
             adopt: true,
           });
+          // Shared directories are written by CKAN (storage, uploads): they belong to deploy.owner.
+          const owner = [l.config.deploy.owner, l.config.deploy.group].filter(Boolean).join(':');
+          if (owner && l.config.shared.length) {
+            const dirs = l.config.shared.map((x) => `${l.config.root}/shared/${x.path}`);
+            await h.remote.run('chown shared directories', cmd(maybeSudo(['chown', owner, ...dirs], h.sudo)));
+          }
           io.out(
             `${h.name}: ${r.made.length ? `made ${r.made.join(', ')}` : 'already set up'}${r.adopted ? `; adopted ${l.config.root}/default as release ${r.adopted}` : ''}\n`,
           );

@@ -16,7 +16,7 @@ import { renderFile, renderString } from '../render/template.js';
 import { SshRemote, type Remote } from '../remote/ssh.js';
 import { resolveTarget } from '../remote/target.js';
 import { AgentRefusal, callAgent, installAgent, type AgentHost } from './agent.js';
-import { cmd, maybeSudo } from './shell.js';
+import { cmd, maybeSudo, shq } from './shell.js';
 
 export interface HostFacts {
   python: { path: string; version: string };
@@ -163,6 +163,17 @@ export function describeHolder(o: Record<string, unknown>): string {
   return `${String(o.user ?? '?')}@${String(o.machine ?? '?')} (pid ${String(o.pid ?? '?')}, ${String(o.operation ?? '?')}, since ${since})`;
 }
 
+/** Extends every held lock (same token): operations longer than the lock's TTL keep it. */
+async function renewLocks(s: Session, python: string, operation: string): Promise<void> {
+  const results = await settleAll(
+    s.hosts.filter((h) => h.locked),
+    s.env.parallel,
+    (h) => lockHost(s, h, python, operation),
+  );
+  const f = failures(s.hosts, results);
+  if (f.length) throw new OperationError(`lost a lock: ${f.map((x) => message(x.error)).join('; ')}`);
+}
+
 async function unlockAll(s: Session, python: string): Promise<void> {
   await settleAll(
     s.hosts.filter((h) => h.locked),
@@ -198,18 +209,30 @@ export function templateVars(
   };
 }
 
+/**
+ * The same variables for templates that become shell commands (hooks, restart): every string is
+ * shell-quoted, so a value with spaces, quotes or $(...) stays one literal word. Safe paths such as
+ * {{ release }} are left as they are, so `{{ release }}/bin/ckan` still works.
+ */
+export function shellVars(vars: Record<string, unknown>): Record<string, unknown> {
+  const quote = (v: unknown): unknown =>
+    typeof v === 'string' ? shq(v) : Array.isArray(v) ? v.map(quote) : v;
+  return Object.fromEntries(Object.entries(vars).map(([k, v]) => [k, quote(v)]));
+}
+
 function pythonOf(m: Manifest): string {
   return m.builder.python.path;
 }
 
 /** Phase 1 on one host: everything up to, not including, the switch. */
+/** Returns the host's current release before the operation (what a failure switches back to). */
 async function stageOnHost(
   s: Session,
   h: HostSession,
   artifact: StoredArtifact,
   operation: string,
   runOnceHooks: boolean,
-): Promise<void> {
+): Promise<string | null> {
   const m = artifact.manifest;
   const python = pythonOf(m);
   const agent = agentFor(s, h, python);
@@ -235,8 +258,49 @@ async function stageOnHost(
   }
   await lockHost(s, h, python, operation);
   const existing = facts.releases.find((r) => r.id === m.id);
+  const rendered = () =>
+    renderFile(
+      s.config.config.template,
+      templateVars(s, h.name, m),
+      path.relative(process.cwd(), s.config.config.template),
+    );
   if (existing) {
-    s.say(`${h.name}: releases/${m.id} is already there (${existing.state}); not sent again`);
+    // Already on the host (a re-ship, a rollback): not sent again, but checked file by file against
+    // the manifest, and its config rendered anew (the secrets or vars may have changed).
+    const manifestPath = await uploadManifest(s, h, m);
+    const v = await callAgent<{ ok: boolean; problems: string[]; extra: string[] }>(
+      agent,
+      'verify',
+      'verify',
+      {
+        root: s.config.root,
+        id: m.id,
+        manifest: manifestPath,
+        allowed_extra: [s.config.config.file, ...s.config.shared.map((x) => x.link)],
+      },
+    );
+    await h.remote.exec(cmd(maybeSudo(['rm', '-f', manifestPath], h.sudo)));
+    if (!v.ok) {
+      throw new OperationError(
+        `${h.name}: releases/${m.id} differs from its manifest, refusing to switch to it: ${[...v.problems, ...v.extra.map((x) => `unexpected ${x}`)].slice(0, 5).join('; ')}`,
+      );
+    }
+    await callAgent(
+      agent,
+      'write the config',
+      'config',
+      {
+        root: s.config.root,
+        id: m.id,
+        config_file: s.config.config.file,
+        owner: s.config.deploy.owner ?? null,
+        group: s.config.deploy.group ?? null,
+      },
+      { stdin: Readable.from([rendered()]) },
+    );
+    s.say(
+      `${h.name}: releases/${m.id} is already there (${existing.state}), verified against the manifest; not sent again`,
+    );
   } else {
     const need = m.files.reduce((n, f) => n + f.size, 0) + m.archive.bytes;
     if (facts.disk_free !== null && facts.disk_free < need * 1.2) {
@@ -244,11 +308,7 @@ async function stageOnHost(
         `${h.name}: preflight: ${facts.disk_free} bytes free under ${s.config.root}, the release needs about ${need}`,
       );
     }
-    const manifestPath = path.posix.join(s.config.root, '.ckan-release', 'tmp', `${s.op}-manifest.json`);
-    const writeManifest = `mkdir -p ${cmd([path.posix.dirname(manifestPath)])} && cat > ${cmd([manifestPath])}`;
-    await h.remote.run('upload the manifest', cmd(maybeSudo(['sh', '-c', writeManifest], h.sudo)), {
-      stdin: Readable.from([JSON.stringify(m)]),
-    });
+    const manifestPath = await uploadManifest(s, h, m);
     const t0 = Date.now();
     const received = await callAgent<{ partial: string }>(
       agent,
@@ -263,12 +323,6 @@ async function stageOnHost(
     const secs = (Date.now() - t0) / 1000;
     s.say(
       `${h.name}: received ${(m.archive.bytes / 1e6).toFixed(1)} MB in ${secs.toFixed(1)} s, every file checked against the manifest`,
-    );
-    const vars = templateVars(s, h.name, m);
-    const rendered = renderFile(
-      s.config.config.template,
-      vars,
-      path.relative(process.cwd(), s.config.config.template),
     );
     await callAgent(
       agent,
@@ -286,7 +340,7 @@ async function stageOnHost(
         shared: s.config.shared,
         by: lockOwner(s, operation),
       },
-      { stdin: Readable.from([rendered]) },
+      { stdin: Readable.from([rendered()]) },
     );
     await h.remote.exec(cmd(maybeSudo(['rm', '-f', manifestPath], h.sudo)));
     s.say(`${h.name}: staged releases/${m.id} (config rendered, shared paths linked)`);
@@ -295,6 +349,17 @@ async function stageOnHost(
     if (hook.once && !runOnceHooks) continue;
     await runHook(s, h, hook, m, 'before_switch');
   }
+  return facts.current;
+}
+
+/** Puts the manifest where the agent reads it: <root>/.ckan-release/tmp/<op>-manifest.json. */
+async function uploadManifest(s: Session, h: HostSession, m: Manifest): Promise<string> {
+  const manifestPath = path.posix.join(s.config.root, '.ckan-release', 'tmp', `${s.op}-manifest.json`);
+  const writeManifest = `mkdir -p ${cmd([path.posix.dirname(manifestPath)])} && cat > ${cmd([manifestPath])}`;
+  await h.remote.run('upload the manifest', cmd(maybeSudo(['sh', '-c', writeManifest], h.sudo)), {
+    stdin: Readable.from([JSON.stringify(m)]),
+  });
+  return manifestPath;
 }
 
 /** Upload progress: a line at each quarter, with the rate so far. */
@@ -312,7 +377,7 @@ function progress(s: Session, host: string, total: number, t0: number): (sent: n
 }
 
 async function runHook(s: Session, h: HostSession, hook: Hook, m: Manifest, when: string): Promise<void> {
-  const line = renderString(hook.run, templateVars(s, h.name, m), `deploy.hooks.${when}`);
+  const line = renderString(hook.run, shellVars(templateVars(s, h.name, m)), `deploy.hooks.${when}`);
   const release = path.posix.join(s.config.root, 'releases', m.id);
   const argv = ['sh', '-c', `cd ${cmd([release])} && ${line}`];
   const asOwner =
@@ -335,7 +400,7 @@ async function switchHost(
 }
 
 async function restartHost(s: Session, h: HostSession, m: Manifest): Promise<void> {
-  const line = renderString(s.config.deploy.restart, templateVars(s, h.name, m), 'deploy.restart');
+  const line = renderString(s.config.deploy.restart, shellVars(templateVars(s, h.name, m)), 'deploy.restart');
   await h.remote.run(`restart ("${s.config.deploy.restart}")`, cmd(['sh', '-c', line]));
 }
 
@@ -410,35 +475,47 @@ export async function deploy(
       throw err;
     }
 
-    // Phase 2.
+    // Phase 2. A long phase 1 must not have let the locks expire: renew them first.
+    await renewLocks(s, python, opts.operation);
+    const previousOf = new Map(
+      s.hosts.map((h, i) => [h, (staged[i] as PromiseFulfilledResult<string | null>).value]),
+    );
     const switched: { h: HostSession; previous: string | null }[] = [];
+    let aborted = false;
     const phase2 = await settleAll(s.hosts, limit, async (h) => {
-      const { previous } = await switchHost(s, h, python, m.id);
+      if (aborted) throw new OperationError(`${h.name}: not switched, because another host failed first`);
+      const previous = previousOf.get(h) ?? null;
+      // Counted as switched before the call: a switch that fails halfway (the link renamed, the answer
+      // lost) must be switched back too, and switching back is idempotent.
       switched.push({ h, previous });
-      s.say(`${h.name}: current -> releases/${m.id} (was ${previous ?? 'nothing'})`);
-      await restartHost(s, h, m);
-      const health = await healthOnHost(s, h, m);
-      s.say(
-        `${h.name}: healthy: CKAN ${String(health.ckan_version)} with ${(health.extensions as string[]).join(' ')}`,
-      );
-      return previous;
+      try {
+        await switchHost(s, h, python, m.id);
+        s.say(`${h.name}: current -> releases/${m.id} (was ${previous ?? 'nothing'})`);
+        await restartHost(s, h, m);
+        const health = await healthOnHost(s, h, m);
+        s.say(
+          `${h.name}: healthy: CKAN ${String(health.ckan_version)} with ${(health.extensions as string[]).join(' ')}`,
+        );
+        return previous;
+      } catch (e) {
+        aborted = true;
+        throw e;
+      }
     });
     const failed2 = failures(s.hosts, phase2);
     if (failed2.length) {
+      const why = failed2
+        .map((f) => message(f.error))
+        .join('; ')
+        .slice(0, 500);
       const back = await settleAll(switched, limit, async ({ h, previous }) => {
         await switchHost(s, h, python, previous);
         await ledger(s, h, python, [
-          {
-            event: 'failed',
-            release: m.id,
-            why: failed2
-              .map((f) => message(f.error))
-              .join('; ')
-              .slice(0, 500),
-          },
+          { event: 'failed', release: m.id, why },
           ...(previous ? [{ event: 'rolled_back', release: previous, from: m.id }] : []),
         ]);
-        if (previous) await restartHost(s, h, m);
+        // Restart even when there was no previous release, so the server drops the failed code.
+        await restartHost(s, h, m);
         s.say(`${h.name}: switched back to ${previous ?? 'nothing'}`);
       });
       const backFailed = failures(
@@ -454,22 +531,18 @@ export async function deploy(
           detail,
       );
     }
-    await settleAll(s.hosts, limit, (h, i) =>
-      ledger(s, h, python, [
+    const recorded = await settleAll(s.hosts, limit, (h) => {
+      const previous = previousOf.get(h) ?? null;
+      return ledger(s, h, python, [
         { event: 'healthy', release: m.id },
-        ...(opts.markPreviousBad &&
-        phase2[i]!.status === 'fulfilled' &&
-        (phase2[i] as PromiseFulfilledResult<string | null>).value
-          ? [
-              {
-                event: 'bad',
-                release: (phase2[i] as PromiseFulfilledResult<string | null>).value,
-                why: `rolled back from by ${s.op}`,
-              },
-            ]
+        ...(opts.markPreviousBad && previous && previous !== m.id
+          ? [{ event: 'bad', release: previous, why: `rolled back from by ${s.op}` }]
           : []),
-      ]),
-    );
+      ]);
+    });
+    for (const f of failures(s.hosts, recorded)) {
+      s.say(`WARNING ${f.host}: the release is live but the ledger could not record it: ${message(f.error)}`);
+    }
     for (const hook of s.config.deploy.hooks.afterSwitch) {
       const results = await settleAll(
         s.hosts.filter((_, i) => !hook.once || i === 0),
@@ -483,7 +556,7 @@ export async function deploy(
         );
     }
     const pruned: DeployResult['pruned'] = [];
-    await settleAll(s.hosts, limit, async (h) => {
+    const pruning = await settleAll(s.hosts, limit, async (h) => {
       const r = await callAgent<{ removed: { release: string | null; path?: string; why: string }[] }>(
         agentFor(s, h, python),
         'prune',
@@ -499,6 +572,7 @@ export async function deploy(
         s.say(`${h.name}: pruned ${x.release ?? x.path}: ${x.why}`);
       }
     });
+    for (const f of failures(s.hosts, pruning)) s.say(`WARNING ${f.host}: prune failed: ${message(f.error)}`);
     return {
       hosts: s.hosts.map((h, i) => ({
         host: h.name,

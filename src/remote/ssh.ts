@@ -4,7 +4,7 @@
 // the host and the step; stderr output alone is not.
 import { readFileSync } from 'node:fs';
 import type { Readable } from 'node:stream';
-import { Client, type ConnectConfig } from 'ssh2';
+import ssh2, { Client, type ConnectConfig } from 'ssh2';
 import { CkanReleaseError, OperationError } from '../errors.js';
 import { fingerprint, keyType, readKnownHosts, verifyHostKey, type HostKeyVerdict } from './known-hosts.js';
 import type { HostTarget } from './target.js';
@@ -75,7 +75,7 @@ function hostKeyProblem(
       return new HostKeyError(
         `${where}: unknown host key ${keyType(offered)} ${fp} (not in ${target.knownHostsFiles.join(', ')})`,
         `check the fingerprint with the host's admin, then trust it: ssh -p ${target.port} ${target.user}@${target.hostname} true` +
-          ' (answer yes), or run again with --accept-new-host-key',
+          ' (answer yes) with the same known_hosts file',
       );
   }
 }
@@ -126,6 +126,9 @@ export class SshRemote implements Remote {
       });
       client.connect(config);
     });
+    // Later errors (a dropped connection) end the open channels, which fail their commands; without a
+    // listener they would crash the process instead.
+    client.on('error', () => undefined);
     // Bulk transfers and short commands both suffer from Nagle's algorithm (see FACTS.md).
     (client as unknown as { _sock?: { setNoDelay?: (v: boolean) => void } })._sock?.setNoDelay?.(true);
     return new SshRemote(client, target);
@@ -180,13 +183,16 @@ export class SshRemote implements Remote {
   }
 }
 
+/** The first identity file ssh2 can use without a passphrase; encrypted keys are left to the agent. */
 function firstReadableKey(files: string[]): Buffer | undefined {
   for (const f of files) {
+    let data: Buffer;
     try {
-      return readFileSync(f);
+      data = readFileSync(f);
     } catch {
-      // try the next one
+      continue; // absent, as OpenSSH allows
     }
+    if (!(ssh2.utils.parseKey(data) instanceof Error)) return data;
   }
   return undefined;
 }

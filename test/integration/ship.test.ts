@@ -91,8 +91,12 @@ describe('setup', () => {
     expect(first).toMatch(/^t-staging: made /m);
     await ok('setup', 'production');
     expect(await ok('setup', 'staging')).toBe('t-staging: already set up\n');
-    const r = await onHost(docker, 't-web1', `cd ${ROOT} && ls -A && stat -c '%U:%G' . && ls shared`);
-    expect(r.out).toBe('.ckan-release\nreleases\nshared\nckan:www-data\nstorage\n');
+    const r = await onHost(
+      docker,
+      't-web1',
+      `cd ${ROOT} && ls -A && ls shared && stat -c '%U:%G' shared/storage .ckan-release`,
+    );
+    expect(r.out).toBe('.ckan-release\nreleases\nshared\nstorage\nckan:www-data\nroot:root\n');
   });
 
   it('--dry-run connects but changes nothing', async () => {

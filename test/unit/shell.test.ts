@@ -63,3 +63,33 @@ describe('agent commands', () => {
     expect(JSON.parse(argv.slice('ledger\n'.length, -1))).toEqual(args);
   });
 });
+
+describe('hook and restart templates', () => {
+  it('render every variable as one literal shell word', async () => {
+    const { shellVars } = await import('../../src/deploy/deploy.js');
+    const { renderString } = await import('../../src/render/template.js');
+    const vars = shellVars({
+      release: '/usr/lib/ckan/releases/X',
+      site: "a'b $(touch /tmp/pwned); `id`",
+      plugins: ['a b', 'c'],
+    });
+    const line = renderString(
+      "printf '[%s]' {{ release }}/bin/ckan {{ site }} {{ plugins | join(' ') }}",
+      vars,
+      'hook',
+    );
+    expect(execFileSync('sh', ['-c', line], { encoding: 'utf8' })).toBe(
+      "[/usr/lib/ckan/releases/X/bin/ckan][a'b $(touch /tmp/pwned); `id`][a b][c]",
+    );
+  });
+});
+
+describe('credentials in URLs', () => {
+  it('are redacted', async () => {
+    const { redactUrls } = await import('../../src/redact.js');
+    expect(redactUrls('fatal: https://bob:s3cret@git.example.org/x.git and ssh://git@h/y')).toBe(
+      'fatal: https://***@git.example.org/x.git and ssh://***@h/y',
+    );
+    expect(redactUrls('git@github.com:ckan/ckan.git')).toBe('git@github.com:ckan/ckan.git');
+  });
+});

@@ -1,0 +1,7 @@
+// Credentials in URLs (https://user:token@host/..., also in git and pip settings) never reach a
+// manifest, a log or a message.
+
+/** Replaces the user-info of every URL in the text with "***". */
+export function redactUrls(text: string): string {
+  return text.replace(/\b([a-z][a-z0-9+.-]*:\/\/)[^/\s@]+@/gi, '$1***@');
+}
