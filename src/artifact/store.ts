@@ -13,14 +13,18 @@ export interface StoredArtifact {
   manifest: Manifest;
 }
 
-/** Every complete artifact, newest first (IDs begin with the UTC build time). */
-export function listArtifacts(store: string): StoredArtifact[] {
+/** IDs of the complete artifacts (the manifest is written last), newest first: IDs begin with the UTC build time. */
+function artifactIds(store: string): string[] {
   if (!existsSync(store)) return [];
   return readdirSync(store)
     .filter((name) => ARTIFACT_ID.test(name) && existsSync(path.join(store, name, 'manifest.json')))
     .sort()
-    .reverse()
-    .map((id) => readArtifact(store, id));
+    .reverse();
+}
+
+/** Every complete artifact, newest first. */
+export function listArtifacts(store: string): StoredArtifact[] {
+  return artifactIds(store).map((id) => readArtifact(store, id));
 }
 
 export function readArtifact(store: string, id: string): StoredArtifact {
@@ -38,15 +42,8 @@ export function readArtifact(store: string, id: string): StoredArtifact {
 
 /** An ID or any unique prefix of one; an ambiguous prefix lists the candidates. */
 export function findArtifact(store: string, prefix: string): StoredArtifact {
-  const ids = existsSync(store)
-    ? readdirSync(store).filter(
-        (n) => ARTIFACT_ID.test(n) && existsSync(path.join(store, n, 'manifest.json')),
-      )
-    : [];
-  const matches = ids
-    .filter((id) => id.startsWith(prefix))
-    .sort()
-    .reverse();
+  const ids = artifactIds(store);
+  const matches = ids.filter((id) => id.startsWith(prefix));
   if (matches.length === 1) return readArtifact(store, matches[0]!);
   if (matches.length === 0) {
     throw new UsageError(
