@@ -7,6 +7,5 @@ export default defineConfig({
     fileParallelism: false,
     testTimeout: 120_000,
     hookTimeout: 900_000,
-    globalSetup: ['test/global-setup.ts'],
   },
 });
