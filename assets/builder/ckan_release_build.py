@@ -344,7 +344,7 @@ def cmd_release(spec):
 
     freeze_lines = [l for l in freeze.splitlines() if l and not l.startswith("$ ")]
     release_json = dict(spec["release_json"])
-    release_json["python"] = {"version": facts["python_version"], "path": spec["python_path"]}
+    release_json["builder"]["python"] = {"version": facts["python_version"], "path": spec["python_path"]}
     release_json["ckan"]["version"] = facts["ckan_version"]
     with io.open(os.path.join(release, "RELEASE.json"), "w", encoding="utf-8") as f:
         f.write(json.dumps(release_json, indent=2, sort_keys=True) + u"\n")

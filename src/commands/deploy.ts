@@ -1,6 +1,9 @@
 // setup, ship, promote, rollback, status, unlock: load config, read facts from the hosts, act, report.
+import path from 'node:path';
 import type { Command } from 'commander';
+import type { Manifest } from '../artifact/manifest.js';
 import { findArtifact, listArtifacts, type StoredArtifact } from '../artifact/store.js';
+import { ARTIFACT_ID } from '../builder/inputs.js';
 import type { Io } from '../cli.js';
 import { environment, loadConfig } from '../config/load.js';
 import { loadSecrets } from '../config/secrets.js';
@@ -155,6 +158,44 @@ async function checkRequires(io: Io, cmdObj: Command, l: Loaded, id: string): Pr
   void cmdObj;
 }
 
+/**
+ * A release that every host still has but this machine's store does not (built elsewhere, or the
+ * store was cleaned): its RELEASE.json (the manifest's header) says which python and plugins it has.
+ * Without the file list it cannot be verified file by file, nor re-shipped.
+ */
+async function artifactFromHosts(s: Session, id: string): Promise<StoredArtifact> {
+  const file = path.posix.join(s.config.root, 'releases', id, 'RELEASE.json');
+  const found = await settleAll(s.hosts, s.env.parallel, (h) => h.remote.exec(cmd(['cat', file])));
+  const missing = found.flatMap((r, i) =>
+    r.status === 'fulfilled' && r.value.code === 0 ? [] : [s.hosts[i]!.name],
+  );
+  if (missing.length) {
+    throw new UsageError(
+      `${id} is not in the local store (${s.config.store}) and ${missing.join(', ')} ${missing.length === 1 ? 'does' : 'do'} not have it (${file})`,
+      'build it again, or copy its artifact directory into the store',
+    );
+  }
+  const header = JSON.parse(
+    (found[0] as PromiseFulfilledResult<{ stdout: string }>).value.stdout,
+  ) as Manifest;
+  if (header.id !== id)
+    throw new OperationError(`${s.hosts[0]!.name}: ${file} names ${header.id}, not ${id}`);
+  s.say(
+    `${id} is not in the local store: switching to the copies on the hosts (from their RELEASE.json; not re-verified file by file)`,
+  );
+  return {
+    id,
+    dir: '',
+    archive: '',
+    manifest: {
+      ...header,
+      plugins: {},
+      archive: { file: 'release.tar.gz', bytes: 0, sha256: '' },
+      files: [],
+    },
+  };
+}
+
 export function registerDeploy(program: Command, io: Io, dryRun: () => import('commander').Option): void {
   program
     .command('setup')
@@ -283,7 +324,8 @@ export function registerDeploy(program: Command, io: Io, dryRun: () => import('c
       await withSession(l, secrets, io, async (s) => {
         let id: string;
         if (opts.to) {
-          id = findArtifact(l.config.store, opts.to).id;
+          // A full ID may name a release that is on the hosts but not in this machine's store.
+          id = ARTIFACT_ID.test(opts.to) ? opts.to : findArtifact(l.config.store, opts.to).id;
         } else {
           const facts = await allFacts(s);
           const targets = [...new Set(facts.map((f) => f.rollback_target))];
@@ -295,7 +337,8 @@ export function registerDeploy(program: Command, io: Io, dryRun: () => import('c
           }
           id = targets[0];
         }
-        const artifact = findArtifact(l.config.store, id);
+        const artifact =
+          listArtifacts(l.config.store).find((a) => a.id === id) ?? (await artifactFromHosts(s, id));
         await shipArtifact(io, s, artifact, 'rollback', !!opts.dryRun, true);
       });
     });

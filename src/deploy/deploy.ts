@@ -267,23 +267,25 @@ async function stageOnHost(
   if (existing) {
     // Already on the host (a re-ship, a rollback): not sent again, but checked file by file against
     // the manifest, and its config rendered anew (the secrets or vars may have changed).
-    const manifestPath = await uploadManifest(s, h, m);
-    const v = await callAgent<{ ok: boolean; problems: string[]; extra: string[] }>(
-      agent,
-      'verify',
-      'verify',
-      {
-        root: s.config.root,
-        id: m.id,
-        manifest: manifestPath,
-        allowed_extra: [s.config.config.file, ...s.config.shared.map((x) => x.link)],
-      },
-    );
-    await h.remote.exec(cmd(maybeSudo(['rm', '-f', manifestPath], h.sudo)));
-    if (!v.ok) {
-      throw new OperationError(
-        `${h.name}: releases/${m.id} differs from its manifest, refusing to switch to it: ${[...v.problems, ...v.extra.map((x) => `unexpected ${x}`)].slice(0, 5).join('; ')}`,
+    if (m.files.length > 0) {
+      const manifestPath = await uploadManifest(s, h, m);
+      const v = await callAgent<{ ok: boolean; problems: string[]; extra: string[] }>(
+        agent,
+        'verify',
+        'verify',
+        {
+          root: s.config.root,
+          id: m.id,
+          manifest: manifestPath,
+          allowed_extra: [s.config.config.file, ...s.config.shared.map((x) => x.link)],
+        },
       );
+      await h.remote.exec(cmd(maybeSudo(['rm', '-f', manifestPath], h.sudo)));
+      if (!v.ok) {
+        throw new OperationError(
+          `${h.name}: releases/${m.id} differs from its manifest, refusing to switch to it: ${[...v.problems, ...v.extra.map((x) => `unexpected ${x}`)].slice(0, 5).join('; ')}`,
+        );
+      }
     }
     await callAgent(
       agent,
@@ -299,7 +301,7 @@ async function stageOnHost(
       { stdin: Readable.from([rendered()]) },
     );
     s.say(
-      `${h.name}: releases/${m.id} is already there (${existing.state}), verified against the manifest; not sent again`,
+      `${h.name}: releases/${m.id} is already there (${existing.state})${m.files.length ? ', verified against the manifest' : ''}; not sent again`,
     );
   } else {
     const need = m.files.reduce((n, f) => n + f.size, 0) + m.archive.bytes;

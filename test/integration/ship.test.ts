@@ -2,7 +2,7 @@
 // mod_wsgi in containers); every step asserts the hosts' real state: readlink -f current, the ledger,
 // and what Apache serves.
 import { execFileSync, spawn } from 'node:child_process';
-import { cpSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { cpSync, readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type Docker from 'dockerode';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -213,6 +213,33 @@ describe('build -> ship staging -> promote production -> rollback -> rollback --
     await onHost(docker, 't-web2', `rm -rf ${ROOT}/releases/${B}`);
     const out = await ok('rollback', 'production', '--to', B);
     expect(out).toBe(`t-web1: ${A} -> ${B}\nt-web2: ${A} -> ${B}\n`);
+    await expectServing(PROD, B, '1.0.0');
+  });
+});
+
+describe('rollback to a release that is not in the local store', () => {
+  it('switches to the copies on the hosts, from their RELEASE.json', async () => {
+    const store = path.join(project.dir, '.ckan-release/artifacts');
+    renameSync(path.join(store, A), path.join(project.dir, 'A-aside'));
+    try {
+      const r = await project.cli('--config', project.config, 'rollback', 'production', '--to', A);
+      expect(r.err).toContain(`${A} is not in the local store: switching to the copies on the hosts`);
+      expect(r.code).toBe(0);
+      await expectServing(PROD, A, '1.1.0');
+      // A short prefix cannot be resolved without the store: bad input, nothing touched.
+      const prefix = await project.cli(
+        '--config',
+        project.config,
+        'rollback',
+        'production',
+        '--to',
+        A.slice(0, 16),
+      );
+      expect(prefix.code).toBe(2);
+    } finally {
+      renameSync(path.join(project.dir, 'A-aside'), path.join(store, A));
+    }
+    await ok('rollback', 'production', '--to', B);
     await expectServing(PROD, B, '1.0.0');
   });
 });
