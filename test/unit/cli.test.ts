@@ -1,10 +1,11 @@
 // The command line: commands, exit codes and messages, through main() and through bin/ckan-release.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync, copyFileSync, readFileSync, mkdirSync } from 'node:fs';
+import { copyFileSync, cpSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { main } from '../../src/cli.js';
+import { loadConfig } from '../../src/config/load.js';
 
 const DEMO = path.resolve('examples/demo/ckan-release.yml');
 
@@ -67,12 +68,49 @@ describe('main()', () => {
     );
   });
 
-  it('commands not built yet exit 2, never 0', async () => {
-    for (const argv of [['init'], ['config', 'staging']]) {
-      const r = await cli('--config', DEMO, ...argv);
-      expect(r.code, argv.join(' ')).toBe(2);
-      expect(r.err).toMatch(/not implemented yet/);
+  it('what is not built yet exits 2, never 0', async () => {
+    const r = await cli('--config', DEMO, 'init', '--from-ansible', '/nonexistent');
+    expect(r.code).toBe(2);
+    expect(r.err).toBe(
+      'ckan-release: init --from-ansible: not implemented yet\n  hint: see README.md for what this version does\n',
+    );
+  });
+
+  it('config renders the template for a host, secrets masked unless --show-secrets', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'ckan-release-cfg-'));
+    for (const part of ['ckan-release.yml', 'templates', 'secrets', 'patches']) {
+      cpSync(path.resolve('examples/demo', part), path.join(dir, part), { recursive: true });
     }
+    const file = path.join(dir, 'ckan-release.yml');
+    const r = await cli('--config', file, 'config', 'production', '--host', 'sandbox-web2');
+    expect(r.code).toBe(0);
+    expect(r.out).toMatch(/^ckan\.site_url = http:\/\/demo\.test$/m);
+    expect(r.out).toMatch(/^beaker\.session\.secret = \*{8}$/m);
+    expect(r.out).toMatch(/^sqlalchemy\.url = postgresql:\/\/ckan:\*{8}@localhost\/ckan$/m);
+    expect(r.out).toMatch(/^ckan\.plugins = showcase spatial_metadata spatial_query scheming_datasets$/m);
+    expect(r.out).toMatch(/^ckan\.tracking_enabled = true$/m);
+    expect(r.out).not.toContain('demo-production');
+    const shown = await cli('--config', file, 'config', 'production', '--show-secrets');
+    expect(shown.out).toMatch(/^beaker\.session\.secret = demo-production-beaker-secret$/m);
+    const bad = await cli('--config', file, 'config', 'production', '--host', 'sandbox-staging');
+    expect(bad.code).toBe(2);
+    expect(bad.err).toBe(
+      'ckan-release: sandbox-staging is not a host of production: expected one of sandbox-web1, sandbox-web2\n',
+    );
+  });
+
+  it('init writes a commented starter that validates, and never overwrites unasked', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'ckan-release-init-'));
+    const file = path.join(dir, 'ckan-release.yml');
+    const r = await cli('--config', file, 'init');
+    expect(r.code).toBe(0);
+    expect(r.out).toBe(`wrote ${file}\nwrote ${path.join(dir, 'templates/ckan.ini.j2')}\n`);
+    const config = loadConfig(file);
+    expect(config.builder.os).toBe('centos7');
+    expect(Object.keys(config.environments)).toEqual(['staging', 'production']);
+    const again = await cli('--config', file, 'init');
+    expect(again.code).toBe(2);
+    expect(again.err).toBe(`ckan-release: ${file} exists\n  hint: pass --force to overwrite it\n`);
   });
 
   it('usage errors exit 2', async () => {
