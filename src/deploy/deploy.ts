@@ -142,7 +142,34 @@ export function lockOwner(s: Session, operation: string): Record<string, unknown
 
 const LOCK_TTL_SECONDS = 3600;
 
-async function lockHost(s: Session, h: HostSession, python: string, operation: string): Promise<void> {
+/**
+ * A lock held by a process of this very machine that no longer exists (a killed ckan-release) is
+ * stale whatever its expiry says: its token is passed so the agent may take it over.
+ */
+export function deadLocalHolder(lock: Record<string, unknown> | null): string | undefined {
+  if (
+    !lock ||
+    lock.machine !== os.hostname() ||
+    typeof lock.pid !== 'number' ||
+    typeof lock.token !== 'string'
+  )
+    return undefined;
+  try {
+    process.kill(lock.pid, 0);
+    return undefined; // alive
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'ESRCH' ? lock.token : undefined;
+  }
+}
+
+async function lockHost(
+  s: Session,
+  h: HostSession,
+  python: string,
+  operation: string,
+  held: Record<string, unknown> | null = null,
+): Promise<void> {
+  const stale = deadLocalHolder(held);
   const r = await callAgent<{ taken_over: Record<string, unknown> | null }>(
     agentFor(s, h, python),
     'lock',
@@ -151,10 +178,15 @@ async function lockHost(s: Session, h: HostSession, python: string, operation: s
       root: s.config.root,
       owner: lockOwner(s, operation),
       ttl: LOCK_TTL_SECONDS,
+      ...(stale ? { stale_token: stale } : {}),
     },
   );
   h.locked = true;
-  if (r.taken_over) s.say(`${h.name}: took over an expired lock of ${describeHolder(r.taken_over)}`);
+  if (r.taken_over) {
+    const why =
+      stale && r.taken_over.token === stale ? 'the lock of a process that is gone' : 'an expired lock';
+    s.say(`${h.name}: took over ${why}: ${describeHolder(r.taken_over)}`);
+  }
 }
 
 export function describeHolder(o: Record<string, unknown>): string {
@@ -256,7 +288,7 @@ async function stageOnHost(
       `${h.name}: preflight: the host's ${python} is Python ${facts.python.version}, the artifact was built for ${m.builder.python.version} (builder ${m.builder.os})`,
     );
   }
-  await lockHost(s, h, python, operation);
+  await lockHost(s, h, python, operation, facts.lock);
   const existing = facts.releases.find((r) => r.id === m.id);
   const rendered = () =>
     renderFile(

@@ -334,9 +334,44 @@ describe('locks and plans', () => {
     const r = await project.cli('--config', project.config, 'ship', 'staging', A);
     expect(r.code).toBe(0);
     expect(r.err).toContain(
-      't-staging: took over an expired lock of alice@laptop (pid 4242, ship staging X, since 2023-11-14T22:13:20Z)',
+      't-staging: took over an expired lock: alice@laptop (pid 4242, ship staging X, since 2023-11-14T22:13:20Z)',
     );
     await expectServing(['t-staging'], A, '1.1.0');
+  });
+
+  it('a ckan-release killed mid-ship leaves a lock the next run explains, takes over and recovers from', async () => {
+    const slow = project.variant('slow-kill', (t) =>
+      t.replace('before_switch:\n', 'before_switch:\n      - { run: "sleep 30", once: true }\n'),
+    );
+    await onHost(docker, 't-staging', `rm -rf ${ROOT}/releases/${B}`); // so the killed run must send it
+    const child = spawn(process.execPath, ['bin/ckan-release', '--config', slow, 'ship', 'staging', B], {
+      stdio: 'ignore',
+    });
+    // Wait until it holds the lock and has staged the release (the hook is sleeping), then kill it.
+    for (let i = 0; i < 100; i++) {
+      const r = await onHost(
+        docker,
+        't-staging',
+        `test -d ${ROOT}/.ckan-release/lock && test -d ${ROOT}/releases/${B} && echo held`,
+      );
+      if (r.out.trim() === 'held') break;
+      await new Promise((res) => setTimeout(res, 200));
+    }
+    child.kill('SIGKILL');
+    await new Promise((res) => child.on('close', res));
+    await expectServing(['t-staging'], A, '1.1.0');
+    const r = await project.cli('--config', project.config, 'ship', 'staging', B);
+    expect(r.code).toBe(0);
+    expect(r.err).toMatch(
+      new RegExp(
+        `t-staging: took over the lock of a process that is gone: \\S+ \\(pid ${child.pid}, ship staging \\S+, since \\S+\\)`,
+      ),
+    );
+    await expectServing(['t-staging'], B, '1.0.0');
+    expect(
+      (await onHost(docker, 't-staging', `ls -A ${ROOT}/releases ${ROOT}/.ckan-release`)).out,
+    ).not.toMatch(/\.partial|lock/);
+    await ok('ship', 'staging', A);
   });
 
   it('ship --dry-run prints the plan and changes nothing on any host', async () => {
