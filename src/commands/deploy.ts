@@ -142,7 +142,7 @@ async function shipArtifact(
 }
 
 /** `requires: FROM`: the artifact must have been healthy on every host of FROM. */
-async function checkRequires(io: Io, cmdObj: Command, l: Loaded, id: string): Promise<void> {
+async function checkRequires(io: Io, l: Loaded, id: string): Promise<void> {
   if (!l.env.requires) return;
   const from = environment(l.config, l.env.requires);
   await withSession({ config: l.config, env: from }, {}, io, async (s) => {
@@ -155,7 +155,6 @@ async function checkRequires(io: Io, cmdObj: Command, l: Loaded, id: string): Pr
       );
     }
   });
-  void cmdObj;
 }
 
 /**
@@ -273,7 +272,7 @@ export function registerDeploy(program: Command, io: Io, dryRun: () => import('c
       ) => {
         const l = load(c, envName);
         const artifact = id ? findArtifact(l.config.store, id) : newestArtifact(l.config);
-        if (!opts.force) await checkRequires(io, c, l, artifact.id);
+        if (!opts.force) await checkRequires(io, l, artifact.id);
         const secrets = secretsOf(c, l.env);
         await withSession(l, secrets, io, (s) => shipArtifact(io, s, artifact, 'ship', !!opts.dryRun));
       },
