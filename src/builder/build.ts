@@ -14,6 +14,7 @@ import {
 } from 'node:fs';
 import { createHash } from 'node:crypto';
 import os from 'node:os';
+import { PassThrough } from 'node:stream';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type Docker from 'dockerode';
@@ -441,7 +442,6 @@ async function runStep(
         if (tail.length > 25) tail.shift();
       }
     };
-    const { PassThrough } = await import('node:stream');
     const out = new PassThrough();
     out.on('data', (c: Buffer) => onText(c.toString()));
     docker.modem.demuxStream(stream, out, out);

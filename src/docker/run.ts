@@ -66,3 +66,43 @@ export async function runInContainer(
     await container.remove({ force: true }).catch(() => undefined);
   }
 }
+
+/**
+ * The text of a multiplexed (non-TTY) Docker stream read whole, e.g. container.logs(): each chunk is
+ * preceded by an 8-byte header whose last 4 bytes are its length.
+ */
+export function demuxBuffer(buf: Buffer): string {
+  let text = '';
+  for (let i = 0; i + 8 <= buf.length;) {
+    const len = buf.readUInt32BE(i + 4);
+    text += buf.subarray(i + 8, i + 8 + len).toString();
+    i += 8 + len;
+  }
+  return text;
+}
+
+/** Runs a command in a running container (docker exec); resolves its exit code and output. */
+export async function execInContainer(docker: Docker, container: string, cmd: string[]): Promise<RunResult> {
+  const exec = await docker
+    .getContainer(container)
+    .exec({ Cmd: cmd, AttachStdout: true, AttachStderr: true });
+  const stream = await exec.start({ hijack: true, stdin: false });
+  const out: Buffer[] = [];
+  const err: Buffer[] = [];
+  const stdout = new PassThrough();
+  const stderr = new PassThrough();
+  stdout.on('data', (c: Buffer) => out.push(c));
+  stderr.on('data', (c: Buffer) => err.push(c));
+  docker.modem.demuxStream(stream, stdout, stderr);
+  await new Promise<void>((resolve, reject) => {
+    stream.on('end', resolve);
+    stream.on('close', resolve);
+    stream.on('error', reject);
+  });
+  const { ExitCode } = await exec.inspect();
+  return {
+    code: ExitCode ?? -1,
+    stdout: Buffer.concat(out).toString(),
+    stderr: Buffer.concat(err).toString(),
+  };
+}

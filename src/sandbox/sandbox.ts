@@ -26,12 +26,12 @@ import {
 } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { PassThrough } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import type Docker from 'dockerode';
 import type { Say } from '../docker/engine.js';
 import { ensureImage } from '../docker/images.js';
+import { demuxBuffer, execInContainer } from '../docker/run.js';
 import { OperationError, UsageError } from '../errors.js';
 
 const run = promisify(execFile);
@@ -204,34 +204,6 @@ async function ensureKeyPair(paths: SandboxPaths, say: Say): Promise<string> {
   return readFileSync(paths.publicKey, 'utf8').trim().split('\n')[0]!;
 }
 
-/** Runs a command in a running container; resolves its exit code and output. */
-async function execIn(
-  docker: Docker,
-  id: string,
-  cmd: string[],
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  const exec = await docker.getContainer(id).exec({ Cmd: cmd, AttachStdout: true, AttachStderr: true });
-  const stream = await exec.start({ hijack: true, stdin: false });
-  const out: Buffer[] = [];
-  const err: Buffer[] = [];
-  const stdout = new PassThrough();
-  const stderr = new PassThrough();
-  stdout.on('data', (c: Buffer) => out.push(c));
-  stderr.on('data', (c: Buffer) => err.push(c));
-  docker.modem.demuxStream(stream, stdout, stderr);
-  await new Promise<void>((resolve, reject) => {
-    stream.on('end', resolve);
-    stream.on('close', resolve);
-    stream.on('error', reject);
-  });
-  const { ExitCode } = await exec.inspect();
-  return {
-    code: ExitCode ?? -1,
-    stdout: Buffer.concat(out).toString(),
-    stderr: Buffer.concat(err).toString(),
-  };
-}
-
 /** Resolves the first line a TCP server sends (or '' when it says nothing within the timeout). */
 function tcpBanner(port: number, timeoutMs = 2000): Promise<string> {
   return new Promise((resolve) => {
@@ -265,14 +237,7 @@ async function httpAnswers(port: number): Promise<boolean> {
 async function containerLogs(docker: Docker, id: string): Promise<string> {
   try {
     const buf = (await docker.getContainer(id).logs({ stdout: true, stderr: true, tail: 20 })) as Buffer;
-    // Not a TTY: the log is multiplexed, 8-byte frame headers before each chunk.
-    let text = '';
-    for (let i = 0; i + 8 <= buf.length;) {
-      const len = buf.readUInt32BE(i + 4);
-      text += buf.subarray(i + 8, i + 8 + len).toString();
-      i += 8 + len;
-    }
-    return text.trim();
+    return demuxBuffer(buf).trim();
   } catch {
     return '';
   }
@@ -429,7 +394,7 @@ export async function sandboxUp(
 
     const knownHosts: string[] = [];
     for (const h of started) {
-      const r = await execIn(docker, h.container, ['cat', '/etc/ssh/ssh_host_ed25519_key.pub']);
+      const r = await execInContainer(docker, h.container, ['cat', '/etc/ssh/ssh_host_ed25519_key.pub']);
       const [type, key] = r.stdout.trim().split(/\s+/);
       if (r.code !== 0 || type !== 'ssh-ed25519' || !key)
         throw new OperationError(

@@ -19,6 +19,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import type { Manifest } from '../../src/artifact/manifest.js';
 import { listArtifacts } from '../../src/artifact/store.js';
 import { BASE_VENV } from '../../src/builder/build.js';
+import { demuxBuffer } from '../../src/docker/run.js';
 import { commitFile } from '../support/fixtures.js';
 import { builderImage, testDocker } from '../support/docker.js';
 import { testProject, type TestProject } from '../support/project.js';
@@ -64,13 +65,7 @@ async function inFreshContainer(artifactDir: string, script: string): Promise<{ 
     await container.start();
     const { StatusCode } = (await container.wait()) as { StatusCode: number };
     const logs = (await container.logs({ stdout: true, stderr: true })) as Buffer;
-    // Strip docker's 8-byte stream frame headers.
-    let out = '';
-    for (let i = 0; i + 8 <= logs.length;) {
-      const size = logs.readUInt32BE(i + 4);
-      out += logs.subarray(i + 8, i + 8 + size).toString();
-      i += 8 + size;
-    }
+    const out = demuxBuffer(logs);
     return { code: StatusCode, out };
   } finally {
     await container.remove({ force: true });

@@ -1,5 +1,6 @@
 // Looking at a sandbox host from the outside: docker exec into its container, and HTTP to its Apache.
 import type Docker from 'dockerode';
+import { execInContainer } from '../../src/docker/run.js';
 import { containerName } from '../../src/sandbox/sandbox.js';
 
 export async function onHost(
@@ -7,25 +8,8 @@ export async function onHost(
   host: string,
   script: string,
 ): Promise<{ code: number; out: string }> {
-  const exec = await docker
-    .getContainer(containerName(host))
-    .exec({ Cmd: ['sh', '-c', script], AttachStdout: true, AttachStderr: true });
-  const stream = await exec.start({ hijack: true, stdin: false });
-  const chunks: Buffer[] = [];
-  await new Promise<void>((resolve) => {
-    stream.on('data', (c: Buffer) => chunks.push(c));
-    stream.on('end', resolve);
-  });
-  // Strip docker's 8-byte stream frame headers.
-  const raw = Buffer.concat(chunks);
-  let out = '';
-  for (let i = 0; i + 8 <= raw.length;) {
-    const size = raw.readUInt32BE(i + 4);
-    out += raw.subarray(i + 8, i + 8 + size).toString();
-    i += 8 + size;
-  }
-  const { ExitCode } = await exec.inspect();
-  return { code: ExitCode ?? -1, out };
+  const r = await execInContainer(docker, containerName(host), ['sh', '-c', script]);
+  return { code: r.code, out: r.stdout + r.stderr };
 }
 
 /** Where <root>/current really points, as the host's own readlink -e says (none: no such link). */
