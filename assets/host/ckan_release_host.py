@@ -653,6 +653,230 @@ def cmd_clean(args):
     out({"removed": removed})
 
 
+# ----------------------------------------------------------------------------------- server files
+
+
+def server_backup_path(p, dest):
+    return os.path.join(p["meta"], "server-files", hashlib.sha256(dest.encode("utf-8")).hexdigest()[:16] + ".prev")
+
+
+def cmd_install_file(args):
+    """stdin: the rendered content of one web server file (WSGI script, vhost, uwsgi ini...). Installs it
+    at dest with mode/owner/group by rename(2) of a temp file beside it, unless it is already so. The
+    file it replaces is kept under .ckan-release/server-files/, so a failed deploy can put it back.
+    With check: only says whether it would change."""
+    p = paths(args["root"])
+    dest = args["dest"]
+    if not os.path.isabs(dest) or ".." in dest.split("/"):
+        raise Refused("bad-input", "not an absolute path: %r" % dest)
+    data = read_stdin_bytes()
+    uid, gid = lookup_server_ids(args["owner"], args["group"])
+    mode = int(args["mode"])
+    if os.path.islink(dest):
+        raise Refused("bad-input", "%s is a symlink (to %s): name the file itself in server.files" % (dest, os.readlink(dest)))
+    exists = os.path.lexists(dest)
+    if exists and not os.path.isfile(dest):
+        raise Refused("bad-input", "%s exists and is not a regular file" % dest)
+    same = False
+    if exists:
+        st = os.stat(dest)
+        with open(dest, "rb") as f:
+            same = f.read() == data and stat.S_IMODE(st.st_mode) == mode and st.st_uid == uid and st.st_gid == gid
+    if same or args.get("check"):
+        out({"changed": not same, "existed": exists, "backup": None})
+        return
+    backup = None
+    if exists:
+        backup = server_backup_path(p, dest)
+        if not os.path.isdir(os.path.dirname(backup)):
+            os.makedirs(os.path.dirname(backup), 0o700)
+        st = os.stat(dest)
+        with open(dest, "rb") as f:
+            write_file_atomic(backup, f.read(), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
+    parent = os.path.dirname(dest)
+    made = None
+    if not os.path.isdir(parent):
+        os.makedirs(parent, 0o755)
+        made = parent
+    write_file_atomic(dest, data, mode, uid, gid)
+    fsync_dir(parent)
+    out({"changed": True, "existed": exists, "backup": backup, "made": made})
+
+
+def cmd_restore_file(args):
+    """Puts back what install-file replaced: the kept copy, or no file at all if there was none."""
+    p = paths(args["root"])
+    dest = args["dest"]
+    backup = args.get("backup")
+    if backup:
+        if os.path.dirname(backup) != os.path.join(p["meta"], "server-files"):
+            raise Refused("bad-input", "not a server-file backup: %r" % backup)
+        st = os.stat(backup)
+        with open(backup, "rb") as f:
+            write_file_atomic(dest, f.read(), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
+    elif os.path.isfile(dest) and not os.path.islink(dest):
+        os.unlink(dest)
+    fsync_dir(os.path.dirname(dest))
+    out({"restored": dest})
+
+
+def read_stdin_bytes():
+    stream = getattr(sys.stdin, "buffer", sys.stdin)
+    return stream.read()
+
+
+def lookup_server_ids(owner, group):
+    import grp
+    import pwd
+    try:
+        uid = pwd.getpwnam(owner).pw_uid
+    except KeyError:
+        raise Refused("bad-input", "no user %r on this host" % owner)
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise Refused("bad-input", "no group %r on this host" % group)
+    return uid, gid
+
+
+# -------------------------------------------------------------------------------------- restarts
+
+
+def process_table():
+    """pid -> (comm, ppid, argv0) for every process this agent can see."""
+    procs = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % name, "rb") as f:
+                st = f.read().decode("utf-8", "replace")
+            with open("/proc/%s/cmdline" % name, "rb") as f:
+                argv0 = f.read().split(b"\0")[0].decode("utf-8", "replace").strip()
+        except (IOError, OSError):
+            continue
+        close = st.rindex(")")
+        fields = st[close + 2:].split()
+        if fields[0] == "Z":
+            continue  # a zombie has exited: it serves nothing
+        procs[int(name)] = (st[st.index("(") + 1:close], int(fields[1]), argv0)
+    return procs
+
+
+def alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            st = f.read().decode("utf-8", "replace")
+    except (IOError, OSError):
+        return False
+    return st[st.rindex(")") + 2:].split()[0] != "Z"
+
+
+def run_command(argv, what):
+    import subprocess
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output = proc.communicate()[0].decode("utf-8", "replace").strip()
+    if proc.returncode != 0:
+        raise Refused("restart", "%s failed (exit %s): %s" % (what, proc.returncode, output[-500:]))
+    return output
+
+
+def wsgi_daemons(group):
+    """mod_wsgi daemon processes of a WSGIDaemonProcess group: children of Apache (httpd / apache2)
+    whose argv[0] is the group's display-name: "(wsgi:GROUP)" for display-name=%{GROUP}, or GROUP."""
+    procs = process_table()
+    names = ("(wsgi:%s)" % group, group)
+    return sorted(pid for pid, (comm, ppid, argv0) in procs.items()
+                  if argv0 in names and ppid in procs and procs[ppid][0] in ("httpd", "apache2"))
+
+
+def wait_replaced(old, current, timeout, what):
+    """Waits until no pid of `old` is alive and `current()` lists at least one new process."""
+    deadline = time.time() + timeout
+    while True:
+        left = [pid for pid in old if alive(pid)]
+        new = [pid for pid in current() if pid not in old]
+        if not left and new:
+            return new
+        if time.time() > deadline:
+            raise Refused("restart", "%s: after %ss, old processes still alive: %s; new ones: %s" % (
+                what, timeout, left or "none", new or "none"))
+        time.sleep(0.1)
+
+
+def restart_apache(args):
+    group = args["process_group"]
+    timeout = args["timeout"]
+    old = wsgi_daemons(group)
+    if not old or args.get("first"):
+        # Nothing of ours is serving (first release, or Apache without our daemons yet): a plain
+        # graceful re-reads the config, which is what a first activation needs.
+        run_command([args["command"], "graceful"], "%s graceful" % args["command"])
+        new = wait_replaced(old, lambda: wsgi_daemons(group), timeout,
+                            "%s graceful: waiting for mod_wsgi daemon processes of group %s" % (args["command"], group))
+        return {"method": "apachectl graceful", "old": old, "new": new}
+    import signal
+    for pid in old:
+        try:
+            os.kill(pid, signal.SIGUSR1)
+        except OSError as e:
+            if e.errno != errno.ESRCH:
+                raise Refused("restart", "cannot signal mod_wsgi daemon process %d: %s" % (pid, e))
+    new = wait_replaced(old, lambda: wsgi_daemons(group), timeout,
+                        "graceful restart of mod_wsgi daemon group %s" % group)
+    return {"method": "SIGUSR1 to mod_wsgi daemons", "old": old, "new": new}
+
+
+def uwsgi_master(pidfile):
+    try:
+        with open(pidfile) as f:
+            pid = int(f.read().strip())
+    except (IOError, OSError, ValueError):
+        return None
+    return pid if alive(pid) else None
+
+
+def uwsgi_workers(master):
+    if master is None:
+        return []
+    return sorted(pid for pid, (comm, ppid, argv0) in process_table().items() if ppid == master)
+
+
+def restart_uwsgi(args):
+    pidfile = args["pidfile"]
+    timeout = args["timeout"]
+    master = uwsgi_master(pidfile)
+    if master is None:
+        if not args.get("start"):
+            raise Refused("restart", "uwsgi is not running: %s names no live process; set server.uwsgi.start to a command that starts it" % pidfile)
+        run_command(["sh", "-c", args["start"]], "starting uwsgi")
+        new = wait_replaced([], lambda: uwsgi_workers(uwsgi_master(pidfile)), timeout,
+                            "waiting for uwsgi workers after %r" % args["start"])
+        return {"method": "start", "old": [], "new": new}
+    import signal
+    old = uwsgi_workers(master)
+    # SIGHUP: uWSGI's graceful reload. The master waits for the workers to finish their requests,
+    # then re-executes itself (same pid, the listening socket kept open: new connections wait in its
+    # backlog), loads the application anew from `current`, and forks fresh workers.
+    os.kill(master, signal.SIGHUP)
+    new = wait_replaced(old, lambda: uwsgi_workers(uwsgi_master(pidfile)), timeout,
+                        "graceful reload of uwsgi (master %d)" % master)
+    return {"method": "SIGHUP to the uwsgi master", "old": old, "new": new}
+
+
+def cmd_restart(args):
+    recipe = args["recipe"]
+    t0 = time.time()
+    if recipe == "apache-graceful":
+        r = restart_apache(args)
+    elif recipe == "uwsgi-reload":
+        r = restart_uwsgi(args)
+    else:
+        raise Refused("bad-input", "no restart recipe %r" % recipe)
+    r["seconds"] = round(time.time() - t0, 3)
+    out(r)
+
+
 # ------------------------------------------------------------------------------------- healthcheck
 
 
@@ -703,6 +927,9 @@ COMMANDS = {
     "prune": cmd_prune,
     "clean": cmd_clean,
     "health": cmd_health,
+    "install-file": cmd_install_file,
+    "restore-file": cmd_restore_file,
+    "restart": cmd_restart,
 }
 
 

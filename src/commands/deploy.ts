@@ -8,7 +8,8 @@ import type { Io } from '../cli.js';
 import { environment, loadConfig } from '../config/load.js';
 import { loadSecrets } from '../config/secrets.js';
 import type { Config, Environment } from '../config/types.js';
-import { callAgent, installAgent } from '../deploy/agent.js';
+import { agentPath, callAgent, installAgent } from '../deploy/agent.js';
+import { installServerFiles } from '../deploy/server.js';
 import {
   closeSession,
   deploy,
@@ -127,7 +128,15 @@ async function shipArtifact(
   markPreviousBad = false,
 ): Promise<void> {
   if (dryRun) {
-    printPlan(io, s, await allFacts(s, artifact.manifest.builder.python.path), artifact, operation);
+    const python = artifact.manifest.builder.python.path;
+    printPlan(io, s, await allFacts(s, python), artifact, operation);
+    for (const h of s.hosts) {
+      if (!s.config.server.files.length) break;
+      for (const f of await installServerFiles(s, h, python, artifact.manifest, true))
+        io.out(
+          `  ${h.name}: server file ${f.dest}: ${f.changed ? `would be installed before the switch${f.reload ? `, then: ${f.reload}` : ''}` : 'unchanged'}\n`,
+        );
+    }
     return;
   }
   const t0 = Date.now();
@@ -221,6 +230,20 @@ export function registerDeploy(program: Command, io: Io, dryRun: () => import('c
                 `${l.config.shared.length ? `, shared/${l.config.shared.map((x) => x.path).join(', shared/')}` : ''}; adopt ${l.config.root}/default if there is no current release\n`,
             );
           });
+          for (const h of s.hosts) {
+            if (!l.config.server.files.length) break;
+            // The agent answers only if setup ran before; a host never set up gets every file.
+            const agent = { remote: h.remote, root: l.config.root, python: HOST_PYTHON, sudo: h.sudo };
+            const there = await h.remote.exec(cmd(['test', '-f', agentPath(l.config.root)]));
+            const files =
+              there.code === 0
+                ? await installServerFiles(s, h, agent.python, null, true)
+                : l.config.server.files.map((f) => ({ dest: f.dest, changed: true, reload: f.reload }));
+            for (const f of files)
+              io.out(
+                `  ${h.name}: server file ${f.dest}: ${f.changed ? `would be installed${f.reload ? `, then: ${f.reload}` : ''}` : 'unchanged'}\n`,
+              );
+          }
           return;
         }
         await settleAll(s.hosts, s.env.parallel, async (h) => {
@@ -244,6 +267,13 @@ export function registerDeploy(program: Command, io: Io, dryRun: () => import('c
           io.out(
             `${h.name}: ${r.made.length ? `made ${r.made.join(', ')}` : 'already set up'}${r.adopted ? `; adopted ${l.config.root}/default as release ${r.adopted}` : ''}\n`,
           );
+          if (l.config.server.files.length) {
+            const files = await installServerFiles(s, h, HOST_PYTHON, null);
+            const changed = files.filter((f) => f.changed);
+            io.out(
+              `${h.name}: server files: ${changed.length ? `installed ${changed.map((f) => f.dest).join(', ')}` : 'unchanged'}\n`,
+            );
+          }
         }).then((results) => {
           const failed = results.flatMap((r, i) =>
             r.status === 'rejected' ? [`  ${s.hosts[i]!.name}: ${(r.reason as Error).message}`] : [],

@@ -2,13 +2,19 @@
 // (<config dir>/.ckan-release/sandbox/ssh_config). Ports come from each host's host_vars
 // (ssh_port, http_port), so the committed config and the sandbox agree.
 import path from 'node:path';
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
 import type { Io } from '../cli.js';
 import { loadConfig } from '../config/load.js';
 import type { Config } from '../config/types.js';
 import { ensureBaseImage, requireEngine } from '../docker/engine.js';
 import { UsageError } from '../errors.js';
-import { sandboxDown, sandboxUp, type SandboxHostSpec } from '../sandbox/sandbox.js';
+import {
+  SANDBOX_SERVERS,
+  sandboxDown,
+  sandboxUp,
+  type SandboxHostSpec,
+  type SandboxServer,
+} from '../sandbox/sandbox.js';
 import { globals } from './common.js';
 
 export function sandboxDir(config: Config): string {
@@ -44,7 +50,12 @@ export function registerSandbox(program: Command, io: Io): void {
     .command('up')
     .description("start the sandbox hosts of the environments that use the sandbox's ssh_config")
     .option('--hosts <names>', 'only these hosts (comma-separated)')
-    .action(async (opts: { hosts?: string }, c: Command) => {
+    .addOption(
+      new Option('--server <kind>', 'apache: Apache + mod_wsgi; uwsgi: nginx + uwsgi under supervisor')
+        .choices([...SANDBOX_SERVERS])
+        .default('apache'),
+    )
+    .action(async (opts: { hosts?: string; server: SandboxServer }, c: Command) => {
       const config = loadConfig(globals(c).config);
       let hosts = sandboxHosts(config);
       if (hosts.length === 0) {
@@ -59,6 +70,7 @@ export function registerSandbox(program: Command, io: Io): void {
           throw new UsageError(`not sandbox hosts of ${config.displayFile}: ${unknown.join(', ')}`);
         hosts = hosts.filter((h) => wanted.includes(h.name));
       }
+      hosts = hosts.map((h) => ({ ...h, server: opts.server }));
       const docker = await requireEngine();
       await ensureBaseImage(docker, (l) => io.err(`${l}\n`));
       const up = await sandboxUp(docker, { dir: sandboxDir(config), hosts }, (l) => io.err(`${l}\n`));

@@ -14,6 +14,20 @@ export const DEFAULT_CONFIG_FILE = 'ckan-release.yml';
 
 /** The tool's own docker/ directory (builder images shipped with ckan-release). */
 export const TOOL_DOCKER_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../docker');
+/** The web server templates shipped with the tool, named in server.files as builtin:NAME. */
+export const BUILTIN_TEMPLATES_DIR = path.resolve(
+  path.dirname(fileURLToPath(import.meta.url)),
+  '../../assets/server',
+);
+
+export function builtinTemplates(): string[] {
+  return isDir(BUILTIN_TEMPLATES_DIR)
+    ? readdirSync(BUILTIN_TEMPLATES_DIR)
+        .filter((f) => f.endsWith('.j2'))
+        .map((f) => f.slice(0, -3))
+        .sort()
+    : [];
+}
 
 export function displayPath(file: string): string {
   const rel = path.relative(process.cwd(), file);
@@ -161,6 +175,43 @@ function resolve(raw: Raw, file: string, display: string, root: Node, ctx: Ctx):
   const template = local(raw.config.template);
   if (!isFile(template)) err(['config', 'template'], `no such file: ${raw.config.template}`);
 
+  const dests = new Set<string>();
+  const serverFiles = raw.server.files.map((f, i) => {
+    let tpl: string;
+    if (f.template.startsWith('builtin:')) {
+      const name = f.template.slice('builtin:'.length);
+      const known = builtinTemplates();
+      if (!known.includes(name)) {
+        const guess = closest(name, known);
+        err(
+          ['server', 'files', i, 'template'],
+          `no built-in template "${name}": expected one of ${known.map((k) => `builtin:${k}`).join(', ')}` +
+            (guess ? `; did you mean "builtin:${guess}"?` : ''),
+        );
+      }
+      tpl = path.join(BUILTIN_TEMPLATES_DIR, `${name}.j2`);
+    } else {
+      tpl = local(f.template);
+      if (!isFile(tpl)) err(['server', 'files', i, 'template'], `no such file: ${f.template}`);
+    }
+    if (dests.has(f.dest)) err(['server', 'files', i, 'dest'], `"${f.dest}" is installed twice`);
+    if (f.dest === raw.root || f.dest.startsWith(`${raw.root}/`))
+      err(
+        ['server', 'files', i, 'dest'],
+        `"${f.dest}" is inside root (${raw.root}), which ckan-release manages: install server files elsewhere, e.g. /etc/ckan/default/`,
+      );
+    dests.add(f.dest);
+    return {
+      source: f.template,
+      template: tpl,
+      dest: f.dest,
+      mode: parseInt(f.mode, 8),
+      owner: f.owner,
+      group: f.group,
+      reload: f.reload,
+    };
+  });
+
   const links = new Set<string>();
   raw.shared.forEach((s, i) => {
     if (links.has(s.link)) err(['shared', i, 'link'], `"${s.link}" is linked twice`);
@@ -247,6 +298,15 @@ function resolve(raw: Raw, file: string, display: string, root: Node, ctx: Ctx):
       restart: raw.deploy.restart,
       healthcheck: raw.deploy.healthcheck,
       hooks: { beforeSwitch: raw.deploy.hooks.before_switch, afterSwitch: raw.deploy.hooks.after_switch },
+    },
+    server: {
+      files: serverFiles,
+      apache: { processGroup: raw.server.apache.process_group, command: raw.server.apache.command },
+      uwsgi: {
+        pidfile: raw.server.uwsgi.pidfile,
+        start: raw.server.uwsgi.start,
+      },
+      timeout: raw.server.timeout,
     },
     environments,
   };

@@ -83,6 +83,33 @@ const environment = obj({
   parallel: withDefault(int(1, 256), () => 10),
 });
 
+/** Restart recipes known by name; any other value of deploy.restart is a shell command. */
+export const RESTART_RECIPES = ['apache-graceful', 'uwsgi-reload'] as const;
+export type RestartRecipe = (typeof RESTART_RECIPES)[number];
+
+const USER = /^[a-z_][a-z0-9_.-]*$/i;
+
+const serverFile = obj({
+  template: required(
+    str({ expected: 'the path of a Jinja2 template, or builtin:NAME for one shipped with ckan-release' }),
+  ),
+  dest: required(absolutePath),
+  mode: withDefault(
+    str({ expected: 'an octal file mode such as "0644"', pattern: /^0?[0-7]{3}$/ }),
+    () => '0644',
+  ),
+  owner: withDefault(str({ expected: 'a user name', pattern: USER }), () => 'root'),
+  group: withDefault(str({ expected: 'a group name', pattern: USER }), () => 'root'),
+  reload: optional(str({ expected: 'a shell command run on the host after this file changed' })),
+});
+
+const SERVER_DEFAULTS = {
+  files: [],
+  apache: { process_group: 'ckan', command: 'apachectl' },
+  uwsgi: { pidfile: '/tmp/ckan-uwsgi.pid', start: undefined },
+  timeout: 60,
+};
+
 export const configSchema = obj({
   project: required(
     str({ expected: 'a project name (lower case letters, digits, ".", "_", "-")', pattern: NAME }),
@@ -152,7 +179,11 @@ export const configSchema = obj({
       keep_releases: withDefault(int(1, 1000), () => 5),
       owner: optional(str({ expected: 'a user name', pattern: /^[a-z_][a-z0-9_.-]*$/i })),
       group: optional(str({ expected: 'a group name', pattern: /^[a-z_][a-z0-9_.-]*$/i })),
-      restart: required(str({ expected: 'a shell command that restarts the web server' })),
+      restart: required(
+        str({
+          expected: `a restart recipe (${RESTART_RECIPES.join(', ')}) or a shell command that restarts the web server`,
+        }),
+      ),
       healthcheck: withDefault(
         obj({
           url: withDefault(
@@ -170,6 +201,41 @@ export const configSchema = obj({
         }),
         () => ({ before_switch: [], after_switch: [] }),
       ),
+    }),
+  ),
+  server: withDefault(
+    obj({
+      files: withDefault(
+        list(serverFile, { what: '{ template, dest, mode, owner, group } entries' }),
+        () => [],
+      ),
+      apache: withDefault(
+        obj({
+          process_group: withDefault(
+            str({ expected: 'a WSGIDaemonProcess name', pattern: /^[A-Za-z0-9_.-]+$/ }),
+            () => 'ckan',
+          ),
+          command: withDefault(
+            str({ expected: 'the apachectl command or path', pattern: /^[A-Za-z0-9_./-]+$/ }),
+            () => 'apachectl',
+          ),
+        }),
+        () => ({ ...SERVER_DEFAULTS.apache }),
+      ),
+      uwsgi: withDefault(
+        obj({
+          pidfile: withDefault(absolutePath, () => SERVER_DEFAULTS.uwsgi.pidfile),
+          start: optional(str({ expected: 'a shell command that starts uwsgi when it is not running' })),
+        }),
+        () => ({ ...SERVER_DEFAULTS.uwsgi }),
+      ),
+      timeout: withDefault(int(1, 3600), () => SERVER_DEFAULTS.timeout),
+    }),
+    () => ({
+      files: [],
+      apache: { ...SERVER_DEFAULTS.apache },
+      uwsgi: { ...SERVER_DEFAULTS.uwsgi },
+      timeout: SERVER_DEFAULTS.timeout,
     }),
   ),
   environments: required(

@@ -66,5 +66,26 @@ export interface Config {
     healthcheck: { url: string; timeout: number };
     hooks: { beforeSwitch: Hook[]; afterSwitch: Hook[] };
   };
+  server: {
+    files: ServerFile[];
+    apache: { processGroup: string; command: string };
+    uwsgi: { pidfile: string; start: string | undefined };
+    /** Seconds a restart recipe waits for the old processes to be replaced. */
+    timeout: number;
+  };
   environments: Record<string, Environment>;
+}
+
+/** A file of the web server's wiring (WSGI script, vhost, uwsgi ini...), rendered and installed per host. */
+export interface ServerFile {
+  /** As written in the config: a path relative to it, or builtin:NAME. */
+  source: string;
+  /** Absolute path of the template on this machine. */
+  template: string;
+  dest: string;
+  /** Numeric mode, e.g. 0o644. */
+  mode: number;
+  owner: string;
+  group: string;
+  reload: string | undefined;
 }

@@ -16,6 +16,7 @@ import { renderFile, renderString } from '../render/template.js';
 import { SshRemote, type Remote } from '../remote/ssh.js';
 import { resolveTarget } from '../remote/target.js';
 import { AgentRefusal, callAgent, installAgent, type AgentHost } from './agent.js';
+import { installServerFiles, restartHost, restoreServerFiles, type ServerFileChange } from './server.js';
 import { cmd, maybeSudo, shq } from './shell.js';
 
 export interface HostFacts {
@@ -126,7 +127,7 @@ export function closeSession(s: Session): void {
   for (const h of s.hosts) h.remote.close();
 }
 
-function agentFor(s: Session, h: HostSession, python: string): AgentHost {
+export function agentFor(s: Session, h: HostSession, python: string): AgentHost {
   return { remote: h.remote, root: s.config.root, python, sudo: h.sudo };
 }
 
@@ -234,6 +235,12 @@ export function templateVars(
     root: s.config.root,
     current: path.posix.join(s.config.root, 'current'),
     config_file: path.posix.join(release, s.config.config.file),
+    // For server files, which point at current and so need no re-rendering at a switch.
+    current_config_file: path.posix.join(s.config.root, 'current', s.config.config.file),
+    deploy_owner: s.config.deploy.owner ?? 'root',
+    deploy_group: s.config.deploy.group ?? s.config.deploy.owner ?? 'root',
+    wsgi_process_group: s.config.server.apache.processGroup,
+    uwsgi_pidfile: s.config.server.uwsgi.pidfile,
     environment: s.env.name,
     host,
     extensions: manifest.extensions,
@@ -433,11 +440,6 @@ async function switchHost(
   });
 }
 
-async function restartHost(s: Session, h: HostSession, m: Manifest): Promise<void> {
-  const line = renderString(s.config.deploy.restart, shellVars(templateVars(s, h.name, m)), 'deploy.restart');
-  await h.remote.run(`restart ("${s.config.deploy.restart}")`, cmd(['sh', '-c', line]));
-}
-
 async function healthOnHost(s: Session, h: HostSession, m: Manifest): Promise<Record<string, unknown>> {
   const url = renderString(
     s.config.deploy.healthcheck.url,
@@ -509,6 +511,32 @@ export async function deploy(
       throw err;
     }
 
+    // Server files (server.files) whose rendering changed, on every host, before any switch. They
+    // point at <root>/current, so the release still served keeps working with them.
+    const serverChanges = new Map<HostSession, ServerFileChange[]>();
+    const restoreServer = () =>
+      settleAll([...serverChanges.entries()], limit, ([h, files]) =>
+        restoreServerFiles(s, h, python, files, m),
+      );
+    if (s.config.server.files.length) {
+      const installed = await settleAll(s.hosts, limit, async (h) => {
+        const files = await installServerFiles(s, h, python, m);
+        serverChanges.set(h, files);
+        for (const f of files.filter((x) => x.changed)) s.say(`${h.name}: installed ${f.dest}`);
+      });
+      const failedServer = failures(s.hosts, installed);
+      if (failedServer.length) {
+        await restoreServer();
+        await settleAll(s.hosts, limit, (h) =>
+          callAgent(agentFor(s, h, python), 'clean', 'clean', { root: s.config.root, op: s.op }),
+        );
+        throw new OperationError(
+          `${opts.operation} failed installing server files, before any host switched; the server files were put back:\n` +
+            failedServer.map((f) => `  ${message(f.error)}`).join('\n'),
+        );
+      }
+    }
+
     // Phase 2. A long phase 1 must not have let the locks expire: renew them first.
     await renewLocks(s, python, opts.operation);
     const previousOf = new Map(
@@ -525,7 +553,7 @@ export async function deploy(
       try {
         await switchHost(s, h, python, m.id);
         s.say(`${h.name}: current -> releases/${m.id} (was ${previous ?? 'nothing'})`);
-        await restartHost(s, h, m);
+        await restartHost(s, h, m, python, { full: previous === null });
         const health = await healthOnHost(s, h, m);
         s.say(
           `${h.name}: healthy: CKAN ${String(health.ckan_version)} with ${(health.extensions as string[]).join(' ')}`,
@@ -548,10 +576,18 @@ export async function deploy(
           { event: 'failed', release: m.id, why },
           ...(previous ? [{ event: 'rolled_back', release: previous, from: m.id }] : []),
         ]);
+        const files = serverChanges.get(h);
+        if (files) await restoreServerFiles(s, h, python, files, m);
         // Restart even when there was no previous release, so the server drops the failed code.
-        await restartHost(s, h, m);
+        await restartHost(s, h, m, python, { full: previous === null });
         s.say(`${h.name}: switched back to ${previous ?? 'nothing'}`);
       });
+      // Hosts that never switched got the new server files too: put them back as well.
+      await settleAll(
+        [...serverChanges.entries()].filter(([h]) => !switched.some((x) => x.h === h)),
+        limit,
+        ([h, files]) => restoreServerFiles(s, h, python, files, m),
+      );
       const backFailed = failures(
         switched.map((x) => x.h),
         back,

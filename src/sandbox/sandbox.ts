@@ -51,10 +51,16 @@ export const SANDBOX_USER = 'deploy';
 const HOST_NAME = /^[a-z0-9][a-z0-9_.-]{0,62}$/;
 const READY_TIMEOUT_MS = 60_000;
 
+export const SANDBOX_SERVERS = ['apache', 'uwsgi'] as const;
+export type SandboxServer = (typeof SANDBOX_SERVERS)[number];
+
 export interface SandboxHostSpec {
   name: string;
   sshPort: number;
   httpPort: number;
+  /** apache (default): Apache + mod_wsgi with the image's vhost; uwsgi: nginx + supervisord, sites and
+   * programs installed by the project's server.files. */
+  server?: SandboxServer;
 }
 
 export interface SandboxHost extends SandboxHostSpec {
@@ -243,11 +249,14 @@ async function containerLogs(docker: Docker, id: string): Promise<string> {
   }
 }
 
-/** Waits until sshd says SSH-2.0 on the SSH port and Apache answers HTTP (any status). */
+/**
+ * Waits until sshd says SSH-2.0 on the SSH port and Apache answers HTTP (any status). A uwsgi host has
+ * no site until the project's server.files install one: only sshd is waited for.
+ */
 async function waitReady(docker: Docker, host: SandboxHost): Promise<void> {
   const deadline = Date.now() + READY_TIMEOUT_MS;
   let ssh = false;
-  let http = false;
+  let http = host.server === 'uwsgi';
   while (Date.now() < deadline) {
     if (!ssh) ssh = (await tcpBanner(host.sshPort)).startsWith('SSH-2.0');
     if (ssh && !http) http = await httpAnswers(host.httpPort);
@@ -370,7 +379,12 @@ export async function sandboxUp(
       const container = await docker.createContainer({
         name: containerName(h.name),
         Image: image.tag,
-        Env: [`SSH_PORT=${h.sshPort}`, `HTTP_PORT=${h.httpPort}`, `AUTHORIZED_KEY=${publicKey}`],
+        Env: [
+          `SSH_PORT=${h.sshPort}`,
+          `HTTP_PORT=${h.httpPort}`,
+          `AUTHORIZED_KEY=${publicKey}`,
+          `SERVER=${h.server ?? 'apache'}`,
+        ],
         Labels: {
           'ckan-release': '1',
           [LABEL_SANDBOX]: '1',
@@ -387,7 +401,7 @@ export async function sandboxUp(
       started.push({ ...h, container: container.id });
       await container.start();
       say(
-        `host ${h.name}: container ${containerName(h.name)}, ssh 127.0.0.1:${h.sshPort}, http 127.0.0.1:${h.httpPort}`,
+        `host ${h.name}: container ${containerName(h.name)}, ssh 127.0.0.1:${h.sshPort}, http 127.0.0.1:${h.httpPort} (${h.server ?? 'apache'})`,
       );
     }
     await Promise.all(started.map((h) => waitReady(docker, h)));

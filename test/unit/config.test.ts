@@ -118,7 +118,7 @@ describe('malformed configs', () => {
     [
       'an unknown key unlike any',
       edit('project: portal', 'project: portal\nfrobnicate: 1'),
-      'FILE:2: frobnicate: unknown key; expected one of project, root, store, ckan, builder, extensions, patches, config, shared, deploy, environments',
+      'FILE:2: frobnicate: unknown key; expected one of project, root, store, ckan, builder, extensions, patches, config, shared, deploy, server, environments',
     ],
     ['a missing required key', edit('project: portal\n', ''), 'FILE:1: missing required key "project"'],
     ['a missing nested key', edit('  ref: ckan-2.9.11\n', ''), 'FILE:4: ckan: missing required key "ref"'],
@@ -297,7 +297,7 @@ describe('malformed configs', () => {
     [
       'a list as the whole file',
       '- a\n- b\n',
-      'FILE:1: expected a mapping with keys project, root, store, ckan, builder, extensions, patches, config, shared, deploy, environments, got a list',
+      'FILE:1: expected a mapping with keys project, root, store, ckan, builder, extensions, patches, config, shared, deploy, server, environments, got a list',
     ],
     [
       'a bad project name',
@@ -311,6 +311,43 @@ describe('malformed configs', () => {
         '    hosts: [ckan-staging.example.org]\n    vars: { site-url: x }',
       ),
       'FILE:20: environments.staging.vars.site-url: invalid name: expected a template variable name (letters, digits, _)',
+    ],
+    [
+      'an unknown built-in server template',
+      edit(
+        'environments:\n',
+        'server:\n  files:\n    - { template: builtin:wsgi.pyy, dest: /etc/ckan/default/wsgi.py }\nenvironments:\n',
+      ),
+      'FILE:19: server.files[0].template: no built-in template "wsgi.pyy": expected one of builtin:apache-vhost.conf, builtin:apache.wsgi, builtin:nginx-ckan.conf, builtin:supervisor-ckan-uwsgi.conf, builtin:uwsgi.ini, builtin:wsgi.py; did you mean "builtin:wsgi.py"?',
+    ],
+    [
+      'a server file inside root',
+      edit(
+        'environments:\n',
+        'server:\n  files:\n    - { template: builtin:wsgi.py, dest: /usr/lib/ckan/wsgi.py }\nenvironments:\n',
+      ),
+      'FILE:19: server.files[0].dest: "/usr/lib/ckan/wsgi.py" is inside root (/usr/lib/ckan), which ckan-release manages: install server files elsewhere, e.g. /etc/ckan/default/',
+    ],
+    [
+      'a server file installed twice',
+      edit(
+        'environments:\n',
+        'server:\n  files:\n    - { template: builtin:wsgi.py, dest: /etc/a.py }\n    - { template: builtin:apache.wsgi, dest: /etc/a.py }\nenvironments:\n',
+      ),
+      'FILE:20: server.files[1].dest: "/etc/a.py" is installed twice',
+    ],
+    [
+      'a server file mode that is not octal',
+      edit(
+        'environments:\n',
+        'server:\n  files:\n    - { template: builtin:wsgi.py, dest: /etc/a.py, mode: 644x }\nenvironments:\n',
+      ),
+      'FILE:19: server.files[0].mode: expected an octal file mode such as "0644", got "644x"',
+    ],
+    [
+      'a restart that is neither a recipe nor a command',
+      edit('  restart: sudo systemctl reload httpd', '  restart: [apache-graceful]'),
+      'FILE:16: deploy.restart: expected a restart recipe (apache-graceful, uwsgi-reload) or a shell command that restarts the web server, got a list',
     ],
   ];
 

@@ -1,0 +1,162 @@
+// The web server's side of a deploy: the files that wire the server to <root>/current (server.files:
+// WSGI script, vhost, uwsgi ini, supervisor program), installed by `setup` and by `ship` when their
+// rendering changes; and the restart, by a named recipe (apache-graceful, uwsgi-reload) or a command.
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import type { Manifest } from '../artifact/manifest.js';
+import { RESTART_RECIPES, type RestartRecipe } from '../config/schema.js';
+import type { ServerFile } from '../config/types.js';
+import { renderFile, renderString } from '../render/template.js';
+import { callAgent } from './agent.js';
+import { agentFor, shellVars, templateVars, type HostSession, type Session } from './deploy.js';
+import { cmd } from './shell.js';
+
+/** A server file as this run found or left it on one host. */
+export interface ServerFileChange {
+  dest: string;
+  changed: boolean;
+  /** Where the host kept the file it replaced (null: there was none, or nothing changed). */
+  backup: string | null;
+  existed: boolean;
+  reload: string | undefined;
+}
+
+/**
+ * Template variables for server files. With a manifest, the same as the CKAN config's; without one
+ * (setup, before any release is known), the release variables name <root>/current and the release's
+ * lists are empty, so a server file that names only `current` renders the same both ways.
+ */
+export function serverVars(
+  s: Pick<Session, 'config' | 'env' | 'secrets'>,
+  host: string,
+  m: Manifest | null,
+): Record<string, unknown> {
+  if (m) return templateVars(s, host, m);
+  const current = path.posix.join(s.config.root, 'current');
+  return {
+    ...templateVars(s, host, {
+      id: '',
+      extensions: [],
+    } as unknown as Manifest),
+    release: current,
+    release_id: '',
+    config_file: path.posix.join(current, s.config.config.file),
+  };
+}
+
+function renderServerFile(s: Session, f: ServerFile, vars: Record<string, unknown>): string {
+  const shown = f.source.startsWith('builtin:') ? f.source : path.relative(process.cwd(), f.template);
+  return renderFile(f.template, vars, shown);
+}
+
+/**
+ * Renders every server file for host `h` and installs those that differ (content, mode, owner, group),
+ * each by rename(2) of a temp file beside it. With `check`, only reports what would change.
+ * On a failure halfway, what was installed is put back before the error is thrown.
+ */
+export async function installServerFiles(
+  s: Session,
+  h: HostSession,
+  python: string,
+  m: Manifest | null,
+  check = false,
+): Promise<ServerFileChange[]> {
+  const vars = serverVars(s, h.name, m);
+  // Render all first: a template error changes nothing on any file.
+  const texts = s.config.server.files.map((f) => renderServerFile(s, f, vars));
+  const done: ServerFileChange[] = [];
+  try {
+    for (const [i, f] of s.config.server.files.entries()) {
+      const r = await callAgent<{ changed: boolean; existed: boolean; backup: string | null }>(
+        agentFor(s, h, python),
+        `install ${f.dest}`,
+        'install-file',
+        { root: s.config.root, dest: f.dest, mode: f.mode, owner: f.owner, group: f.group, check },
+        { stdin: Readable.from([Buffer.from(texts[i]!)]) },
+      );
+      done.push({ dest: f.dest, changed: r.changed, backup: r.backup, existed: r.existed, reload: f.reload });
+    }
+  } catch (e) {
+    if (!check) await restoreServerFiles(s, h, python, done, m).catch(() => undefined);
+    throw e;
+  }
+  if (!check) await runReloads(s, h, done, m);
+  return done;
+}
+
+/** Runs the `reload` command of each changed file once per host (the same command only once). */
+async function runReloads(
+  s: Session,
+  h: HostSession,
+  files: ServerFileChange[],
+  m: Manifest | null,
+): Promise<void> {
+  const commands = [...new Set(files.filter((f) => f.changed && f.reload).map((f) => f.reload!))];
+  for (const c of commands) {
+    const line = renderString(c, shellVars(serverVars(s, h.name, m)), 'server.files.reload');
+    await h.remote.run(`reload after installing server files ("${c}")`, cmd(['sh', '-c', line]));
+  }
+}
+
+/** Puts back what installServerFiles changed on one host (newest first), then runs the reloads. */
+export async function restoreServerFiles(
+  s: Session,
+  h: HostSession,
+  python: string,
+  files: ServerFileChange[],
+  m: Manifest | null,
+): Promise<void> {
+  const changed = files.filter((f) => f.changed);
+  for (const f of [...changed].reverse()) {
+    await callAgent(agentFor(s, h, python), `restore ${f.dest}`, 'restore-file', {
+      root: s.config.root,
+      dest: f.dest,
+      backup: f.existed ? f.backup : null,
+    });
+  }
+  await runReloads(s, h, changed, m);
+}
+
+export function restartRecipe(restart: string): RestartRecipe | undefined {
+  return (RESTART_RECIPES as readonly string[]).includes(restart) ? (restart as RestartRecipe) : undefined;
+}
+
+/**
+ * Restarts the web server on one host so that it serves what `current` points at. `full`: there was no
+ * release before (a first activation) or there is none now (a first deploy switched back): the server's
+ * config must be re-read, which only a full graceful does.
+ */
+export async function restartHost(
+  s: Session,
+  h: HostSession,
+  m: Manifest,
+  python: string,
+  opts: { full: boolean },
+): Promise<void> {
+  const restart = s.config.deploy.restart;
+  const recipe = restartRecipe(restart);
+  if (!recipe) {
+    const line = renderString(restart, shellVars(templateVars(s, h.name, m)), 'deploy.restart');
+    await h.remote.run(`restart ("${restart}")`, cmd(['sh', '-c', line]));
+    return;
+  }
+  const { apache, uwsgi, timeout } = s.config.server;
+  const r = await callAgent<{ method: string; seconds: number; old: number[]; new: number[] }>(
+    agentFor(s, h, python),
+    `restart (${recipe})`,
+    'restart',
+    recipe === 'apache-graceful'
+      ? { recipe, process_group: apache.processGroup, command: apache.command, timeout, first: opts.full }
+      : {
+          recipe,
+          pidfile: uwsgi.pidfile,
+          start: uwsgi.start
+            ? renderString(uwsgi.start, shellVars(templateVars(s, h.name, m)), 'server.uwsgi.start')
+            : null,
+          timeout,
+        },
+  );
+  s.say(
+    `${h.name}: restarted (${recipe}: ${r.method}; ${r.old.length} old processes replaced by ${r.new.length} in ${r.seconds.toFixed(1)} s)`,
+  );
+}
