@@ -21,6 +21,7 @@ import {
 } from '../deploy/deploy.js';
 import { cmd, maybeSudo } from '../deploy/shell.js';
 import { OperationError, UsageError } from '../errors.js';
+import type { ConnectOptions } from '../remote/ssh.js';
 import { globals } from './common.js';
 
 /** The interpreter the agent uses when no artifact says which: the hosts' python3. */
@@ -29,11 +30,13 @@ const HOST_PYTHON = 'python3';
 interface Loaded {
   config: Config;
   env: Environment;
+  connect: ConnectOptions;
 }
 
 function load(cmdObj: Command, envName: string): Loaded {
-  const config = loadConfig(globals(cmdObj).config);
-  return { config, env: environment(config, envName) };
+  const g = globals(cmdObj);
+  const config = loadConfig(g.config);
+  return { config, env: environment(config, envName), connect: { acceptNewHostKey: !!g.acceptNewHostKey } };
 }
 
 function secretsOf(cmdObj: Command, env: Environment): Record<string, unknown> {
@@ -47,7 +50,7 @@ async function withSession<T>(
   io: Io,
   fn: (s: Session) => Promise<T>,
 ): Promise<T> {
-  const s = await openSession(l.config, l.env, secrets, (line) => io.err(`${line}\n`));
+  const s = await openSession(l.config, l.env, secrets, (line) => io.err(`${line}\n`), l.connect);
   try {
     return await fn(s);
   } finally {
@@ -145,7 +148,7 @@ async function shipArtifact(
 async function checkRequires(io: Io, l: Loaded, id: string): Promise<void> {
   if (!l.env.requires) return;
   const from = environment(l.config, l.env.requires);
-  await withSession({ config: l.config, env: from }, {}, io, async (s) => {
+  await withSession({ ...l, env: from }, {}, io, async (s) => {
     const facts = await allFacts(s);
     const missing = facts.flatMap((f, i) => (healthyOn(f, id) ? [] : [s.hosts[i]!.name]));
     if (missing.length) {
