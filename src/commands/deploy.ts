@@ -20,7 +20,7 @@ import {
   type Session,
 } from '../deploy/deploy.js';
 import { cmd, maybeSudo } from '../deploy/shell.js';
-import { OperationError, UsageError } from '../errors.js';
+import { CkanReleaseError, OperationError, UsageError } from '../errors.js';
 import type { ConnectOptions } from '../remote/ssh.js';
 import { globals } from './common.js';
 
@@ -64,8 +64,19 @@ async function allFacts(s: Session, python = HOST_PYTHON): Promise<HostFacts[]> 
     r.status === 'rejected' ? [`  ${s.hosts[i]!.name}: ${(r.reason as Error).message}`] : [],
   );
   if (failed.length)
-    throw new OperationError(`cannot read the state of every host of ${s.env.name}:\n${failed.join('\n')}`);
+    throw hostsFailed(`cannot read the state of every host of ${s.env.name}:\n${failed.join('\n')}`, results);
   return results.map((r) => (r as PromiseFulfilledResult<HostFacts>).value);
+}
+
+/**
+ * One error for failures on several hosts: exit 2 (bad input or host setup, such as a sudo that wants a
+ * password) when every failure was one, with the first one's hint; exit 1 otherwise.
+ */
+function hostsFailed(message: string, results: PromiseSettledResult<unknown>[]): CkanReleaseError {
+  const reasons = results.flatMap((r) => (r.status === 'rejected' ? [r.reason as unknown] : []));
+  const bad = reasons.filter((e): e is CkanReleaseError => e instanceof CkanReleaseError && e.exitCode === 2);
+  if (reasons.length && bad.length === reasons.length) return new UsageError(message, bad[0]!.hint);
+  return new OperationError(message);
 }
 
 function newestArtifact(config: Config): StoredArtifact {
@@ -252,8 +263,9 @@ export function registerDeploy(program: Command, io: Io, dryRun: () => import('c
             r.status === 'rejected' ? [`  ${s.hosts[i]!.name}: ${(r.reason as Error).message}`] : [],
           );
           if (failed.length)
-            throw new OperationError(
+            throw hostsFailed(
               `setup failed on some hosts (setup is idempotent: run it again):\n${failed.join('\n')}`,
+              results,
             );
         });
       });

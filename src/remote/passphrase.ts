@@ -33,9 +33,10 @@ export function terminalPrompt(): AskPassphrase | undefined {
 function readHidden(prompt: string): Promise<string> {
   const fd = openTty();
   if (fd === undefined) return Promise.reject(new UsageError('the terminal went away'));
-  writeSync(fd, prompt);
   const input = new tty.ReadStream(fd);
+  // Raw (no echo) before the prompt shows: nothing typed after seeing it can be echoed.
   input.setRawMode(true);
+  writeSync(fd, prompt);
   return new Promise<string>((resolve, reject) => {
     let line = '';
     const finish = (err?: Error) => {
