@@ -23,9 +23,14 @@ function homeWith(config: string, files: Record<string, string> = {}): string {
   return home;
 }
 
-const noEnv = { sshConfig: undefined, user: undefined, port: undefined };
+interface EnvSsh {
+  sshConfig: string | undefined;
+  user: string | undefined;
+  port: number | undefined;
+}
+const noEnv: EnvSsh = { sshConfig: undefined, user: undefined, port: undefined };
 
-function resolve(home: string, spec: string, env: Partial<typeof noEnv> = {}): HostTarget {
+function resolve(home: string, spec: string, env: Partial<EnvSsh> = {}): HostTarget {
   return resolveTarget({ ...noEnv, ...env }, spec, {
     home,
     systemConfig: '',
