@@ -131,8 +131,8 @@ function hostKeyProblem(
         `check the fingerprint with the host's admin, then either run again with --accept-new-host-key` +
           ` (trusts it on first use and adds it to ${file}), or add it yourself:` +
           ` ssh-keyscan -p ${hop.port} ${hop.hostname} >> ${file}` +
-          (hop !== target || target.jumps.length
-            ? ` (${target.jumps.length ? 'run ssh-keyscan where the host is reachable, e.g. on the jump host' : ''})`
+          ((hop === target ? target.jumps.length > 0 : target.jumps.indexOf(hop) > 0)
+            ? ' (on the jump host before it: this host is reachable only from there)'
             : '') +
           (hop.keyNames[0] !== lookupName(hop.hostname, hop.port)
             ? `, then write its name as ${hop.keyNames[0]} (HostKeyAlias)`

@@ -355,6 +355,31 @@ describe('ship through the bastion, keys from the agent', () => {
   });
 });
 
+describe('IdentitiesOnly', () => {
+  it("an IdentityFile with only its .pub beside it selects the agent's copy, and only that key", async () => {
+    writeFileSync(
+      path.join(home, '.ssh', 'deploy_key.pub'),
+      readFileSync(path.join(sandboxDir, 'id_ed25519.pub')),
+    );
+    const decoy = path.join(home, 'decoy');
+    execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', decoy]);
+    copyFileSync(`${decoy}.pub`, path.join(home, '.ssh', 'decoy_key.pub'));
+    try {
+      // The agent holds the right key, but IdentitiesOnly names another one: nothing is offered.
+      writeSshConfig('    IdentityFile ~/.ssh/decoy_key\n    IdentitiesOnly yes');
+      const refused = await cli(['status', 'production']);
+      expect(refused.code, refused.err).toBe(1);
+      expect(refused.err).toMatch(/no key was accepted/);
+      writeSshConfig('    IdentityFile ~/.ssh/deploy_key\n    IdentitiesOnly yes');
+      const r = await cli(['status', 'production']);
+      expect(r.code, r.err).toBe(0);
+      expect(r.out).toContain(`current:         ${A}`);
+    } finally {
+      writeSshConfig();
+    }
+  });
+});
+
 describe('encrypted keys', () => {
   let keyFile: string;
   beforeAll(() => {

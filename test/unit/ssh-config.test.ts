@@ -6,11 +6,12 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { becomeFor } from '../../src/deploy/deploy.js';
 import { maybeSudo } from '../../src/deploy/shell.js';
+import { appendKnownHost, readKnownHosts, verifyHostKey } from '../../src/remote/known-hosts.js';
 import { opensshPublicBlob } from '../../src/remote/ssh.js';
 import { resolveTarget, type HostTarget } from '../../src/remote/target.js';
 import type { Config, Environment } from '../../src/config/types.js';
 import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 
 function homeWith(config: string, files: Record<string, string> = {}): string {
   const home = mkdtempSync(path.join(os.tmpdir(), 'ckan-release-home-'));
@@ -191,6 +192,24 @@ describe('keys', () => {
     execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', 'secret words', '-f', key]);
     const pub = Buffer.from(readFileSync(`${key}.pub`, 'utf8').split(' ')[1]!, 'base64');
     expect(opensshPublicBlob(readFileSync(key))?.equals(pub)).toBe(true);
+  });
+});
+
+describe('known_hosts written on first use', () => {
+  it('appends hashed (HashKnownHosts) or plain entries that verify as known', () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'ckan-release-kh-'));
+    const file = path.join(dir, 'sub', 'known_hosts');
+    const key = Buffer.from('AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl', 'base64');
+    appendKnownHost(file, '[10.0.0.1]:2222', key, true);
+    appendKnownHost(file, 'web1', key, false);
+    const text = readFileSync(file, 'utf8');
+    expect(text).toMatch(/^\|1\|[^|]+\|[^ ]+ ssh-ed25519 AAAA/);
+    expect(text).not.toContain('10.0.0.1');
+    expect(text.split('\n')[1]).toMatch(/^web1 ssh-ed25519 /);
+    const entries = readKnownHosts([file]);
+    expect(verifyHostKey(entries, ['[10.0.0.1]:2222'], key)).toEqual({ status: 'known' });
+    expect(verifyHostKey(entries, ['[10.0.0.1]:2223'], key)).toEqual({ status: 'unknown' });
+    expect(statSync(file).mode & 0o777).toBe(0o600);
   });
 });
 
