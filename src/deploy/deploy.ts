@@ -13,7 +13,7 @@ import type { StoredArtifact } from '../artifact/store.js';
 import type { Config, Environment, Hook } from '../config/types.js';
 import { CkanReleaseError, OperationError, UsageError } from '../errors.js';
 import { renderFile, renderString } from '../render/template.js';
-import { SshRemote, type ConnectOptions, type Remote } from '../remote/ssh.js';
+import { SshRemote, SudoPasswordError, type ConnectOptions, type Remote } from '../remote/ssh.js';
 import { resolveTarget } from '../remote/target.js';
 import { AgentRefusal, callAgent, installAgent, type AgentHost } from './agent.js';
 import { cmd, maybeSudo, shq, type Become } from './shell.js';
@@ -285,7 +285,8 @@ async function stageOnHost(
     await installAgent(agent);
     facts = await callAgent<HostFacts>(agent, 'read host facts', 'facts', { root: s.config.root });
   } catch (e) {
-    if (e instanceof AgentRefusal) throw e;
+    // A refusal, or a sudo that wants a password, says what it is; anything else is the interpreter.
+    if (e instanceof AgentRefusal || e instanceof SudoPasswordError) throw e;
     throw new OperationError(
       `${h.name}: preflight: cannot run ${python} (the artifact's python) with the host agent: ${message(e)}`,
     );

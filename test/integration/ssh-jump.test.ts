@@ -441,6 +441,12 @@ describe('become', () => {
         ),
       );
       expect(r.err).toMatch(/NOPASSWD/);
+      // ship: web2 fails before any switch, named; web1 keeps serving what it served.
+      const shipped = await cli(['ship', 'production', A]);
+      expect(shipped.code, shipped.err).toBe(1);
+      expect(shipped.err).toMatch(/failed before any host switched; nothing changed on any host/);
+      expect(shipped.err).toMatch(new RegExp(`${WEB2}: install the host agent: sudo wants a password`));
+      expect(await currentOf(docker, WEB1)).toBe(`${ROOT}/releases/${A}`);
     } finally {
       await onHost(docker, WEB2, "echo 'deploy ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/deploy");
     }
