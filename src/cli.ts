@@ -9,6 +9,7 @@ export interface GlobalOptions {
   json: boolean;
   debug: boolean;
   vaultPasswordFile: string | undefined;
+  acceptNewHostKey: boolean;
 }
 
 export interface Io {
@@ -34,6 +35,11 @@ export function buildProgram(io: Io): Command {
       new Option('--vault-password-file <file>', 'password for ansible-vault encrypted secrets').env(
         'CKAN_RELEASE_VAULT_PASSWORD_FILE',
       ),
+    )
+    .option(
+      '--accept-new-host-key',
+      'trust an unknown SSH host key on first use and add it to known_hosts (a changed key is never accepted)',
+      false,
     )
     .option('--debug', 'show stack traces', false)
     .showHelpAfterError('(run with --help for usage)')

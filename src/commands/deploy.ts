@@ -21,7 +21,8 @@ import {
   type Session,
 } from '../deploy/deploy.js';
 import { cmd, maybeSudo } from '../deploy/shell.js';
-import { OperationError, UsageError } from '../errors.js';
+import { CkanReleaseError, OperationError, UsageError } from '../errors.js';
+import type { ConnectOptions } from '../remote/ssh.js';
 import { globals } from './common.js';
 
 /** The interpreter the agent uses when no artifact says which: the hosts' python3. */
@@ -30,11 +31,13 @@ const HOST_PYTHON = 'python3';
 interface Loaded {
   config: Config;
   env: Environment;
+  connect: ConnectOptions;
 }
 
 function load(cmdObj: Command, envName: string): Loaded {
-  const config = loadConfig(globals(cmdObj).config);
-  return { config, env: environment(config, envName) };
+  const g = globals(cmdObj);
+  const config = loadConfig(g.config);
+  return { config, env: environment(config, envName), connect: { acceptNewHostKey: !!g.acceptNewHostKey } };
 }
 
 function secretsOf(cmdObj: Command, env: Environment): Record<string, unknown> {
@@ -48,7 +51,7 @@ async function withSession<T>(
   io: Io,
   fn: (s: Session) => Promise<T>,
 ): Promise<T> {
-  const s = await openSession(l.config, l.env, secrets, (line) => io.err(`${line}\n`));
+  const s = await openSession(l.config, l.env, secrets, (line) => io.err(`${line}\n`), l.connect);
   try {
     return await fn(s);
   } finally {
@@ -62,8 +65,19 @@ async function allFacts(s: Session, python = HOST_PYTHON): Promise<HostFacts[]> 
     r.status === 'rejected' ? [`  ${s.hosts[i]!.name}: ${(r.reason as Error).message}`] : [],
   );
   if (failed.length)
-    throw new OperationError(`cannot read the state of every host of ${s.env.name}:\n${failed.join('\n')}`);
+    throw hostsFailed(`cannot read the state of every host of ${s.env.name}:\n${failed.join('\n')}`, results);
   return results.map((r) => (r as PromiseFulfilledResult<HostFacts>).value);
+}
+
+/**
+ * One error for failures on several hosts: exit 2 (bad input or host setup, such as a sudo that wants a
+ * password) when every failure was one, with the first one's hint; exit 1 otherwise.
+ */
+function hostsFailed(message: string, results: PromiseSettledResult<unknown>[]): CkanReleaseError {
+  const reasons = results.flatMap((r) => (r.status === 'rejected' ? [r.reason as unknown] : []));
+  const bad = reasons.filter((e): e is CkanReleaseError => e instanceof CkanReleaseError && e.exitCode === 2);
+  if (reasons.length && bad.length === reasons.length) return new UsageError(message, bad[0]!.hint);
+  return new OperationError(message);
 }
 
 function newestArtifact(config: Config): StoredArtifact {
@@ -154,7 +168,7 @@ async function shipArtifact(
 async function checkRequires(io: Io, l: Loaded, id: string): Promise<void> {
   if (!l.env.requires) return;
   const from = environment(l.config, l.env.requires);
-  await withSession({ config: l.config, env: from }, {}, io, async (s) => {
+  await withSession({ ...l, env: from }, {}, io, async (s) => {
     const facts = await allFacts(s);
     const missing = facts.flatMap((f, i) => (healthyOn(f, id) ? [] : [s.hosts[i]!.name]));
     if (missing.length) {
@@ -279,8 +293,9 @@ export function registerDeploy(program: Command, io: Io, dryRun: () => import('c
             r.status === 'rejected' ? [`  ${s.hosts[i]!.name}: ${(r.reason as Error).message}`] : [],
           );
           if (failed.length)
-            throw new OperationError(
+            throw hostsFailed(
               `setup failed on some hosts (setup is idempotent: run it again):\n${failed.join('\n')}`,
+              results,
             );
         });
       });

@@ -260,6 +260,8 @@ function resolve(raw: Raw, file: string, display: string, root: Node, ctx: Ctx):
       hostVars: e.host_vars,
       secrets,
       requires: e.requires,
+      become: e.become,
+      becomeUser: e.become_user,
       parallel: e.parallel,
     };
   }
@@ -295,6 +297,8 @@ function resolve(raw: Raw, file: string, display: string, root: Node, ctx: Ctx):
       keepReleases: raw.deploy.keep_releases,
       owner: raw.deploy.owner,
       group: raw.deploy.group,
+      become: raw.deploy.become,
+      becomeUser: raw.deploy.become_user,
       restart: raw.deploy.restart,
       healthcheck: raw.deploy.healthcheck,
       hooks: { beforeSwitch: raw.deploy.hooks.before_switch, afterSwitch: raw.deploy.hooks.after_switch },

@@ -80,6 +80,8 @@ const environment = obj({
   ),
   secrets: optional(str({ expected: 'the path of a YAML or ansible-vault file' })),
   requires: optional(str({ expected: 'the name of another environment' })),
+  become: optional(bool()),
+  become_user: optional(str({ expected: 'a user name', pattern: /^[a-z_][a-z0-9_.-]*$/i })),
   parallel: withDefault(int(1, 256), () => 10),
 });
 
@@ -179,6 +181,8 @@ export const configSchema = obj({
       keep_releases: withDefault(int(1, 1000), () => 5),
       owner: optional(str({ expected: 'a user name', pattern: /^[a-z_][a-z0-9_.-]*$/i })),
       group: optional(str({ expected: 'a group name', pattern: /^[a-z_][a-z0-9_.-]*$/i })),
+      become: optional(bool()),
+      become_user: optional(str({ expected: 'a user name', pattern: /^[a-z_][a-z0-9_.-]*$/i })),
       restart: required(
         str({
           expected: `a restart recipe (${RESTART_RECIPES.join(', ')}) or a shell command that restarts the web server`,

@@ -32,6 +32,9 @@ export interface Environment {
   /** Absolute path of the secrets file (plain YAML or ansible-vault), read only when the environment is used. */
   secrets: string | undefined;
   requires: string | undefined;
+  /** Privileged steps through `sudo -n` (over deploy.become), as become_user (over deploy.become_user). */
+  become?: boolean;
+  becomeUser?: string;
   /** How many hosts are worked on at once. */
   parallel: number;
 }
@@ -62,6 +65,10 @@ export interface Config {
     keepReleases: number;
     owner: string | undefined;
     group: string | undefined;
+    /** Privileged steps through `sudo -n`; undefined: when owner is set and the SSH user is not root. */
+    become?: boolean;
+    /** The user sudo runs them as (default root). */
+    becomeUser?: string;
     restart: string;
     healthcheck: { url: string; timeout: number };
     hooks: { beforeSwitch: Hook[]; afterSwitch: Hook[] };

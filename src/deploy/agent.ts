@@ -7,8 +7,8 @@ import { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { OperationError } from '../errors.js';
 import type { ExecOptions, Remote } from '../remote/ssh.js';
-import { RemoteCommandError } from '../remote/ssh.js';
-import { cmd, maybeSudo } from './shell.js';
+import { commandError } from '../remote/ssh.js';
+import { cmd, maybeSudo, type Become } from './shell.js';
 
 export const AGENT_SCRIPT = path.resolve(
   path.dirname(fileURLToPath(import.meta.url)),
@@ -22,7 +22,7 @@ export interface AgentHost {
   root: string;
   /** The interpreter the agent runs with: the artifact's python (or python3 before there is one). */
   python: string;
-  sudo: boolean;
+  sudo: Become;
 }
 
 /** The host refused an operation (locked, bad artifact, unhealthy...): `kind` says which. */
@@ -84,6 +84,6 @@ export async function callAgent<T = Record<string, unknown>>(
       (parsed.details as Record<string, unknown>) ?? {},
     );
   }
-  if (r.code !== 0 || !parsed) throw new RemoteCommandError(h.remote.name, step, r);
+  if (r.code !== 0 || !parsed) throw commandError(h.remote.name, step, r);
   return parsed as T;
 }

@@ -13,11 +13,11 @@ import type { StoredArtifact } from '../artifact/store.js';
 import type { Config, Environment, Hook } from '../config/types.js';
 import { CkanReleaseError, OperationError, UsageError } from '../errors.js';
 import { renderFile, renderString } from '../render/template.js';
-import { SshRemote, type Remote } from '../remote/ssh.js';
+import { SshRemote, SudoPasswordError, type ConnectOptions, type Remote } from '../remote/ssh.js';
 import { resolveTarget } from '../remote/target.js';
 import { AgentRefusal, callAgent, installAgent, type AgentHost } from './agent.js';
 import { installServerFiles, restartHost, restoreServerFiles, type ServerFileChange } from './server.js';
-import { cmd, maybeSudo, shq } from './shell.js';
+import { cmd, maybeSudo, shq, type Become } from './shell.js';
 
 export interface HostFacts {
   python: { path: string; version: string };
@@ -47,8 +47,8 @@ export interface Session {
 export interface HostSession {
   name: string;
   remote: Remote;
-  /** Whether privileged steps run through sudo -n (deploy.owner set and the SSH user is not root). */
-  sudo: boolean;
+  /** Whether privileged steps run through sudo -n: false, true (as root) or the user to become. */
+  sudo: Become;
   locked: boolean;
 }
 
@@ -87,23 +87,35 @@ function message(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }
 
+/**
+ * How privileged steps run on a host: `become` (environment, then deploy; default: when deploy.owner
+ * is set) through `sudo -n` as `become_user` (default root). Not when the SSH user already is that user.
+ */
+export function becomeFor(config: Config, env: Environment, sshUser: string): Become {
+  const become = env.become ?? config.deploy.become ?? !!config.deploy.owner;
+  const user = env.becomeUser ?? config.deploy.becomeUser ?? 'root';
+  if (!become || sshUser === user) return false;
+  return user === 'root' ? true : user;
+}
+
 /** Connects to every host of the environment (in parallel); any failure closes the others. */
 export async function openSession(
   config: Config,
   env: Environment,
   secrets: Record<string, unknown>,
   say: Say,
+  connect: ConnectOptions = {},
 ): Promise<Session> {
   const op = randomBytes(4).toString('hex');
   const targets = env.hosts.map((h) => resolveTarget(env, h));
-  const results = await settleAll(targets, env.parallel, (t) => SshRemote.connect(t));
+  const results = await settleAll(targets, env.parallel, (t) => SshRemote.connect(t, connect));
   const hosts: HostSession[] = results.flatMap((r, i) =>
     r.status === 'fulfilled'
       ? [
           {
             name: targets[i]!.name,
             remote: r.value,
-            sudo: !!config.deploy.owner && targets[i]!.user !== 'root',
+            sudo: becomeFor(config, env, targets[i]!.user),
             locked: false,
           },
         ]
@@ -280,7 +292,8 @@ async function stageOnHost(
     await installAgent(agent);
     facts = await callAgent<HostFacts>(agent, 'read host facts', 'facts', { root: s.config.root });
   } catch (e) {
-    if (e instanceof AgentRefusal) throw e;
+    // A refusal, or a sudo that wants a password, says what it is; anything else is the interpreter.
+    if (e instanceof AgentRefusal || e instanceof SudoPasswordError) throw e;
     throw new OperationError(
       `${h.name}: preflight: cannot run ${python} (the artifact's python) with the host agent: ${message(e)}`,
     );

@@ -13,7 +13,13 @@ export function cmd(argv: string[]): string {
   return argv.map(shq).join(' ');
 }
 
-/** Runs argv through `sudo -n` (never prompts) when `sudo` is set. */
-export function maybeSudo(argv: string[], sudo: boolean): string[] {
-  return sudo ? ['sudo', '-n', '--', ...argv] : argv;
+/** false: as the SSH user; true: through sudo as root; a name: through sudo as that user. */
+export type Become = boolean | string;
+
+/** Runs argv through `sudo -n` (never prompts) when `sudo` is set; as `sudo` when it names a user. */
+export function maybeSudo(argv: string[], sudo: Become): string[] {
+  if (!sudo) return argv;
+  return typeof sudo === 'string' && sudo !== 'root'
+    ? ['sudo', '-n', '-u', sudo, '--', ...argv]
+    : ['sudo', '-n', '--', ...argv];
 }

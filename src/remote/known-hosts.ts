@@ -1,7 +1,8 @@
 // known_hosts as OpenSSH reads it: plain and hashed (|1|salt|hmac) host entries, [host]:port for
 // non-standard ports, comma-separated names, negated and wildcard patterns, @revoked lines.
-import { createHash, createHmac } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { createHash, createHmac, randomBytes } from 'node:crypto';
+import { appendFileSync, mkdirSync, readFileSync } from 'node:fs';
+import path from 'node:path';
 
 export interface KnownKey {
   type: string;
@@ -110,4 +111,27 @@ export function verifyHostKey(entries: KnownHostsEntry[], names: string[], offer
 
 export function knownHostsLine(name: string, key: Buffer): string {
   return `${name} ${keyType(key)} ${key.toString('base64')}`;
+}
+
+/** The host field of a known_hosts line for `name`, hashed as HashKnownHosts writes it (|1|salt|hmac). */
+export function hashedHostField(name: string, salt: Buffer = randomBytes(20)): string {
+  return `|1|${salt.toString('base64')}|${createHmac('sha1', salt).update(name).digest('base64')}`;
+}
+
+/**
+ * Appends `key` for `name` to a known_hosts file (made, with its directory, if missing: the directory
+ * 0700 and the file 0600 as ssh makes them), hashed when asked.
+ */
+export function appendKnownHost(file: string, name: string, key: Buffer, hashed: boolean): void {
+  mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+  let prefix = '';
+  try {
+    const text = readFileSync(file, 'utf8');
+    if (text.length && !text.endsWith('\n')) prefix = '\n';
+  } catch {
+    // a new file
+  }
+  appendFileSync(file, `${prefix}${knownHostsLine(hashed ? hashedHostField(name) : name, key)}\n`, {
+    mode: 0o600,
+  });
 }

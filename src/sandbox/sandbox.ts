@@ -61,6 +61,13 @@ export interface SandboxHostSpec {
   /** apache (default): Apache + mod_wsgi with the image's vhost; uwsgi: nginx + supervisord, sites and
    * programs installed by the project's server.files. */
   server?: SandboxServer;
+  /**
+   * Optional. 'host' (the default): --network host, listening on the machine's 127.0.0.1.
+   * 'private': --network none, a loopback of its own that nothing outside reaches (a bastion's
+   * network). 'with:<host>': shares the private loopback of <host> (listed before it), reachable
+   * only from there (hosts behind a bastion). Private hosts are left out of the written ssh_config.
+   */
+  network?: 'host' | 'private' | `with:${string}`;
 }
 
 export interface SandboxHost extends SandboxHostSpec {
@@ -147,6 +154,11 @@ function validate(hosts: SandboxHostSpec[]): void {
         'use lower case letters, digits, ".", "_" and "-", starting with a letter or digit',
       );
     if (names.has(h.name)) throw new UsageError(`sandbox: host "${h.name}" is given twice`);
+    const net = h.network ?? 'host';
+    if (net !== 'host' && net !== 'private' && !(net.startsWith('with:') && names.has(net.slice(5))))
+      throw new UsageError(
+        `sandbox: host "${h.name}": network "${net}" is not host, private or with:<a host listed before it>`,
+      );
     names.add(h.name);
     for (const [what, port] of [
       ['SSH', h.sshPort],
@@ -249,6 +261,29 @@ async function containerLogs(docker: Docker, id: string): Promise<string> {
   }
 }
 
+function isPrivate(h: SandboxHostSpec): boolean {
+  return (h.network ?? 'host') !== 'host';
+}
+
+function networkMode(h: SandboxHostSpec): string {
+  const net = h.network ?? 'host';
+  return net === 'host' ? 'host' : net === 'private' ? 'none' : `container:${containerName(net.slice(5))}`;
+}
+
+/** A private host's banner and HTTP check, from inside its own network namespace. */
+async function insideReady(docker: Docker, host: SandboxHost, what: 'ssh' | 'http'): Promise<boolean> {
+  const script =
+    what === 'ssh'
+      ? `exec 3<>/dev/tcp/127.0.0.1/${host.sshPort} && timeout 2 head -c 7 <&3`
+      : `curl -s -o /dev/null -m 5 http://127.0.0.1:${host.httpPort}/`;
+  try {
+    const r = await execInContainer(docker, host.container, ['bash', '-c', script]);
+    return what === 'ssh' ? r.stdout.startsWith('SSH-2.0') : r.code === 0;
+  } catch {
+    return false;
+  }
+}
+
 /**
  * Waits until sshd says SSH-2.0 on the SSH port and Apache answers HTTP (any status). A uwsgi host has
  * no site until the project's server.files install one: only sshd is waited for.
@@ -258,8 +293,13 @@ async function waitReady(docker: Docker, host: SandboxHost): Promise<void> {
   let ssh = false;
   let http = host.server === 'uwsgi';
   while (Date.now() < deadline) {
-    if (!ssh) ssh = (await tcpBanner(host.sshPort)).startsWith('SSH-2.0');
-    if (ssh && !http) http = await httpAnswers(host.httpPort);
+    if (isPrivate(host)) {
+      if (!ssh) ssh = await insideReady(docker, host, 'ssh');
+      if (ssh && !http) http = await insideReady(docker, host, 'http');
+    } else {
+      if (!ssh) ssh = (await tcpBanner(host.sshPort)).startsWith('SSH-2.0');
+      if (ssh && !http) http = await httpAnswers(host.httpPort);
+    }
     if (ssh && http) return;
     const state = (await docker.getContainer(host.container).inspect()).State;
     if (!state.Running)
@@ -327,11 +367,12 @@ export async function sandboxUp(
   const taken: string[] = [];
   await Promise.all(
     opts.hosts.flatMap((h) =>
-      (
-        [
-          ['SSH', h.sshPort],
-          ['HTTP', h.httpPort],
-        ] as const
+      (isPrivate(h)
+        ? []
+        : ([
+            ['SSH', h.sshPort],
+            ['HTTP', h.httpPort],
+          ] as const)
       ).map(async ([what, port]) => {
         if (freed.has(port) || (await portIsFree(port))) return;
         const holder = existing.find((c) => c.ports.includes(port));
@@ -392,7 +433,7 @@ export async function sandboxUp(
           [LABEL_DIR]: paths.dir,
         },
         HostConfig: {
-          NetworkMode: 'host',
+          NetworkMode: networkMode(h),
           RestartPolicy: { Name: 'no' },
           // docker-init as PID 1: reaps the daemons' orphans, passes SIGTERM to the supervisor.
           Init: true,
@@ -435,17 +476,19 @@ export async function sandboxUp(
 
 export function sshConfig(paths: SandboxPaths, hosts: SandboxHostSpec[]): string {
   const blocks = hosts.map((h) =>
-    [
-      `Host ${h.name}`,
-      `    HostName 127.0.0.1`,
-      `    Port ${h.sshPort}`,
-      `    User ${SANDBOX_USER}`,
-      `    IdentityFile ${sshValue(paths.identityFile)}`,
-      `    IdentitiesOnly yes`,
-      `    UserKnownHostsFile ${sshValue(paths.knownHosts)}`,
-      `    StrictHostKeyChecking yes`,
-      `    HostKeyAlias ${h.name}`,
-    ].join('\n'),
+    isPrivate(h)
+      ? `# ${h.name}: private network (${h.network}), ssh on its own 127.0.0.1:${h.sshPort}`
+      : [
+          `Host ${h.name}`,
+          `    HostName 127.0.0.1`,
+          `    Port ${h.sshPort}`,
+          `    User ${SANDBOX_USER}`,
+          `    IdentityFile ${sshValue(paths.identityFile)}`,
+          `    IdentitiesOnly yes`,
+          `    UserKnownHostsFile ${sshValue(paths.knownHosts)}`,
+          `    StrictHostKeyChecking yes`,
+          `    HostKeyAlias ${h.name}`,
+        ].join('\n'),
   );
   return `# Written by ckan-release sandbox up: the sandbox hosts of this directory.\n\n${blocks.join('\n\n')}\n`;
 }
