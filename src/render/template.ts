@@ -79,33 +79,32 @@ function resolveVars(
   context: Record<string, unknown>,
   name: string,
   env: nunjucks.Environment,
-): Record<string, unknown> {
+): { vars: Record<string, unknown>; broken: Set<string> } {
+  // A variable whose value does not render is left out; using it is then the error (as in Ansible,
+  // where an unused broken variable is harmless).
+  const broken = new Set<string>();
   let current = context;
   for (let pass = 0; pass < 10; pass++) {
     const pending = Object.keys(current).filter((k) => hasTemplate(current[k]));
-    if (pending.length === 0) return current;
+    if (pending.length === 0) return { vars: current, broken };
     const next = { ...current };
     for (const key of pending) {
       const render = (v: unknown): unknown => {
         if (typeof v === 'string') {
           if (!TEMPLATED.test(v)) return v;
-          try {
-            return env.renderString(v, current);
-          } catch {
-            throw new ConfigError(
-              name,
-              undefined,
-              undefined,
-              `cannot render: the value of variable "${key}" is a template that does not render (an undefined variable in it?)`,
-            );
-          }
+          return env.renderString(preprocess(v), current);
         }
         if (Array.isArray(v)) return v.map(render);
         if (v !== null && typeof v === 'object')
           return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, render(x)]));
         return v;
       };
-      next[key] = render(current[key]);
+      try {
+        next[key] = render(current[key]);
+      } catch {
+        broken.add(key);
+        delete next[key];
+      }
     }
     current = next;
   }
@@ -136,7 +135,7 @@ export function renderString(
     );
   }
   const env = environmentFor(opts.searchDir ?? null);
-  const resolved = resolveVars(context, name, env);
+  const { vars: resolved, broken } = resolveVars(context, name, env);
   try {
     return env.renderString(preprocess(text), resolved);
   } catch (e) {
@@ -146,7 +145,10 @@ export function renderString(
     let what = (msg.split('\n').pop()?.trim() ?? msg).replace(/^Error: /, '');
     if (e instanceof MandatoryError || what.includes('Mandatory variable')) what = `mandatory: ${what}`;
     const expr = pos ? expressionAt(text, Number(pos[1]), Number(pos[2])) : undefined;
-    if (/undefined value/.test(what) && expr) what = `${expr}: undefined variable (or attribute)`;
+    const brokenVar = expr ? [...broken].find((b) => new RegExp(`(?<![\\w.])${b}\\b`).test(expr)) : undefined;
+    if (/undefined value/.test(what) && brokenVar)
+      what = `${expr}: the value of variable "${brokenVar}" is a template that does not render (an undefined variable in it?)`;
+    else if (/undefined value/.test(what) && expr) what = `${expr}: undefined variable (or attribute)`;
     else if (/filter not found: (\w+)/.test(what)) {
       what = `${what} (an Ansible filter that ckan-release does not have; see README "Templates")`;
       if (line === undefined) {
