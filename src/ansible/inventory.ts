@@ -93,6 +93,16 @@ export function parseInventory(text: string, file: string): Inventory {
   const hostVars = new Map<string, Record<string, unknown>>();
   group(groups, 'all');
   group(groups, 'ungrouped');
+  const firstLine = text.split(/\r?\n/).findIndex((l) => l.trim() !== '' && !/^\s*[#;]/.test(l));
+  if (firstLine >= 0 && /^(---|[A-Za-z_][\w.-]*:\s*$)/.test(text.split(/\r?\n/)[firstLine]!.trim())) {
+    throw new ConfigError(
+      file,
+      firstLine + 1,
+      undefined,
+      'a YAML inventory: only INI inventories ([group] / host lines) are converted',
+      'write the environments of ckan-release.yml by hand, or convert an INI copy of the inventory',
+    );
+  }
   let section = { group: 'ungrouped', kind: 'hosts' as 'hosts' | 'vars' | 'children' };
   text.split(/\r?\n/).forEach((raw, i) => {
     const line = raw.trim();

@@ -16,9 +16,25 @@ export const ANSIBLE_TEMPLATE_VARS: Readonly<Record<string, unknown>> = {
   ansible_managed: 'Ansible managed',
 };
 
+/**
+ * Templates named by {% include %} / {% import %}: from the directory, preprocessed like the main one,
+ * and without their last newline (Jinja2's keep_trailing_newline=False; Ansible keeps the trailing
+ * newlines of the main template only).
+ */
+function includeLoader(searchDir: string): nunjucks.FileSystemLoader {
+  const loader = new nunjucks.FileSystemLoader(searchDir, { noCache: true });
+  const getSource = loader.getSource.bind(loader);
+  loader.getSource = (name: string) => {
+    const source = getSource(name);
+    if (source) source.src = preprocess(source.src).replace(/\r?\n$/, '');
+    return source;
+  };
+  return loader;
+}
+
 function environment(searchDir: string | null): nunjucks.Environment {
   patchNunjucks();
-  const loader = searchDir ? new nunjucks.FileSystemLoader(searchDir, { noCache: true }) : null;
+  const loader = searchDir ? includeLoader(searchDir) : null;
   const env = new nunjucks.Environment(loader, {
     autoescape: false,
     throwOnUndefined: true,
