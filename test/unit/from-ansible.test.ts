@@ -181,6 +181,32 @@ describe('init --from-ansible on the fixture project', () => {
   });
 });
 
+describe('the converted project renders the old template as the old playbooks did', () => {
+  // test/fixtures/ansible-project/expected/ckan.ini.<host>: made by real Ansible (expected/regenerate.sh).
+  it.each([
+    ['staging', 'ckan-staging.example.org'],
+    ['production', 'web1.example.org'],
+  ])('%s, %s: byte for byte', async (env, host) => {
+    const dir = tmp();
+    const file = path.join(dir, 'ckan-release.yml');
+    writeFileSync(path.join(dir, 'pw'), VAULT_PASSWORD);
+    expect((await cli('--config', file, 'init', '--from-ansible', FIXTURE)).code).toBe(0);
+    const r = await cli(
+      '--config',
+      file,
+      '--vault-password-file',
+      path.join(dir, 'pw'),
+      'config',
+      env,
+      '--host',
+      host,
+      '--show-secrets',
+    );
+    expect(r.code).toBe(0);
+    expect(r.out).toBe(readFileSync(path.join(FIXTURE, 'expected', `ckan.ini.${host}`), 'utf8'));
+  });
+});
+
 describe('init --from-ansible refuses bad input with exit 2, naming the file (and line), writing nothing', () => {
   function project(edit: (dir: string) => void): string {
     const dir = path.join(tmp(), 'old');
