@@ -11,7 +11,7 @@
 //     (Debian's Apache), the health check on the sandbox host's own port.
 // Everything else (extensions, plugins, template, vars, secrets still ansible-vault encrypted, hooks,
 // shared, keep_releases) is used as converted.
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type Docker from 'dockerode';
@@ -107,6 +107,7 @@ beforeAll(async () => {
 afterAll(async () => {
   if (docker && dir)
     await sandboxDown(docker, { dir: path.join(dir, '.ckan-release/sandbox') }, () => undefined);
+  if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
 describe('an old Ansible project, converted, ships', () => {
