@@ -1,9 +1,21 @@
 // init: a commented ckan-release.yml (and a starter config template) for a new project.
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import type { Command } from 'commander';
+import { stringify } from 'yaml';
+import { convertAnsible, type Conversion } from '../ansible/convert.js';
 import type { Io } from '../cli.js';
-import { NotImplementedError, UsageError } from '../errors.js';
+import { displayPath, parseConfig } from '../config/load.js';
+import { ConfigError, UsageError } from '../errors.js';
 import { globals } from './common.js';
 
 export const STARTER_CONFIG = `# ckan-release.yml: how this CKAN site is built and deployed. Reference: ckan-release's README.
@@ -85,10 +97,13 @@ export function registerInit(program: Command, io: Io): void {
     .option('--from-ansible <dir>', 'convert an Ansible playbook project of the old kind')
     .option('--force', 'overwrite an existing ckan-release.yml')
     .action((opts: { fromAnsible?: string; force?: boolean }, c: Command) => {
-      if (opts.fromAnsible) throw new NotImplementedError('init --from-ansible');
       const file = path.resolve(globals(c).config);
       if (existsSync(file) && !opts.force)
         throw new UsageError(`${file} exists`, 'pass --force to overwrite it');
+      if (opts.fromAnsible) {
+        fromAnsible(opts.fromAnsible, file, !!opts.force, io);
+        return;
+      }
       const template = path.join(path.dirname(file), 'templates', 'ckan.ini.j2');
       writeFileSync(file, STARTER_CONFIG);
       io.out(`wrote ${file}\n`);
@@ -98,4 +113,83 @@ export function registerInit(program: Command, io: Io): void {
         io.out(`wrote ${template}\n`);
       }
     });
+}
+
+/** The converted config as commented YAML: what was mapped and what was not, then the config. */
+export function conversionText(conv: Conversion, dir: string): string {
+  const lines = [
+    `# ckan-release.yml converted by \`ckan-release init --from-ansible ${dir}\`.`,
+    '# Check the builder (it must match the hosts: centos7 or debian12, and pip find_links / index_url),',
+    '# then: ckan-release build && ckan-release setup staging && ckan-release ship staging.',
+    '#',
+    '# Not converted (see README "Migrating from the old Ansible playbooks"):',
+    ...(conv.unmapped.length ? conv.unmapped.map((u) => `#   - ${u}`) : ['#   (nothing)']),
+    '',
+  ];
+  const body = stringify(conv.config, { lineWidth: 0 }).replace(
+    /^builder:\n/m,
+    'builder:                # not in the playbooks: the hosts built their own release. Set it to match the hosts\n',
+  );
+  return `${lines.join('\n')}${body}`;
+}
+
+function fromAnsible(dir: string, file: string, force: boolean, io: Io): void {
+  const root = path.resolve(dir);
+  // Files of the Ansible project are named as the user named the project: DIR/ckan_staging.yml.
+  const conv = convertAnsible(dir, (f) => {
+    const rel = path.relative(root, f);
+    return rel.startsWith('..') || path.isAbsolute(rel)
+      ? displayPath(f)
+      : rel === ''
+        ? dir
+        : path.join(dir, rel);
+  });
+  const outDir = path.dirname(file);
+  // Nothing is written until everything is known to fit: no file of another content is overwritten
+  // without --force, and the config validates.
+  for (const f of conv.files) {
+    const to = path.join(outDir, f.to);
+    if (path.resolve(f.from) === path.resolve(to)) continue;
+    if (existsSync(to) && !force && !readFileSync(to).equals(readFileSync(f.from)))
+      throw new UsageError(
+        `${displayPath(to)} exists and differs from ${displayPath(f.from)}`,
+        'pass --force to overwrite it',
+      );
+  }
+  const text = conversionText(conv, dir);
+  // Validated first in a scratch directory with the same files, so that a failure writes nothing.
+  const scratch = mkdtempSync(path.join(os.tmpdir(), 'ckan-release-init-'));
+  try {
+    for (const f of conv.files) {
+      mkdirSync(path.dirname(path.join(scratch, f.to)), { recursive: true });
+      copyFileSync(f.from, path.join(scratch, f.to));
+    }
+    parseConfig(text, path.join(scratch, path.basename(file)));
+  } catch (e) {
+    if (e instanceof ConfigError)
+      throw new ConfigError(
+        displayPath(path.resolve(dir)),
+        undefined,
+        undefined,
+        `the converted config does not validate, so nothing was written: ${e.message.replace(scratch + path.sep, '')}`,
+      );
+    throw e;
+  } finally {
+    rmSync(scratch, { recursive: true, force: true });
+  }
+  const copied: string[] = [];
+  for (const f of conv.files) {
+    const to = path.join(outDir, f.to);
+    if (path.resolve(f.from) === path.resolve(to)) continue;
+    mkdirSync(path.dirname(to), { recursive: true });
+    copyFileSync(f.from, to);
+    copied.push(`${displayPath(f.from)} -> ${displayPath(to)}`);
+  }
+  writeFileSync(file, text);
+  io.out(`wrote ${displayPath(file)} from the Ansible project ${dir}\n`);
+  for (const c of copied) io.out(`copied ${c}\n`);
+  io.out('mapped:\n');
+  for (const m of conv.mapped) io.out(`  ${m}\n`);
+  io.out('not converted:\n');
+  for (const u of conv.unmapped.length ? conv.unmapped : ['(nothing)']) io.out(`  ${u}\n`);
 }

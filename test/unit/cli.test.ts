@@ -68,12 +68,10 @@ describe('main()', () => {
     );
   });
 
-  it('what is not built yet exits 2, never 0', async () => {
+  it('init --from-ansible keeps an existing config (exit 2) before looking at the Ansible project', async () => {
     const r = await cli('--config', DEMO, 'init', '--from-ansible', '/nonexistent');
     expect(r.code).toBe(2);
-    expect(r.err).toBe(
-      'ckan-release: init --from-ansible: not implemented yet\n  hint: see README.md for what this version does\n',
-    );
+    expect(r.err).toBe(`ckan-release: ${path.resolve(DEMO)} exists\n  hint: pass --force to overwrite it\n`);
   });
 
   it('config renders the template for a host, secrets masked unless --show-secrets', async () => {
