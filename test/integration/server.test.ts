@@ -157,6 +157,13 @@ async function switchesUnderLoad(kind: 'apache' | 'uwsgi'): Promise<void> {
 
 describe('Apache + mod_wsgi (restart: apache-graceful)', () => {
   it('setup installs the server files from the shipped templates, idempotently', async () => {
+    const image = 'cat /etc/ckan/default/wsgi.py /etc/apache2/sites-available/ckan.conf | sha256sum';
+    const before = (await onHost(docker, HOST.apache, image)).out;
+    const plan = await ok('apache', 'setup', 'site', '--dry-run');
+    expect(plan).toMatch(
+      /w8-apache: server file \/etc\/apache2\/sites-available\/ckan\.conf: would be installed, then: sudo -n apachectl graceful/,
+    );
+    expect((await onHost(docker, HOST.apache, image)).out).toBe(before);
     const out = await ok('apache', 'setup', 'site');
     expect(out).toMatch(
       /w8-apache: server files: installed \/etc\/ckan\/default\/wsgi\.py, \/etc\/apache2\/sites-available\/ckan\.conf/,
@@ -176,6 +183,9 @@ describe('Apache + mod_wsgi (restart: apache-graceful)', () => {
   });
 
   it('the first ship re-reads the config (nothing to keep serving), then serves the release', async () => {
+    expect(await ok('apache', 'ship', 'site', A, '--dry-run')).toMatch(
+      /w8-apache: server file \/etc\/ckan\/default\/wsgi\.py: unchanged/,
+    );
     const out = await ok('apache', 'ship', 'site', A);
     expect(out).toMatch(/restarted \(apache-graceful: apachectl graceful;/);
     expect((await served(spec.apache.httpPort)).ckanPath).toBe(`${releaseDir(A)}/src/ckan/ckan`);
@@ -184,6 +194,28 @@ describe('Apache + mod_wsgi (restart: apache-graceful)', () => {
   it(`${SWITCHES} ship/rollback switches under a load of 4 clients: zero failed requests`, async () => {
     await switchesUnderLoad('apache');
   }, 900_000);
+});
+
+describe('a failed ship', () => {
+  it('puts back the server files it changed, and the site keeps serving the old release', async () => {
+    const vhost = 'sha256sum /etc/apache2/sites-available/ckan.conf';
+    const before = (await onHost(docker, HOST.apache, vhost)).out;
+    const broken = project.variant('apache-broken', () =>
+      readFileSync(configs.apache, 'utf8')
+        .replace("site_title: 'Site',", "site_title: 'Site', wsgi_threads: 5,")
+        .replace(
+          'url: http://127.0.0.1:{{ http_port }}/api/3/action/status_show',
+          'url: http://127.0.0.1:{{ http_port }}/no-such-page',
+        ),
+    );
+    const r = await project.cli('--config', broken, 'ship', 'site', B);
+    expect(r.code, r.err).toBe(1);
+    expect(r.err).toMatch(/installed \/etc\/apache2\/sites-available\/ckan\.conf/);
+    expect(r.err).toMatch(/was switched back and restarted/);
+    expect((await onHost(docker, HOST.apache, vhost)).out).toBe(before);
+    expect(await currentOf(docker, HOST.apache)).toBe(releaseDir(A));
+    expect((await served(spec.apache.httpPort)).ckanPath).toBe(`${releaseDir(A)}/src/ckan/ckan`);
+  }, 300_000);
 });
 
 describe('nginx + uwsgi under supervisor (restart: uwsgi-reload)', () => {
