@@ -661,6 +661,16 @@ def server_backup_path(p, dest):
 
 
 def cmd_install_file(args):
+    try:
+        install_file(args)
+    except (IOError, OSError) as e:
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise Refused("permission", "cannot install %s: %s (server files are written as root: the SSH "
+                          "user needs sudo, see deploy.become)" % (args["dest"], os.strerror(e.errno)))
+        raise
+
+
+def install_file(args):
     """stdin: the rendered content of one web server file (WSGI script, vhost, uwsgi ini...). Installs it
     at dest with mode/owner/group by rename(2) of a temp file beside it, unless it is already so. The
     file it replaces is kept under .ckan-release/server-files/, so a failed deploy can put it back.
