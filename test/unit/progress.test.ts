@@ -28,6 +28,7 @@ function screen(output: string): string[] {
   const rows: string[] = [''];
   let y = 0;
   let x = 0;
+  // eslint-disable-next-line no-control-regex -- the escapes are what this fake terminal reads
   const re = /\x1b\[(\d*)([AJ])|\r|\n|[^\x1b\r\n]+/g;
   for (const m of output.matchAll(re)) {
     const t = m[0];
