@@ -48,6 +48,8 @@ export type ProgressEvent = EventBody & { time: string };
 export interface EventsOptions {
   renderer: Renderer;
   clock?: () => number;
+  /** stdout, for print(). */
+  out?: (text: string) => void;
 }
 
 /** The emitter: stamps each event with its time, masks secrets, hands it to the renderer. */
@@ -57,10 +59,22 @@ export class Events {
   private closed = false;
   readonly clock: () => number;
   readonly renderer: Renderer;
+  private readonly out: (text: string) => void;
 
   constructor(opts: EventsOptions) {
     this.renderer = opts.renderer;
     this.clock = opts.clock ?? Date.now;
+    this.out = opts.out ?? ((t) => process.stdout.write(t));
+  }
+
+  /**
+   * The command's own output on stdout (IDs, plans, `host: previous -> current`): written around the
+   * live display, so that a terminal showing both keeps the text whole.
+   */
+  print(text: string): void {
+    this.renderer.pause?.();
+    this.out(text);
+    this.renderer.resume?.(this.clock());
   }
 
   /** Values that must never appear in an event (the environment's secrets): masked as ***. */
@@ -143,7 +157,7 @@ export function eventsFor(io: EventsIo, json: boolean): Events {
       : mode === 'tty'
         ? new TtyRenderer(io.err, { columns: io.columns })
         : new PlainRenderer(io.err);
-  return new Events({ renderer });
+  return new Events({ renderer, out: io.out });
 }
 
 /**

@@ -6,6 +6,9 @@ export interface Renderer {
   render(e: ProgressEvent, now: number): void;
   close(now: number): void;
   hosts?(names: string[]): void;
+  /** Around a write to stdout (which may be the same terminal): take the live block away, then back. */
+  pause?(): void;
+  resume?(now: number): void;
 }
 
 type Write = (text: string) => void;
@@ -138,6 +141,8 @@ export class TtyRenderer implements Renderer {
   private lastNow = 0;
   private timer: NodeJS.Timeout | undefined;
   private lastDrawWall = Date.now();
+  /** After the result: the block stays as it is, and nothing redraws over what follows it. */
+  private finished = false;
   private readonly columns: () => number;
   private readonly intervalMs: number;
 
@@ -198,14 +203,31 @@ export class TtyRenderer implements Renderer {
           this.above(`  ${this.build.step} ${((now - this.build.at) / 1000).toFixed(1)}s`, now);
           this.build = undefined;
         }
-        return this.draw(now);
+        this.draw(now);
+        return this.finish();
     }
   }
 
   close(now: number): void {
+    if (!this.finished) this.draw(now);
+    this.finish();
+  }
+
+  pause(): void {
+    if (this.finished || !this.drawn) return;
+    this.write(this.clear());
+    this.drawn = 0;
+  }
+
+  resume(now: number): void {
+    if (!this.finished) this.draw(now);
+  }
+
+  private finish(): void {
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
-    this.draw(now);
+    this.finished = true;
+    this.drawn = 0;
   }
 
   private row(host: string): HostRow {
@@ -245,6 +267,7 @@ export class TtyRenderer implements Renderer {
   }
 
   private draw(now: number): void {
+    if (this.finished) return;
     const lines = this.lines(now);
     this.write(this.clear() + lines.map((l) => `${l}\n`).join(''));
     this.drawn = lines.length;
@@ -254,6 +277,7 @@ export class TtyRenderer implements Renderer {
 
   /** A permanent line above the live block. */
   private above(text: string, now: number): void {
+    if (this.finished) return this.write(`${text}\n`);
     const lines = this.lines(now);
     this.write(this.clear() + `${text}\n` + lines.map((l) => `${l}\n`).join(''));
     this.drawn = lines.length;

@@ -79,7 +79,7 @@ export function registerBuild(program: Command, io: Io): void {
           seconds,
           steps: Object.fromEntries(timings.map(([s, ms]) => [s, ms / 1000])),
         });
-        if (!g.json) io.out(`${result.id}\n`);
+        if (!g.json) ev.print(`${result.id}\n`);
       });
     });
 }

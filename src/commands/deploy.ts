@@ -143,7 +143,7 @@ async function shipArtifact(
       { markPreviousBad },
     );
     ev.emit({ type: 'result', command: operation, ok: true, plan });
-    if (!json) io.out(formatDeployPlan(plan));
+    if (!json) ev.print(formatDeployPlan(plan));
     return;
   }
   const t0 = Date.now();
@@ -165,7 +165,7 @@ async function shipArtifact(
     pruned: r.pruned,
     seconds,
   });
-  if (!json) for (const h of r.hosts) io.out(`${h.host}: ${h.previous ?? 'none'} -> ${h.current}\n`);
+  if (!json) for (const h of r.hosts) ev.print(`${h.host}: ${h.previous ?? 'none'} -> ${h.current}\n`);
 }
 
 /** `requires: FROM`: the artifact must have been healthy on every host of FROM. */
@@ -274,7 +274,7 @@ export function registerDeploy(program: Command, io: Io, dryRun: () => import('c
                 ),
               );
               ev.emit({ type: 'result', command: 'setup', ok: true, plan });
-              if (!json) io.out(formatSetupPlan(plan, l.config.root));
+              if (!json) ev.print(formatSetupPlan(plan, l.config.root));
               return;
             }
             const done: Record<string, unknown>[] = [];
@@ -301,14 +301,14 @@ export function registerDeploy(program: Command, io: Io, dryRun: () => import('c
                 );
               }
               const line = `${h.name}: ${r.made.length ? `made ${r.made.join(', ')}` : 'already set up'}${r.adopted ? `; adopted ${l.config.root}/default as release ${r.adopted}` : ''}\n`;
-              if (!json) io.out(line);
+              if (!json) ev.print(line);
               let installed: string[] = [];
               if (l.config.server.files.length) {
                 ev.emit({ type: 'phase', host: h.name, phase: 'server files' });
                 const files = await installServerFiles(s, h, HOST_PYTHON, null);
                 installed = files.filter((f) => f.changed).map((f) => f.dest);
                 if (!json)
-                  io.out(
+                  ev.print(
                     `${h.name}: server files: ${installed.length ? `installed ${installed.join(', ')}` : 'unchanged'}\n`,
                   );
               }

@@ -3,6 +3,7 @@
 // the ledger and /etc/ckan/default are compared before and after. The plans are checked against what
 // the hosts really have (current -> target, archive bytes, prune candidates, rollback targets), and the
 // events of a real ship: JSON lines ending in a result, or timestamped plain lines on stderr.
+import { execFile } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type Docker from 'dockerode';
@@ -13,6 +14,7 @@ import { freePorts, sandboxDown } from '../../src/sandbox/sandbox.js';
 import { testDocker } from '../support/docker.js';
 import { currentOf, onHost } from '../support/hosts.js';
 import { testProject, type TestProject } from '../support/project.js';
+import { screen } from '../support/terminal.js';
 
 const ROOT = '/usr/lib/ckan';
 const STAGE = 'e5-stage';
@@ -98,9 +100,13 @@ describe('before setup', () => {
     const before = await snapshot(STAGE);
     const out = await ok('setup', 'staging', '--dry-run');
     expect(out).toMatch(/^plan: setup staging \(dry run: nothing is changed\)$/m);
+    // The sandbox image has an empty <root>: everything under it is to be made.
+    const rootThere = (await onHost(docker, STAGE, `test -d ${ROOT}`)).code === 0;
+    const dirs = ['.ckan-release', '.ckan-release/agent', 'releases', 'shared', 'shared/storage'];
     expect(out).toContain(
-      `  ${STAGE}: would make ${ROOT}, ${ROOT}/.ckan-release, ${ROOT}/.ckan-release/agent, ${ROOT}/releases, ${ROOT}/shared, ${ROOT}/shared/storage\n`,
+      `  ${STAGE}: would make ${[...(rootThere ? [] : [ROOT]), ...dirs.map((d) => `${ROOT}/${d}`)].join(', ')}\n`,
     );
+    expect(out).toContain(`    adopt: nothing to adopt: no ${ROOT}/default/bin/python\n`);
     expect(out).toMatch(
       /^ {4}server file \/etc\/ckan\/default\/release\.txt: would be installed if different/m,
     );
@@ -244,6 +250,27 @@ describe('plans and events', () => {
     expect(result.pruned).toEqual([{ host: STAGE, release: B, why: 'beyond keep_releases=1' }]);
     expect(await currentOf(docker, STAGE)).toBe(`${ROOT}/releases/${A}`);
     expect((await onHost(docker, STAGE, `ls ${ROOT}/releases`)).out.trim()).toBe(A);
+  });
+
+  it('on a terminal, a ship is a live display redrawn in place', async () => {
+    // script(1) gives the command a pseudo-terminal, as an operator's shell would.
+    const bin = path.resolve('bin/ckan-release');
+    const line = `${bin} --config ${project.config} ship staging ${B}`;
+    const out = await new Promise<string>((resolve, reject) =>
+      execFile(
+        'script',
+        ['-qefc', line, '/dev/null'],
+        { cwd: project.dir, env: { ...process.env, COLUMNS: '120', TERM: 'xterm' } },
+        (err, stdout) => (err ? reject(new Error(`${String(err)}\n${stdout}`)) : resolve(stdout)),
+      ),
+    );
+    const text = out.replace(/\r\n/g, '\n');
+    // Rows are redrawn: the cursor goes up over them and clears, again and again.
+    expect(text.split('\x1b[1A\r\x1b[J').length - 1).toBeGreaterThan(3);
+    const rows = screen(text);
+    expect(rows).toContain(`${STAGE}  done    runs ${B}`);
+    expect(rows).toContain(`${STAGE}: ${A} -> ${B}`);
+    expect(await currentOf(docker, STAGE)).toBe(`${ROOT}/releases/${B}`);
   });
 
   it('a failing --json command still ends in a result event', async () => {

@@ -4,6 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { CkanReleaseError, UsageError } from '../../src/errors.js';
 import { Events, eventsFor, progressMode, withEvents, type EventBody } from '../../src/events.js';
 import { JsonRenderer, PlainRenderer, TtyRenderer, duration, type Renderer } from '../../src/progress.js';
+import { screen } from '../support/terminal.js';
 
 const T0 = Date.parse('2026-11-22T02:10:00.000Z');
 
@@ -21,33 +22,6 @@ function fixture(renderer: Renderer) {
       now = T0 + ms;
     },
   };
-}
-
-/** A terminal: applies text, \n, \r, ESC[nA (cursor up) and ESC[J (clear to the end); returns the screen. */
-function screen(output: string): string[] {
-  const rows: string[] = [''];
-  let y = 0;
-  let x = 0;
-  // eslint-disable-next-line no-control-regex -- the escapes are what this fake terminal reads
-  const re = /\x1b\[(\d*)([AJ])|\r|\n|[^\x1b\r\n]+/g;
-  for (const m of output.matchAll(re)) {
-    const t = m[0];
-    if (m[2] === 'A') y = Math.max(0, y - Number(m[1] || 1));
-    else if (m[2] === 'J') {
-      rows[y] = rows[y]!.slice(0, x);
-      rows.length = y + 1;
-    } else if (t === '\r') x = 0;
-    else if (t === '\n') {
-      y++;
-      x = 0;
-      if (rows.length <= y) rows.push('');
-    } else {
-      const row = rows[y] ?? '';
-      rows[y] = row.slice(0, x) + t + row.slice(x + t.length);
-      x += t.length;
-    }
-  }
-  return rows.filter((r, i) => i < rows.length - 1 || r !== '');
 }
 
 describe('JSON renderer', () => {
@@ -180,6 +154,20 @@ describe('live terminal renderer', () => {
     f.setNow(4200);
     f.ev.close();
     expect(screen(out())).toEqual(['  resolve 1.2s', 'build  [2/12] image  3.0s']);
+  });
+
+  it('keeps stdout whole on the same terminal: the block steps aside for it, and stays put after the result', () => {
+    let out = '';
+    const r = new TtyRenderer((t) => (out += t), { columns: () => 80, tick: false });
+    const ev = new Events({ renderer: r, clock: () => T0, out: (t) => (out += t) });
+    ev.setHosts(['web1']);
+    ev.emit({ type: 'phase', host: 'web1', phase: 'lock' });
+    ev.print('plan: line one\n');
+    ev.emit({ type: 'host-done', host: 'web1', previous: 'A', current: 'B' });
+    ev.emit({ type: 'result', command: 'ship', ok: true });
+    ev.print('web1: A -> B\n');
+    ev.close();
+    expect(screen(out)).toEqual(['plan: line one', 'web1  done    runs B', 'web1: A -> B']);
   });
 
   it('cuts rows to the terminal width so that none wraps', () => {
