@@ -79,14 +79,33 @@ beforeAll(async () => {
   text += `\nserver:\n  files:\n    - { template: templates/release.txt.j2, dest: /etc/ckan/default/release.txt }\n`;
   writeFileSync(project.config, text);
 
-  A = (await ok('build')).trim();
-  B = (
-    await ok(
-      '--config',
-      project.variant('showcase-1.0.0', (t) => t.replace('ref: v1.1.0', 'ref: v1.0.0')),
-      'build',
-    )
-  ).trim();
+  // The build without a terminal: its step lines as before, the other lines timestamped.
+  const a = await run('build');
+  expect(a.code, a.err).toBe(0);
+  A = a.out.trim();
+  expect(a.err).toMatch(/^\[ *\d+\.\ds\] resolve$/m);
+  expect(a.err).toMatch(/^\[ *\d+\.\ds\] pack$/m);
+  expect(a.err).toMatch(
+    new RegExp(`^\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\dZ built ${A} in \\d+\\.\\d s: `, 'm'),
+  );
+  // The build with --json: step events, and the artifact in the last one.
+  const b = await run(
+    '--json',
+    '--config',
+    project.variant('showcase-1.0.0', (t) => t.replace('ref: v1.1.0', 'ref: v1.0.0')),
+    'build',
+  );
+  expect(b.code, b.err).toBe(0);
+  const events = jsonLines(b.out);
+  const steps = events.filter((e) => e.type === 'step');
+  expect(steps.map((e) => e.step)).toEqual(expect.arrayContaining(['resolve', 'install', 'pack', 'store']));
+  for (const e of steps)
+    expect(e).toMatchObject({ count: 12, index: expect.any(Number), elapsed: expect.any(Number) });
+  const result = events.at(-1)!;
+  expect(result).toMatchObject({ type: 'result', command: 'build', ok: true, bytes: expect.any(Number) });
+  B = String(result.id);
+  expect(B).toMatch(/^\d{14}Z-[0-9a-f]{8}$/);
+  expect(result.sha256).toBe(manifestOf(B).archive.sha256);
   expect(await ok('sandbox', 'up')).toMatch(new RegExp(`^${STAGE}: ssh 127\\.0\\.0\\.1:\\d+`, 'm'));
 }, 900_000);
 
