@@ -16,12 +16,17 @@ export interface Io {
   out: (text: string) => void;
   err: (text: string) => void;
   env: NodeJS.ProcessEnv;
+  /** Whether stderr is a terminal (the live progress display), and its width. */
+  isTTY?: boolean;
+  columns?: () => number;
 }
 
 const defaultIo: Io = {
   out: (t) => process.stdout.write(t),
   err: (t) => process.stderr.write(t),
   env: process.env,
+  isTTY: !!process.stderr.isTTY,
+  columns: () => process.stderr.columns || 80,
 };
 
 export function buildProgram(io: Io): Command {

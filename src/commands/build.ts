@@ -1,11 +1,29 @@
-// ckan-release build: progress per step with timings on stderr; the artifact ID as the last line of
-// stdout (--json: {id, path, bytes, sha256}).
+// ckan-release build: progress per step with timings (events: a live line on a terminal, `[  1.2s] step`
+// lines without one, JSON lines with --json); the artifact ID as the last line of stdout (--json: the
+// last event, a result with {id, path, bytes, sha256}).
 import type { Command } from 'commander';
 import { build, type BuildStep } from '../builder/build.js';
 import type { Io } from '../cli.js';
 import { loadConfig } from '../config/load.js';
 import { requireEngine } from '../docker/engine.js';
+import { eventsFor, withEvents } from '../events.js';
 import { globals } from './common.js';
+
+/** Every step in the order a build runs them (some are skipped when cached). */
+const STEPS: BuildStep[] = [
+  'resolve',
+  'image',
+  'base venv',
+  'clone',
+  'extensions',
+  'patches',
+  'install',
+  'compile',
+  'verify',
+  'manifest',
+  'pack',
+  'store',
+];
 
 export function registerBuild(program: Command, io: Io): void {
   program
@@ -14,40 +32,54 @@ export function registerBuild(program: Command, io: Io): void {
     .option('-v, --verbose', 'stream the build log (pip output etc.)')
     .action(async (opts: { verbose?: boolean }, cmd: Command) => {
       const g = globals(cmd);
-      const config = loadConfig(g.config);
-      const docker = await requireEngine();
-      const t0 = Date.now();
-      const timings: [BuildStep, number][] = [];
-      let current: { step: BuildStep; at: number } | undefined;
-      const finishStep = () => {
-        if (current) timings.push([current.step, Date.now() - current.at]);
-      };
-      const result = await build({
-        config,
-        docker,
-        onEvent: (e) => {
-          if (e.kind === 'step') {
-            finishStep();
-            current = { step: e.step, at: Date.now() };
-            io.err(`[${secs(Date.now() - t0)}] ${e.step}${e.detail ? `: ${e.detail}` : ''}\n`);
-          } else if (e.kind === 'info') io.err(`           ${e.message}\n`);
-          else if (opts.verbose) io.err(`           | ${e.text}\n`);
-        },
-      });
-      finishStep();
-      io.err(
-        `[${secs(Date.now() - t0)}] built ${result.id}: ${(result.bytes / 1e6).toFixed(1)} MB, ${result.manifest.files.length} files\n`,
-      );
-      io.err(`           steps: ${timings.map(([s, ms]) => `${s} ${secs(ms).trim()}`).join(', ')}\n`);
-      if (g.json)
-        io.out(
-          JSON.stringify({ id: result.id, path: result.dir, bytes: result.bytes, sha256: result.sha256 }) +
-            '\n',
+      const ev = eventsFor(io, g.json);
+      await withEvents(ev, 'build', async () => {
+        const config = loadConfig(g.config);
+        const docker = await requireEngine();
+        const t0 = Date.now();
+        const timings: [BuildStep, number][] = [];
+        let current: { step: BuildStep; at: number } | undefined;
+        const finishStep = () => {
+          if (current) timings.push([current.step, Date.now() - current.at]);
+        };
+        const result = await build({
+          config,
+          docker,
+          onEvent: (e) => {
+            if (e.kind === 'step') {
+              finishStep();
+              current = { step: e.step, at: Date.now() };
+              ev.emit({
+                type: 'step',
+                step: e.step,
+                index: STEPS.indexOf(e.step) + 1,
+                count: STEPS.length,
+                elapsed: (Date.now() - t0) / 1000,
+                ...(e.detail ? { detail: e.detail } : {}),
+              });
+            } else if (e.kind === 'info') ev.say(e.message);
+            else if (opts.verbose) ev.emit({ type: 'log', text: e.text });
+          },
+        });
+        finishStep();
+        const seconds = (Date.now() - t0) / 1000;
+        ev.say(
+          `built ${result.id} in ${seconds.toFixed(1)} s: ${(result.bytes / 1e6).toFixed(1)} MB, ${result.manifest.files.length} files`,
         );
-      else io.out(`${result.id}\n`);
+        ev.say(`steps: ${timings.map(([s, ms]) => `${s} ${(ms / 1000).toFixed(1)}s`).join(', ')}`);
+        ev.emit({
+          type: 'result',
+          command: 'build',
+          ok: true,
+          id: result.id,
+          path: result.dir,
+          bytes: result.bytes,
+          sha256: result.sha256,
+          files: result.manifest.files.length,
+          seconds,
+          steps: Object.fromEntries(timings.map(([s, ms]) => [s, ms / 1000])),
+        });
+        if (!g.json) ev.print(`${result.id}\n`);
+      });
     });
-}
-
-function secs(ms: number): string {
-  return `${(ms / 1000).toFixed(1)}s`.padStart(7);
 }

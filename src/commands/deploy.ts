@@ -6,10 +6,11 @@ import { findArtifact, listArtifacts, type StoredArtifact } from '../artifact/st
 import { ARTIFACT_ID } from '../builder/inputs.js';
 import type { Io } from '../cli.js';
 import { environment, loadConfig } from '../config/load.js';
-import { loadSecrets } from '../config/secrets.js';
+import { loadSecrets, secretValues } from '../config/secrets.js';
 import type { Config, Environment } from '../config/types.js';
-import { agentPath, callAgent, installAgent } from '../deploy/agent.js';
+import { callAgent, installAgent } from '../deploy/agent.js';
 import { installServerFiles } from '../deploy/server.js';
+import { readFactsReadOnly, readSetupFacts, serverFilePlans } from '../deploy/dry-run.js';
 import {
   closeSession,
   deploy,
@@ -22,6 +23,8 @@ import {
 } from '../deploy/deploy.js';
 import { cmd, maybeSudo } from '../deploy/shell.js';
 import { CkanReleaseError, OperationError, UsageError } from '../errors.js';
+import { eventsFor, withEvents, type Events } from '../events.js';
+import { formatDeployPlan, formatSetupPlan, planDeploy, planSetup, setupDirs } from '../plan.js';
 import type { ConnectOptions } from '../remote/ssh.js';
 import { globals } from './common.js';
 
@@ -45,13 +48,25 @@ function secretsOf(cmdObj: Command, env: Environment): Record<string, unknown> {
   return loadSecrets(env.secrets, { vaultPasswordFile: globals(cmdObj).vaultPasswordFile, env: process.env });
 }
 
+/**
+ * Connects to every host of l.env. With `ev`, the session reports through that event stream (its hosts
+ * get rows in the live display unless `track` is false, and the secrets are masked in every event).
+ */
 async function withSession<T>(
   l: Loaded,
   secrets: Record<string, unknown>,
   io: Io,
   fn: (s: Session) => Promise<T>,
+  ev?: Events,
+  track = true,
 ): Promise<T> {
-  const s = await openSession(l.config, l.env, secrets, (line) => io.err(`${line}\n`), l.connect);
+  ev?.addSecrets(secretValues(secrets));
+  const say = ev ? ev.say : (line: string) => io.err(`${line}\n`);
+  const s = await openSession(l.config, l.env, secrets, say, l.connect);
+  if (ev && track) {
+    s.events = ev;
+    ev.setHosts(s.hosts.map((h) => h.name));
+  }
   try {
     return await fn(s);
   } finally {
@@ -59,8 +74,11 @@ async function withSession<T>(
   }
 }
 
-async function allFacts(s: Session, python = HOST_PYTHON): Promise<HostFacts[]> {
-  const results = await settleAll(s.hosts, s.env.parallel, (h) => readFacts(s, h, python));
+/** Every host's facts; `readOnly` (dry runs): without installing the agent either. */
+async function allFacts(s: Session, python = HOST_PYTHON, readOnly = false): Promise<HostFacts[]> {
+  const results = await settleAll(s.hosts, s.env.parallel, (h) =>
+    readOnly ? (readFactsReadOnly(s, h, python) as Promise<HostFacts>) : readFacts(s, h, python),
+  );
   const failed = results.flatMap((r, i) =>
     r.status === 'rejected' ? [`  ${s.hosts[i]!.name}: ${(r.reason as Error).message}`] : [],
   );
@@ -90,67 +108,42 @@ function healthyOn(f: HostFacts, id: string): boolean {
   return f.ledger.some((e) => e.event === 'healthy' && e.release === id);
 }
 
-/** What would change, per host, without changing anything. */
-function printPlan(io: Io, s: Session, facts: HostFacts[], artifact: StoredArtifact, what: string): void {
-  const m = artifact.manifest;
-  io.out(`plan: ${what} ${m.id} to ${s.env.name} (dry run: nothing is changed)\n`);
-  facts.forEach((f, i) => {
-    const h = s.hosts[i]!;
-    const has = f.releases.some((r) => r.id === m.id);
-    io.out(`  ${h.name}: current ${f.current ?? 'none'} -> ${m.id}\n`);
-    io.out(
-      `    transfer: ${has ? 'none (already on the host)' : `${m.archive.bytes} bytes (${m.files.length} files)`}\n`,
-    );
-    if (f.lock)
-      io.out(
-        `    LOCKED by ${describeHolder(f.lock)}${f.lock_expired ? ' (expired: would be taken over)' : ''}\n`,
-      );
-    for (const hook of s.config.deploy.hooks.beforeSwitch)
-      if (!hook.once || i === 0) io.out(`    before_switch: ${hook.run}\n`);
-    io.out(`    restart: ${s.config.deploy.restart}\n    health check: ${s.config.deploy.healthcheck.url}\n`);
-    for (const hook of s.config.deploy.hooks.afterSwitch)
-      if (!hook.once || i === 0) io.out(`    after_switch: ${hook.run}\n`);
-    // The agent's prune rule: keep the newest keep_releases, never the current release (the new one)
-    // nor the rollback target (for ship/promote: the old current, if it was healthy).
-    const ids = [...new Set([...f.releases.map((r) => r.id), m.id])].sort().reverse();
-    const target =
-      what === 'rollback'
-        ? null
-        : f.current && healthyOn(f, f.current) && f.current !== m.id
-          ? f.current
-          : f.rollback_target;
-    const protect = new Set([m.id, target].filter((x): x is string => !!x));
-    const keep = ids
-      .filter((id) => !protect.has(id))
-      .slice(0, Math.max(0, s.config.deploy.keepReleases - protect.size));
-    for (const id of ids) {
-      if (!protect.has(id) && !keep.includes(id))
-        io.out(`    prune: ${id} (beyond keep_releases=${s.config.deploy.keepReleases})\n`);
-    }
-    io.out(
-      `    rollback target afterwards: ${what === 'rollback' ? 'decided by the ledger after the rollback' : (target ?? 'none')}\n`,
-    );
-  });
-}
-
+/**
+ * Ships (or with dryRun, plans) the artifact to every host of the session. The result is the last
+ * event; without --json, the per-host `host: previous -> current` lines (or the plan) go to stdout.
+ */
 async function shipArtifact(
   io: Io,
   s: Session,
   artifact: StoredArtifact,
   operation: string,
   dryRun: boolean,
+  ev: Events,
+  json: boolean,
   markPreviousBad = false,
 ): Promise<void> {
+  const m = artifact.manifest;
   if (dryRun) {
-    const python = artifact.manifest.builder.python.path;
-    printPlan(io, s, await allFacts(s, python), artifact, operation);
-    for (const h of s.hosts) {
-      if (!s.config.server.files.length) break;
-      for (const f of await installServerFiles(s, h, python, artifact.manifest, true))
-        io.out(
-          `  ${h.name}: server file ${f.dest}: ${f.changed ? `would be installed before the switch${f.reload ? `, then: ${f.reload}` : ''}` : 'unchanged'}\n`,
-        );
-    }
+    const python = m.builder.python.path;
+    const facts = await allFacts(s, python, true);
+    const serverFiles = await Promise.all(s.hosts.map((h) => serverFilePlans(s, h, python, m)));
+    const d = s.config.deploy;
+    const plan = planDeploy(
+      operation,
+      s.env.name,
+      m,
+      s.hosts.map((h, i) => ({ name: h.name, facts: facts[i]!, serverFiles: serverFiles[i]! })),
+      {
+        keepReleases: d.keepReleases,
+        beforeSwitch: d.hooks.beforeSwitch.map((x) => ({ run: x.run, once: !!x.once })),
+        afterSwitch: d.hooks.afterSwitch.map((x) => ({ run: x.run, once: !!x.once })),
+        restart: d.restart,
+        healthcheck: d.healthcheck.url,
+      },
+      { markPreviousBad },
+    );
+    ev.emit({ type: 'result', command: operation, ok: true, plan });
+    if (!json) ev.print(formatDeployPlan(plan));
     return;
   }
   const t0 = Date.now();
@@ -158,26 +151,44 @@ async function shipArtifact(
     operation: `${operation} ${s.env.name} ${artifact.id}`,
     markPreviousBad,
   });
-  io.err(
-    `${operation}: ${s.env.name} runs ${artifact.id} on ${r.hosts.length} host(s), in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`,
+  const seconds = (Date.now() - t0) / 1000;
+  s.say(
+    `${operation}: ${s.env.name} runs ${artifact.id} on ${r.hosts.length} host(s), in ${seconds.toFixed(1)} s`,
   );
-  for (const h of r.hosts) io.out(`${h.host}: ${h.previous ?? 'none'} -> ${h.current}\n`);
+  ev.emit({
+    type: 'result',
+    command: operation,
+    ok: true,
+    environment: s.env.name,
+    release: artifact.id,
+    hosts: r.hosts,
+    pruned: r.pruned,
+    seconds,
+  });
+  if (!json) for (const h of r.hosts) ev.print(`${h.host}: ${h.previous ?? 'none'} -> ${h.current}\n`);
 }
 
 /** `requires: FROM`: the artifact must have been healthy on every host of FROM. */
-async function checkRequires(io: Io, l: Loaded, id: string): Promise<void> {
+async function checkRequires(io: Io, l: Loaded, id: string, ev: Events, readOnly = false): Promise<void> {
   if (!l.env.requires) return;
   const from = environment(l.config, l.env.requires);
-  await withSession({ ...l, env: from }, {}, io, async (s) => {
-    const facts = await allFacts(s);
-    const missing = facts.flatMap((f, i) => (healthyOn(f, id) ? [] : [s.hosts[i]!.name]));
-    if (missing.length) {
-      throw new UsageError(
-        `${l.env.name} requires releases healthy on ${from.name} first: ${id} was never healthy on ${missing.join(', ')}`,
-        `ship it to ${from.name} first (or pass --force)`,
-      );
-    }
-  });
+  await withSession(
+    { ...l, env: from },
+    {},
+    io,
+    async (s) => {
+      const facts = await allFacts(s, HOST_PYTHON, readOnly);
+      const missing = facts.flatMap((f, i) => (healthyOn(f, id) ? [] : [s.hosts[i]!.name]));
+      if (missing.length) {
+        throw new UsageError(
+          `${l.env.name} requires releases healthy on ${from.name} first: ${id} was never healthy on ${missing.join(', ')}`,
+          `ship it to ${from.name} first (or pass --force)`,
+        );
+      }
+    },
+    ev,
+    false,
+  );
 }
 
 /**
@@ -227,77 +238,101 @@ export function registerDeploy(program: Command, io: Io, dryRun: () => import('c
     .argument('<env>', 'environment')
     .addOption(dryRun())
     .action(async (envName: string, opts: { dryRun?: boolean }, c: Command) => {
-      const l = load(c, envName);
-      await withSession(l, {}, io, async (s) => {
-        if (opts.dryRun) {
-          const facts = await settleAll(s.hosts, s.env.parallel, async (h) => {
-            const r = await h.remote.exec(
-              cmd(['sh', '-c', `test -d ${cmd([l.config.root])} && echo yes || echo no`]),
-            );
-            return r.stdout.trim();
-          });
-          io.out(`plan: setup ${l.env.name} (dry run: nothing is changed)\n`);
-          s.hosts.forEach((h, i) => {
-            const exists = (facts[i] as PromiseFulfilledResult<string>).value === 'yes';
-            io.out(
-              `  ${h.name}: ${exists ? 'check and complete' : 'create'} ${l.config.root}/{releases,shared,.ckan-release}` +
-                `${l.config.shared.length ? `, shared/${l.config.shared.map((x) => x.path).join(', shared/')}` : ''}; adopt ${l.config.root}/default if there is no current release\n`,
-            );
-          });
-          for (const h of s.hosts) {
-            if (!l.config.server.files.length) break;
-            // The agent answers only if setup ran before; a host never set up gets every file.
-            const agent = { remote: h.remote, root: l.config.root, python: HOST_PYTHON, sudo: h.sudo };
-            const there = await h.remote.exec(cmd(['test', '-f', agentPath(l.config.root)]));
-            const files =
-              there.code === 0
-                ? await installServerFiles(s, h, agent.python, null, true)
-                : l.config.server.files.map((f) => ({ dest: f.dest, changed: true, reload: f.reload }));
-            for (const f of files)
-              io.out(
-                `  ${h.name}: server file ${f.dest}: ${f.changed ? `would be installed${f.reload ? `, then: ${f.reload}` : ''}` : 'unchanged'}\n`,
+      const json = globals(c).json;
+      const ev = eventsFor(io, json);
+      await withEvents(ev, 'setup', async () => {
+        const l = load(c, envName);
+        await withSession(
+          l,
+          {},
+          io,
+          async (s) => {
+            if (opts.dryRun) {
+              const shared = l.config.shared.map((x) => x.path);
+              const dirs = setupDirs(l.config.root, shared);
+              const hosts = await settleAll(s.hosts, s.env.parallel, async (h) => ({
+                name: h.name,
+                facts: await readSetupFacts(s, h, dirs),
+                serverFiles: await serverFilePlans(s, h, HOST_PYTHON, null),
+              }));
+              const failed = hosts.flatMap((r, i) =>
+                r.status === 'rejected' ? [`  ${s.hosts[i]!.name}: ${(r.reason as Error).message}`] : [],
               );
-          }
-          return;
-        }
-        await settleAll(s.hosts, s.env.parallel, async (h) => {
-          // <root> and .ckan-release stay owned by whoever runs the agent (root with sudo): the
-          // agent runs privileged, so the CKAN user must not be able to replace it.
-          const prepare = `mkdir -p ${cmd([`${l.config.root}/.ckan-release/agent`])}`;
-          await h.remote.run('create the root', cmd(maybeSudo(['sh', '-c', prepare], h.sudo)));
-          const agent = { remote: h.remote, root: l.config.root, python: HOST_PYTHON, sudo: h.sudo };
-          await installAgent(agent);
-          const r = await callAgent<{ made: string[]; adopted: string | null }>(agent, 'setup', 'setup', {
-            root: l.config.root,
-            shared: l.config.shared.map((x) => x.path),
-            adopt: true,
-          });
-          // Shared directories are written by CKAN (storage, uploads): they belong to deploy.owner.
-          const owner = [l.config.deploy.owner, l.config.deploy.group].filter(Boolean).join(':');
-          if (owner && l.config.shared.length) {
-            const dirs = l.config.shared.map((x) => `${l.config.root}/shared/${x.path}`);
-            await h.remote.run('chown shared directories', cmd(maybeSudo(['chown', owner, ...dirs], h.sudo)));
-          }
-          io.out(
-            `${h.name}: ${r.made.length ? `made ${r.made.join(', ')}` : 'already set up'}${r.adopted ? `; adopted ${l.config.root}/default as release ${r.adopted}` : ''}\n`,
-          );
-          if (l.config.server.files.length) {
-            const files = await installServerFiles(s, h, HOST_PYTHON, null);
-            const changed = files.filter((f) => f.changed);
-            io.out(
-              `${h.name}: server files: ${changed.length ? `installed ${changed.map((f) => f.dest).join(', ')}` : 'unchanged'}\n`,
-            );
-          }
-        }).then((results) => {
-          const failed = results.flatMap((r, i) =>
-            r.status === 'rejected' ? [`  ${s.hosts[i]!.name}: ${(r.reason as Error).message}`] : [],
-          );
-          if (failed.length)
-            throw hostsFailed(
-              `setup failed on some hosts (setup is idempotent: run it again):\n${failed.join('\n')}`,
-              results,
-            );
-        });
+              if (failed.length)
+                throw hostsFailed(
+                  `cannot read the state of every host of ${s.env.name}:\n${failed.join('\n')}`,
+                  hosts,
+                );
+              const owner = [l.config.deploy.owner, l.config.deploy.group].filter(Boolean).join(':') || null;
+              const plan = planSetup(
+                l.env.name,
+                l.config.root,
+                shared,
+                owner,
+                hosts.map(
+                  (r) => (r as PromiseFulfilledResult<Parameters<typeof planSetup>[4][number]>).value,
+                ),
+              );
+              ev.emit({ type: 'result', command: 'setup', ok: true, plan });
+              if (!json) ev.print(formatSetupPlan(plan, l.config.root));
+              return;
+            }
+            const done: Record<string, unknown>[] = [];
+            await settleAll(s.hosts, s.env.parallel, async (h) => {
+              // <root> and .ckan-release stay owned by whoever runs the agent (root with sudo): the
+              // agent runs privileged, so the CKAN user must not be able to replace it.
+              const prepare = `mkdir -p ${cmd([`${l.config.root}/.ckan-release/agent`])}`;
+              await h.remote.run('create the root', cmd(maybeSudo(['sh', '-c', prepare], h.sudo)));
+              const agent = { remote: h.remote, root: l.config.root, python: HOST_PYTHON, sudo: h.sudo };
+              ev.emit({ type: 'phase', host: h.name, phase: 'setup' });
+              await installAgent(agent);
+              const r = await callAgent<{ made: string[]; adopted: string | null }>(agent, 'setup', 'setup', {
+                root: l.config.root,
+                shared: l.config.shared.map((x) => x.path),
+                adopt: true,
+              });
+              // Shared directories are written by CKAN (storage, uploads): they belong to deploy.owner.
+              const owner = [l.config.deploy.owner, l.config.deploy.group].filter(Boolean).join(':');
+              if (owner && l.config.shared.length) {
+                const dirs = l.config.shared.map((x) => `${l.config.root}/shared/${x.path}`);
+                await h.remote.run(
+                  'chown shared directories',
+                  cmd(maybeSudo(['chown', owner, ...dirs], h.sudo)),
+                );
+              }
+              const line = `${h.name}: ${r.made.length ? `made ${r.made.join(', ')}` : 'already set up'}${r.adopted ? `; adopted ${l.config.root}/default as release ${r.adopted}` : ''}\n`;
+              if (!json) ev.print(line);
+              let installed: string[] = [];
+              if (l.config.server.files.length) {
+                ev.emit({ type: 'phase', host: h.name, phase: 'server files' });
+                const files = await installServerFiles(s, h, HOST_PYTHON, null);
+                installed = files.filter((f) => f.changed).map((f) => f.dest);
+                if (!json)
+                  ev.print(
+                    `${h.name}: server files: ${installed.length ? `installed ${installed.join(', ')}` : 'unchanged'}\n`,
+                  );
+              }
+              done.push({
+                host: h.name,
+                made: r.made,
+                adopted: r.adopted,
+                server_files_installed: installed,
+              });
+              ev.emit({ type: 'host-done', host: h.name, previous: null, current: r.adopted ?? 'set up' });
+            }).then((results) => {
+              const failed = results.flatMap((r, i) =>
+                r.status === 'rejected' ? [`  ${s.hosts[i]!.name}: ${(r.reason as Error).message}`] : [],
+              );
+              if (failed.length)
+                throw hostsFailed(
+                  `setup failed on some hosts (setup is idempotent: run it again):\n${failed.join('\n')}`,
+                  results,
+                );
+              ev.emit({ type: 'result', command: 'setup', ok: true, environment: l.env.name, hosts: done });
+            });
+          },
+          ev,
+        );
       });
     });
 
@@ -315,11 +350,21 @@ export function registerDeploy(program: Command, io: Io, dryRun: () => import('c
         opts: { dryRun?: boolean; force?: boolean },
         c: Command,
       ) => {
-        const l = load(c, envName);
-        const artifact = id ? findArtifact(l.config.store, id) : newestArtifact(l.config);
-        if (!opts.force) await checkRequires(io, l, artifact.id);
-        const secrets = secretsOf(c, l.env);
-        await withSession(l, secrets, io, (s) => shipArtifact(io, s, artifact, 'ship', !!opts.dryRun));
+        const json = globals(c).json;
+        const ev = eventsFor(io, json);
+        await withEvents(ev, 'ship', async () => {
+          const l = load(c, envName);
+          const artifact = id ? findArtifact(l.config.store, id) : newestArtifact(l.config);
+          if (!opts.force) await checkRequires(io, l, artifact.id, ev, !!opts.dryRun);
+          const secrets = secretsOf(c, l.env);
+          await withSession(
+            l,
+            secrets,
+            io,
+            (s) => shipArtifact(io, s, artifact, 'ship', !!opts.dryRun, ev, json),
+            ev,
+          );
+        });
       },
     );
 
@@ -330,30 +375,49 @@ export function registerDeploy(program: Command, io: Io, dryRun: () => import('c
     .argument('<to>', 'environment to ship it to')
     .addOption(dryRun())
     .action(async (fromName: string, toName: string, opts: { dryRun?: boolean }, c: Command) => {
-      const from = load(c, fromName);
-      const to = load(c, toName);
-      if (fromName === toName) throw new UsageError('promote needs two different environments');
-      const id = await withSession(from, {}, io, async (s) => {
-        const facts = await allFacts(s);
-        const currents = [...new Set(facts.map((f) => f.current))];
-        if (currents.length !== 1 || !currents[0]) {
-          throw new OperationError(
-            `${fromName} does not run one release on every host: ${facts.map((f, i) => `${s.hosts[i]!.name}=${f.current ?? 'none'}`).join(', ')}`,
-          );
-        }
-        const notHealthy = facts.flatMap((f, i) => (healthyOn(f, currents[0]!) ? [] : [s.hosts[i]!.name]));
-        if (notHealthy.length)
-          throw new OperationError(
-            `${currents[0]} is not recorded healthy on ${notHealthy.join(', ')} of ${fromName}`,
-          );
-        return currents[0]!;
+      const json = globals(c).json;
+      const ev = eventsFor(io, json);
+      await withEvents(ev, 'promote', async () => {
+        const from = load(c, fromName);
+        const to = load(c, toName);
+        if (fromName === toName) throw new UsageError('promote needs two different environments');
+        const id = await withSession(
+          from,
+          {},
+          io,
+          async (s) => {
+            const facts = await allFacts(s, HOST_PYTHON, !!opts.dryRun);
+            const currents = [...new Set(facts.map((f) => f.current))];
+            if (currents.length !== 1 || !currents[0]) {
+              throw new OperationError(
+                `${fromName} does not run one release on every host: ${facts.map((f, i) => `${s.hosts[i]!.name}=${f.current ?? 'none'}`).join(', ')}`,
+              );
+            }
+            const notHealthy = facts.flatMap((f, i) =>
+              healthyOn(f, currents[0]!) ? [] : [s.hosts[i]!.name],
+            );
+            if (notHealthy.length)
+              throw new OperationError(
+                `${currents[0]} is not recorded healthy on ${notHealthy.join(', ')} of ${fromName}`,
+              );
+            return currents[0]!;
+          },
+          ev,
+          false,
+        );
+        const artifact = findArtifact(to.config.store, id);
+        ev.say(
+          `promote: ${fromName} runs ${id}, healthy on every host; shipping the same artifact to ${toName}`,
+        );
+        const secrets = secretsOf(c, to.env);
+        await withSession(
+          to,
+          secrets,
+          io,
+          (s) => shipArtifact(io, s, artifact, 'promote', !!opts.dryRun, ev, json),
+          ev,
+        );
       });
-      const artifact = findArtifact(to.config.store, id);
-      io.err(
-        `promote: ${fromName} runs ${id}, healthy on every host; shipping the same artifact to ${toName}\n`,
-      );
-      const secrets = secretsOf(c, to.env);
-      await withSession(to, secrets, io, (s) => shipArtifact(io, s, artifact, 'promote', !!opts.dryRun));
     });
 
   program
@@ -363,27 +427,37 @@ export function registerDeploy(program: Command, io: Io, dryRun: () => import('c
     .option('--to <id>', 'release to switch to (re-shipped from the store if a host pruned it)')
     .addOption(dryRun())
     .action(async (envName: string, opts: { to?: string; dryRun?: boolean }, c: Command) => {
-      const l = load(c, envName);
-      const secrets = secretsOf(c, l.env);
-      await withSession(l, secrets, io, async (s) => {
-        let id: string;
-        if (opts.to) {
-          // A full ID may name a release that is on the hosts but not in this machine's store.
-          id = ARTIFACT_ID.test(opts.to) ? opts.to : findArtifact(l.config.store, opts.to).id;
-        } else {
-          const facts = await allFacts(s);
-          const targets = [...new Set(facts.map((f) => f.rollback_target))];
-          if (targets.length !== 1 || !targets[0]) {
-            throw new OperationError(
-              `no common rollback target on ${envName}: ${facts.map((f, i) => `${s.hosts[i]!.name}=${f.rollback_target ?? 'none'}`).join(', ')}`,
-              'name one with --to ID',
-            );
-          }
-          id = targets[0];
-        }
-        const artifact =
-          listArtifacts(l.config.store).find((a) => a.id === id) ?? (await artifactFromHosts(s, id));
-        await shipArtifact(io, s, artifact, 'rollback', !!opts.dryRun, true);
+      const json = globals(c).json;
+      const ev = eventsFor(io, json);
+      await withEvents(ev, 'rollback', async () => {
+        const l = load(c, envName);
+        const secrets = secretsOf(c, l.env);
+        await withSession(
+          l,
+          secrets,
+          io,
+          async (s) => {
+            let id: string;
+            if (opts.to) {
+              // A full ID may name a release that is on the hosts but not in this machine's store.
+              id = ARTIFACT_ID.test(opts.to) ? opts.to : findArtifact(l.config.store, opts.to).id;
+            } else {
+              const facts = await allFacts(s, HOST_PYTHON, !!opts.dryRun);
+              const targets = [...new Set(facts.map((f) => f.rollback_target))];
+              if (targets.length !== 1 || !targets[0]) {
+                throw new OperationError(
+                  `no common rollback target on ${envName}: ${facts.map((f, i) => `${s.hosts[i]!.name}=${f.rollback_target ?? 'none'}`).join(', ')}`,
+                  'name one with --to ID',
+                );
+              }
+              id = targets[0];
+            }
+            const artifact =
+              listArtifacts(l.config.store).find((a) => a.id === id) ?? (await artifactFromHosts(s, id));
+            await shipArtifact(io, s, artifact, 'rollback', !!opts.dryRun, ev, json, true);
+          },
+          ev,
+        );
       });
     });
 

@@ -12,6 +12,7 @@ import type { Manifest } from '../artifact/manifest.js';
 import type { StoredArtifact } from '../artifact/store.js';
 import type { Config, Environment, Hook } from '../config/types.js';
 import { CkanReleaseError, OperationError, UsageError } from '../errors.js';
+import type { Events } from '../events.js';
 import { renderFile, renderString } from '../render/template.js';
 import { SshRemote, SudoPasswordError, type ConnectOptions, type Remote } from '../remote/ssh.js';
 import { resolveTarget } from '../remote/target.js';
@@ -42,6 +43,8 @@ export interface Session {
   /** This operation's token: names its partial directories and its lock. */
   op: string;
   hosts: HostSession[];
+  /** The progress event stream (events.ts), when the command has one: phases, uploads, results. */
+  events?: Events;
 }
 
 export interface HostSession {
@@ -288,6 +291,7 @@ async function stageOnHost(
   const python = pythonOf(m);
   const agent = agentFor(s, h, python);
   let facts: HostFacts;
+  s.events?.emit({ type: 'phase', host: h.name, phase: 'preflight' });
   try {
     await installAgent(agent);
     facts = await callAgent<HostFacts>(agent, 'read host facts', 'facts', { root: s.config.root });
@@ -308,6 +312,7 @@ async function stageOnHost(
       `${h.name}: preflight: the host's ${python} is Python ${facts.python.version}, the artifact was built for ${m.builder.python.version} (builder ${m.builder.os})`,
     );
   }
+  s.events?.emit({ type: 'phase', host: h.name, phase: 'lock' });
   await lockHost(s, h, python, operation, facts.lock);
   const existing = facts.releases.find((r) => r.id === m.id);
   const rendered = () =>
@@ -319,6 +324,7 @@ async function stageOnHost(
   if (existing) {
     // Already on the host (a re-ship, a rollback): not sent again, but checked file by file against
     // the manifest, and its config rendered anew (the secrets or vars may have changed).
+    s.events?.emit({ type: 'phase', host: h.name, phase: 'verify', detail: `releases/${m.id}` });
     if (m.files.length > 0) {
       const manifestPath = await uploadManifest(s, h, m);
       const v = await callAgent<{ ok: boolean; problems: string[]; extra: string[] }>(
@@ -363,6 +369,7 @@ async function stageOnHost(
       );
     }
     const manifestPath = await uploadManifest(s, h, m);
+    s.events?.emit({ type: 'phase', host: h.name, phase: 'upload', detail: `${m.archive.bytes} bytes` });
     const t0 = Date.now();
     const received = await callAgent<{ partial: string }>(
       agent,
@@ -378,6 +385,7 @@ async function stageOnHost(
     s.say(
       `${h.name}: received ${(m.archive.bytes / 1e6).toFixed(1)} MB in ${secs.toFixed(1)} s, every file checked against the manifest`,
     );
+    s.events?.emit({ type: 'phase', host: h.name, phase: 'finalize' });
     await callAgent(
       agent,
       'finalize',
@@ -403,6 +411,7 @@ async function stageOnHost(
     if (hook.once && !runOnceHooks) continue;
     await runHook(s, h, hook, m, 'before_switch');
   }
+  s.events?.emit({ type: 'phase', host: h.name, phase: 'staged', detail: `releases/${m.id}` });
   return facts.current;
 }
 
@@ -420,6 +429,8 @@ async function uploadManifest(s: Session, h: HostSession, m: Manifest): Promise<
 function progress(s: Session, host: string, total: number, t0: number): (sent: number) => void {
   let shown = 0;
   return (sent) => {
+    // With an event stream, the renderers show the upload (throttled); the quarter lines are for without.
+    if (s.events) return s.events.emit({ type: 'upload', host, sent, total });
     const quarter = Math.floor((sent / total) * 4);
     if (quarter <= shown || quarter >= 4) return;
     shown = quarter;
@@ -436,6 +447,12 @@ async function runHook(s: Session, h: HostSession, hook: Hook, m: Manifest, when
   const argv = ['sh', '-c', `cd ${cmd([release])} && ${line}`];
   const asOwner =
     s.config.deploy.owner && h.sudo ? ['sudo', '-n', '-u', s.config.deploy.owner, '--', ...argv] : argv;
+  s.events?.emit({
+    type: 'phase',
+    host: h.name,
+    phase: when === 'after_switch' ? 'after_switch' : 'before_switch',
+    detail: hook.run,
+  });
   s.say(`${h.name}: ${when} hook: ${hook.run}`);
   await h.remote.run(`${when} hook "${hook.run}"`, cmd(asOwner));
 }
@@ -504,6 +521,7 @@ export async function deploy(
       stageOnHost(s, h, artifact, opts.operation, i === 0),
     );
     const failed1 = failures(s.hosts, staged);
+    for (const f of failed1) s.events?.emit({ type: 'host-failed', host: f.host, error: message(f.error) });
     if (failed1.length) {
       await settleAll(s.hosts, limit, (h) =>
         callAgent(agentFor(s, h, python), 'clean', 'clean', { root: s.config.root, op: s.op }),
@@ -533,6 +551,7 @@ export async function deploy(
       );
     if (s.config.server.files.length) {
       const installed = await settleAll(s.hosts, limit, async (h) => {
+        s.events?.emit({ type: 'phase', host: h.name, phase: 'server files' });
         const files = await installServerFiles(s, h, python, m);
         serverChanges.set(h, files);
         for (const f of files.filter((x) => x.changed)) s.say(`${h.name}: installed ${f.dest}`);
@@ -564,9 +583,12 @@ export async function deploy(
       // lost) must be switched back too, and switching back is idempotent.
       switched.push({ h, previous });
       try {
+        s.events?.emit({ type: 'phase', host: h.name, phase: 'switch', detail: `releases/${m.id}` });
         await switchHost(s, h, python, m.id);
         s.say(`${h.name}: current -> releases/${m.id} (was ${previous ?? 'nothing'})`);
+        s.events?.emit({ type: 'phase', host: h.name, phase: 'restart' });
         await restartHost(s, h, m, python, { full: previous === null });
+        s.events?.emit({ type: 'phase', host: h.name, phase: 'health' });
         const health = await healthOnHost(s, h, m);
         s.say(
           `${h.name}: healthy: CKAN ${String(health.ckan_version)} with ${(health.extensions as string[]).join(' ')}`,
@@ -574,6 +596,7 @@ export async function deploy(
         return previous;
       } catch (e) {
         aborted = true;
+        s.events?.emit({ type: 'host-failed', host: h.name, error: message(e) });
         throw e;
       }
     });
@@ -584,6 +607,7 @@ export async function deploy(
         .join('; ')
         .slice(0, 500);
       const back = await settleAll(switched, limit, async ({ h, previous }) => {
+        s.events?.emit({ type: 'phase', host: h.name, phase: 'switch back', detail: previous ?? 'nothing' });
         await switchHost(s, h, python, previous);
         await ledger(s, h, python, [
           { event: 'failed', release: m.id, why },
@@ -640,6 +664,7 @@ export async function deploy(
     }
     const pruned: DeployResult['pruned'] = [];
     const pruning = await settleAll(s.hosts, limit, async (h) => {
+      s.events?.emit({ type: 'phase', host: h.name, phase: 'prune' });
       const r = await callAgent<{ removed: { release: string | null; path?: string; why: string }[] }>(
         agentFor(s, h, python),
         'prune',
@@ -656,6 +681,10 @@ export async function deploy(
       }
     });
     for (const f of failures(s.hosts, pruning)) s.say(`WARNING ${f.host}: prune failed: ${message(f.error)}`);
+    s.hosts.forEach((h, i) => {
+      const previous = (phase2[i] as PromiseFulfilledResult<string | null>).value;
+      s.events?.emit({ type: 'host-done', host: h.name, previous, current: m.id });
+    });
     return {
       hosts: s.hosts.map((h, i) => ({
         host: h.name,

@@ -1,0 +1,230 @@
+// Dry-run plans from host facts: the agent's prune and rollback-target rules replayed on the ledger as
+// it would be after the operation, and the plan's text.
+import { describe, expect, it } from 'vitest';
+import type { Manifest } from '../../src/artifact/manifest.js';
+import {
+  formatDeployPlan,
+  formatSetupPlan,
+  planDeploy,
+  planSetup,
+  prunePlan,
+  rollbackTarget,
+  type PlanFacts,
+  type PlanSettings,
+} from '../../src/plan.js';
+
+const [R1, R2, R3, R4] = [
+  '20261101000000Z-aaaaaaaa',
+  '20261102000000Z-bbbbbbbb',
+  '20261103000000Z-cccccccc',
+  '20261104000000Z-dddddddd',
+];
+
+const manifest = (id: string, files = 3): Manifest =>
+  ({
+    id,
+    builder: { os: 'debian12', python: { path: '/usr/bin/python3', version: '3.11.2' } },
+    archive: { file: 'release.tar.gz', bytes: 31_234_567, sha256: 'x' },
+    files: Array.from({ length: files }, (_, i) => ({ path: `f${i}`, size: 1 })),
+  }) as unknown as Manifest;
+
+const settings: PlanSettings = {
+  keepReleases: 2,
+  beforeSwitch: [
+    { run: 'ckan db upgrade', once: true },
+    { run: 'echo each', once: false },
+  ],
+  afterSwitch: [],
+  restart: 'apache-graceful',
+  healthcheck: 'http://127.0.0.1/api/3/action/status_show',
+};
+
+function facts(over: Partial<PlanFacts>): PlanFacts {
+  return {
+    layout: true,
+    current: null,
+    rollback_target: null,
+    releases: [],
+    partials: [],
+    lock: null,
+    lock_expired: false,
+    python: { path: '/usr/bin/python3', version: '3.11.2' },
+    ledger: [],
+    ...over,
+  };
+}
+
+const healthy = (...ids: string[]) => ids.map((release) => ({ event: 'healthy', release }));
+
+describe('rollbackTarget', () => {
+  it('is the last healthy release before the current one, never a bad one', () => {
+    expect(rollbackTarget(healthy(R1, R2, R3), R3)).toBe(R2);
+    expect(rollbackTarget([...healthy(R1, R2, R3), { event: 'bad', release: R2 }], R3)).toBe(R1);
+    // Healthy again after being bad: a target again.
+    expect(rollbackTarget([...healthy(R1, R2), { event: 'bad', release: R1 }, ...healthy(R1, R3)], R3)).toBe(
+      R1,
+    );
+    expect(rollbackTarget(healthy(R1), R1)).toBeNull();
+  });
+});
+
+describe('prunePlan', () => {
+  it('keeps keep_releases counting the current release and the rollback target, newest first', () => {
+    expect(prunePlan([R1, R2, R3, R4], [], R4, R1, 3)).toEqual([
+      { release: R2, why: `beyond keep_releases=3; kept: ${R4} (current), ${R1} (rollback target), ${R3}` },
+    ]);
+    expect(prunePlan([R1, R2], ['.partial-x-op1'], R2, null, 1)).toEqual([
+      { release: R1, why: `beyond keep_releases=1; kept: ${R2} (current)` },
+      { release: null, path: '.partial-x-op1', why: 'partial directory left by an interrupted operation' },
+    ]);
+    expect(prunePlan([R1, R2], [], R2, R1, 1)).toEqual([]);
+  });
+});
+
+describe('planDeploy', () => {
+  it('ship: current -> target, the full archive when the host lacks the release, once-hooks on the first host', () => {
+    const p = planDeploy(
+      'ship',
+      'production',
+      manifest(R4),
+      [
+        {
+          name: 'web1',
+          facts: facts({
+            current: R3,
+            releases: [R1, R2, R3].map((id) => ({ id, state: 'healthy' })),
+            ledger: healthy(R1, R2, R3),
+          }),
+          serverFiles: [],
+        },
+        {
+          name: 'web2',
+          facts: facts({
+            current: R3,
+            releases: [R3, R4].map((id) => ({ id, state: 'healthy' })),
+            ledger: healthy(R3),
+          }),
+          serverFiles: [{ dest: '/etc/x', change: 'install', reload: 'reload x' }],
+        },
+      ],
+      settings,
+    );
+    const [w1, w2] = p.hosts;
+    expect(w1).toMatchObject({
+      current: R3,
+      target: R4,
+      transfer: { mode: 'full archive', bytes: 31_234_567, files: 3 },
+      hooks: { before_switch: ['ckan db upgrade', 'echo each'] },
+      rollback_target_after: R3,
+      prune: [
+        { release: R2, why: expect.stringContaining('beyond keep_releases=2') },
+        { release: R1, why: expect.stringContaining('beyond keep_releases=2') },
+      ],
+      problems: [],
+    });
+    expect(w2).toMatchObject({
+      transfer: { mode: 'none', bytes: 0 },
+      hooks: { before_switch: ['echo each'] },
+      prune: [],
+    });
+    const text = formatDeployPlan(p);
+    expect(text).toContain(
+      `plan: ship ${R4} to production (dry run: nothing is changed)\n  web1: current ${R3} -> ${R4}\n`,
+    );
+    expect(text).toContain(
+      '    transfer: 31.2 MB (31234567 bytes, 3 files): the full archive, no delta transfer\n',
+    );
+    expect(text).toContain('    transfer: none (already on the host)\n');
+    expect(text).toContain(
+      `    prune: ${R2} (beyond keep_releases=2; kept: ${R4} (current), ${R3} (rollback target))\n`,
+    );
+    expect(text).toContain('    server file /etc/x: would be installed before the switch, then: reload x\n');
+    expect(text).toContain(`    rollback target afterwards: ${R3}\n`);
+    expect(text).toContain('  total to send: 31.2 MB (31234567 bytes) to 1 of 2 host(s)\n');
+  });
+
+  it('rollback: the release switched away from becomes bad, so it is neither kept as target nor spared', () => {
+    const f = facts({
+      current: R3,
+      releases: [R1, R2, R3].map((id) => ({ id, state: 'healthy' })),
+      ledger: healthy(R1, R2, R3),
+    });
+    const p = planDeploy(
+      'rollback',
+      'prod',
+      manifest(R2, 0),
+      [{ name: 'web1', facts: f, serverFiles: [] }],
+      settings,
+      {
+        markPreviousBad: true,
+      },
+    );
+    expect(p.hosts[0]).toMatchObject({
+      current: R3,
+      target: R2,
+      transfer: { mode: 'none' },
+      rollback_target_after: R1,
+      prune: [{ release: R3 }],
+      problems: [],
+    });
+  });
+
+  it('names what would make it fail: no layout, another python, a live lock, nothing to send', () => {
+    const lock = { user: 'alice', machine: 'laptop', pid: 1, operation: 'ship', since: 1700000000 };
+    const p = planDeploy(
+      'ship',
+      'prod',
+      manifest(R1, 0),
+      [
+        { name: 'a', facts: facts({ layout: false }), serverFiles: [] },
+        { name: 'b', facts: facts({ python: { path: 'p', version: '3.9.2' }, lock }), serverFiles: [] },
+      ],
+      settings,
+    );
+    expect(p.hosts[0]!.problems).toEqual([
+      'not set up: run `ckan-release setup prod` first',
+      `${R1} is neither on the host nor in the local store: it cannot be sent`,
+    ]);
+    expect(p.hosts[1]!.problems[0]).toBe(
+      "the host's /usr/bin/python3 is Python 3.9.2, the artifact was built for 3.11.2",
+    );
+    expect(p.hosts[1]!.problems[1]).toBe('locked by alice@laptop (pid 1, ship, since 2023-11-14T22:13:20Z)');
+    expect(formatDeployPlan(p)).toContain(
+      '    WOULD FAIL: not set up: run `ckan-release setup prod` first\n',
+    );
+  });
+});
+
+describe('planSetup', () => {
+  it('lists what is missing, and whether <root>/default would be adopted', () => {
+    const p = planSetup('staging', '/r', ['storage'], 'ckan:www-data', [
+      { name: 'new', facts: { existing: [], current: null, default_python: true }, serverFiles: [] },
+      {
+        name: 'done',
+        facts: {
+          existing: [
+            '/r',
+            '/r/.ckan-release',
+            '/r/.ckan-release/agent',
+            '/r/releases',
+            '/r/shared',
+            '/r/shared/storage',
+          ],
+          current: R1,
+          default_python: true,
+        },
+        serverFiles: [{ dest: '/etc/x', change: 'unchanged' }],
+      },
+    ]);
+    expect(formatSetupPlan(p, '/r')).toBe(
+      'plan: setup staging (dry run: nothing is changed)\n' +
+        '  new: would make /r, /r/.ckan-release, /r/.ckan-release/agent, /r/releases, /r/shared, /r/shared/storage\n' +
+        '    adopt: /r/default as the first release (/r/default has bin/python and there is no current release)\n' +
+        '    chown ckan:www-data: the shared directories\n' +
+        '  done: /r is already set up\n' +
+        `    adopt: no: the host already runs release ${R1}\n` +
+        '    chown ckan:www-data: the shared directories\n' +
+        '    server file /etc/x: unchanged\n',
+    );
+  });
+});
