@@ -416,7 +416,7 @@ describe('host keys', () => {
     const r = await project.cli('--config', config, 'ship', 'staging', A);
     expect(r.code).toBe(2);
     expect(r.err).toMatch(
-      /^ckan-release: t-staging \(127\.0\.0\.1:\d+\): HOST KEY CHANGED: offered ssh-ed25519 SHA256:\S+, known_hosts has SHA256:\S+$/m,
+      /^ckan-release: t-staging \((?:deploy@)?127\.0\.0\.1:\d+\): HOST KEY CHANGED: offered ssh-ed25519 SHA256:\S+, known_hosts has SHA256:\S+$/m,
     );
     expect(r.err).toMatch(/hint: if the host was reinstalled, remove the old key: ssh-keygen -R 't-staging'/);
     expect(await ledgerOf(docker, 't-staging')).toEqual(ledgerBefore);
