@@ -164,9 +164,13 @@ async function prepareProject(): Promise<{ config: string; warm: string[] }> {
   writeFileSync(path.join(BALLAST_DIR, 'done'), '');
 
   const ports = await freePorts(2 * FLEET.length);
-  const hostVars = FLEET.map(
-    (h, i) => `      ${h}: { ssh_port: ${ports[2 * i]}, http_port: ${ports[2 * i + 1]} }`,
-  ).join('\n');
+  const hostVars = (hosts: string[]) =>
+    hosts
+      .map((h) => {
+        const i = FLEET.indexOf(h);
+        return `      ${h}: { ssh_port: ${ports[2 * i]}, http_port: ${ports[2 * i + 1]} }`;
+      })
+      .join('\n');
   const envs = (name: string, hosts: string[]) =>
     [
       `  ${name}:`,
@@ -175,7 +179,7 @@ async function prepareProject(): Promise<{ config: string; warm: string[] }> {
       '    ssh_config: .ckan-release/sandbox/ssh_config',
       '    parallel: 8',
       '    host_vars:',
-      hostVars,
+      hostVars(hosts),
       '    vars: { site_url: "http://bench.test", site_title: "Bench" }',
       '    secrets: secrets/staging.yml',
     ].join('\n');

@@ -369,6 +369,8 @@ def cmd_receive(args):
         os.makedirs(partial)
     seen = set()
     dir_mtimes = {}
+    real_partial = os.path.realpath(partial)
+    real_parents = {}
     stdin = getattr(sys.stdin, "buffer", sys.stdin)
     try:
         tar = tarfile.open(fileobj=stdin, mode="r|gz")
@@ -387,7 +389,13 @@ def cmd_receive(args):
             dest = os.path.join(partial, rel)
             parent = os.path.dirname(dest)
             # Never write through a symlink: every parent must be a real directory inside the partial.
-            if os.path.islink(parent) or not os.path.realpath(parent).startswith(os.path.realpath(partial)):
+            if parent not in real_parents:
+                real = os.path.realpath(parent)
+                # (Cached per directory: a directory is never replaced by a symlink during the receive,
+                # mkdir and O_EXCL refuse to, and a symlink member is a new path, checked when used.)
+                real_parents[parent] = not os.path.islink(parent) and (
+                    real == real_partial or real.startswith(real_partial + os.sep))
+            if not real_parents[parent]:
                 raise Refused("bad-artifact", "archive entry %s would be written through a symlink" % rel)
             mode = int(entry["mode"], 8)
             if member.isdir():
