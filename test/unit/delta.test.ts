@@ -10,12 +10,17 @@ import { archiveMtime, DeltaCache, makeDeltaArchive } from '../../src/deploy/del
 
 const MTIME = new Date(946684800 * 1000);
 
-async function tarGz(entries: tarStream.Headers[], bodies: Record<string, string>): Promise<string> {
+async function tarGz(entries: Partial<tarStream.Header>[], bodies: Record<string, string>): Promise<string> {
   const pack = tarStream.pack();
   const chunks: Buffer[] = [];
-  pack.on('data', (c: Buffer) => chunks.push(c));
-  const ended = new Promise((r) => pack.on('end', r));
-  for (const e of entries) pack.entry({ mtime: MTIME, ...e }, bodies[e.name] ?? undefined);
+  const ended = (async () => {
+    for await (const c of pack) chunks.push(c as Buffer);
+  })();
+  for (const e of entries) {
+    const body = bodies[e.name!];
+    if (body === undefined) pack.entry({ mtime: MTIME, ...e } as tarStream.Header);
+    else pack.entry({ mtime: MTIME, ...e } as tarStream.Header, body);
+  }
   pack.finalize();
   await ended;
   const file = path.join(mkdtempSync(path.join(os.tmpdir(), 'ckan-release-delta-')), 'release.tar.gz');
