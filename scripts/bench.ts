@@ -214,6 +214,14 @@ function baseTagOf(err: string): { reused: boolean; tag: string } {
   return { reused: m[1] === 'reused', tag: m[2]! };
 }
 
+/** The ship's own lines that time its phases (received / delta / staged), for the profile. */
+function phases(err: string): string {
+  return err
+    .split('\n')
+    .filter((l) => /received|delta:|staged|healthy/.test(l))
+    .join(' | ');
+}
+
 function stepTimes(err: string): string {
   // "[   0.4s] clone" lines: the time of each step, for the profile of a slow build.
   const steps = [...err.matchAll(/^\[\s*([\d.]+)s\] (\S.*)$/gm)].map((m) => [Number(m[1]), m[2]!] as const);
@@ -305,6 +313,7 @@ async function main(): Promise<void> {
       await emptyHost(ONE);
       const r = await cli(config, 'ship', 'one', A);
       full.push(r.secs);
+      log(`full ship ${r.secs.toFixed(1)} s: ${phases(r.err)}`);
     }
     row(
       'full ship to one host vs ssh+tar -xzf',
@@ -321,9 +330,10 @@ async function main(): Promise<void> {
     for (let i = 0; i < RUNS; i++) {
       const r = await cli(config, 'ship', 'one', B);
       deltaSecs.push(r.secs);
-      const m = /delta: sent \d+ files \(([\d.]+) MB compressed/.exec(r.err);
+      log(`delta ship ${r.secs.toFixed(1)} s: ${phases(r.err)}`);
+      const m = /delta: sent \d+ files \((\d+) bytes compressed/.exec(r.err);
       if (!m) throw new Error(`the ship of B was not a delta:\n${r.err}`);
-      deltaBytes.push(Number(m[1]) * 1e6);
+      deltaBytes.push(Number(m[1]));
       await onHost(
         ONE,
         `ln -s releases/${A} ${ROOT}/current.bench && mv -T ${ROOT}/current.bench ${ROOT}/current && rm -rf ${ROOT}/releases/${B} ${ROOT}/.ckan-release/manifests/${B}.json`,

@@ -439,7 +439,7 @@ async function sendRelease(
         { stdin: Readable.from([d.data]), onProgress: progress(s, h.name, d.data.length, t0) },
       );
       s.say(
-        `${h.name}: delta: sent ${d.files} files (${(d.data.length / 1e6).toFixed(2)} MB compressed, ${(d.bytes / 1e6).toFixed(1)} MB) in ${((Date.now() - t0) / 1000).toFixed(1)} s, ${copied}`,
+        `${h.name}: delta: sent ${d.files} files (${d.data.length} bytes compressed, ${(d.bytes / 1e6).toFixed(1)} MB) in ${((Date.now() - t0) / 1000).toFixed(1)} s, ${copied}`,
       );
       return plan.partial!;
     }

@@ -103,7 +103,7 @@ describe('delta ship', () => {
   it('the next sends only the files the host lacks, and the release serves', async () => {
     const r = await ok('ship', 'staging', B);
     const m =
-      /p6-d0: delta: sent (\d+) files \(([\d.]+) MB compressed, [\d.]+ MB\) in [\d.]+ s, (\d+) files \(([\d.]+) MB\) copied from (\S+)/.exec(
+      /p6-d0: delta: sent (\d+) files \((\d+) bytes compressed, [\d.]+ MB\) in [\d.]+ s, (\d+) files \(([\d.]+) MB\) copied from (\S+)/.exec(
         r.err,
       );
     expect(m, r.err).not.toBeNull();
