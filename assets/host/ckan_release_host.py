@@ -628,11 +628,16 @@ def cmd_delta(args):
 def verify_tree(release, manifest):
     """Every manifest entry exists with its type, mode, link target and sha256; nothing else exists."""
     entries = dict((e["path"], e) for e in manifest["files"])
+    allowed = set(manifest.get("_allowed_extra", []))
+    release = release.rstrip("/")
+    prefix = release + "/"
     extra = []
     for dirpath, dirnames, filenames in os.walk(release):
+        # Paths by slicing, not os.path.relpath: relpath was a third of finalize's time in a profile.
+        rel_dir = (dirpath + "/")[len(prefix):]
         for name in dirnames + filenames:
-            rel = os.path.relpath(os.path.join(dirpath, name), release)
-            if rel in entries or rel in manifest.get("_allowed_extra", []):
+            rel = rel_dir + name
+            if rel in entries or rel in allowed:
                 continue
             # Bytecode Python wrote at run time for a module the build could not compile: harmless.
             if name == "__pycache__" or (os.path.basename(dirpath) == "__pycache__" and name.endswith(".pyc")):
@@ -640,7 +645,7 @@ def verify_tree(release, manifest):
             extra.append(rel)
     problems = []
     for rel, e in sorted(entries.items()):
-        path = os.path.join(release, rel)
+        path = prefix + rel
         try:
             st = os.lstat(path)
         except OSError:
