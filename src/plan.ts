@@ -165,7 +165,7 @@ export function planDeploy(
               mode: 'full archive',
               bytes: m.archive.bytes,
               files: m.files.length,
-              why: 'not on the host: the whole release archive is sent (this version has no delta transfer)',
+              why: 'not on the host: at most the whole release archive is sent (only the files it lacks when it holds earlier releases)',
             },
         lock: f.lock ? { holder: describeLock(f.lock), expired: f.lock_expired } : null,
         hooks: {
@@ -202,7 +202,7 @@ export function formatDeployPlan(p: DeployPlan): string {
     lines.push(
       h.transfer.mode === 'none'
         ? '    transfer: none (already on the host)'
-        : `    transfer: ${size(h.transfer.bytes)} (${h.transfer.bytes} bytes, ${h.transfer.files} files): the full archive, no delta transfer`,
+        : `    transfer: ${size(h.transfer.bytes)} (${h.transfer.bytes} bytes, ${h.transfer.files} files): at most the full archive; only the files the host lacks when it holds earlier releases`,
     );
     for (const x of h.problems) lines.push(`    WOULD FAIL: ${x}`);
     if (h.lock)

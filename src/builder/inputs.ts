@@ -72,17 +72,24 @@ export function readPatches(config: Config): PatchInput[] {
   return out;
 }
 
-/** A listing (names and sizes) of local find-links directories: new wheels there change the build. */
+/**
+ * What local find-links directories hold, by content: each wheel's name and sha256, per directory
+ * position. Not the directories' paths: the same wheels under another path (a tmp copy of the project,
+ * another checkout) are the same input and must reuse the same base venv image.
+ */
 export function findLinksListing(dirs: string[]): string[] {
   const out: string[] = [];
-  for (const dir of dirs) {
+  dirs.forEach((dir, i) => {
     if (/^[a-z]+:\/\//i.test(dir)) {
       out.push(dir);
-      continue;
+      return;
     }
-    for (const name of readdirSync(dir).sort())
-      out.push(`${dir}/${name}:${statSync(path.join(dir, name)).size}`);
-  }
+    for (const name of readdirSync(dir).sort()) {
+      const file = path.join(dir, name);
+      if (!statSync(file).isFile()) continue;
+      out.push(`${i}/${name}:${createHash('sha256').update(readFileSync(file)).digest('hex')}`);
+    }
+  });
   return out;
 }
 

@@ -17,6 +17,7 @@ import { renderFile, renderString } from '../render/template.js';
 import { SshRemote, SudoPasswordError, type ConnectOptions, type Remote } from '../remote/ssh.js';
 import { resolveTarget } from '../remote/target.js';
 import { AgentRefusal, callAgent, installAgent, type AgentHost } from './agent.js';
+import { DeltaCache } from './delta.js';
 import { installServerFiles, restartHost, restoreServerFiles, type ServerFileChange } from './server.js';
 import { cmd, maybeSudo, shq, type Become } from './shell.js';
 
@@ -286,6 +287,7 @@ async function stageOnHost(
   artifact: StoredArtifact,
   operation: string,
   runOnceHooks: boolean,
+  deltas: DeltaCache,
 ): Promise<string | null> {
   const m = artifact.manifest;
   const python = pythonOf(m);
@@ -336,6 +338,8 @@ async function stageOnHost(
           id: m.id,
           manifest: manifestPath,
           allowed_extra: [s.config.config.file, ...s.config.shared.map((x) => x.link)],
+          // Verified: a later delta may copy from it.
+          keep_manifest: true,
         },
       );
       await h.remote.exec(cmd(maybeSudo(['rm', '-f', manifestPath], h.sudo)));
@@ -370,21 +374,7 @@ async function stageOnHost(
     }
     const manifestPath = await uploadManifest(s, h, m);
     s.events?.emit({ type: 'phase', host: h.name, phase: 'upload', detail: `${m.archive.bytes} bytes` });
-    const t0 = Date.now();
-    const received = await callAgent<{ partial: string }>(
-      agent,
-      'receive',
-      'receive',
-      { root: s.config.root, id: m.id, op: s.op, manifest: manifestPath },
-      {
-        stdin: createReadStream(artifact.archive, { highWaterMark: 1 << 20 }),
-        onProgress: progress(s, h.name, m.archive.bytes, t0),
-      },
-    );
-    const secs = (Date.now() - t0) / 1000;
-    s.say(
-      `${h.name}: received ${(m.archive.bytes / 1e6).toFixed(1)} MB in ${secs.toFixed(1)} s, every file checked against the manifest`,
-    );
+    const received = await sendRelease(s, h, agent, artifact, manifestPath, deltas);
     s.events?.emit({ type: 'phase', host: h.name, phase: 'finalize' });
     await callAgent(
       agent,
@@ -394,7 +384,7 @@ async function stageOnHost(
         root: s.config.root,
         id: m.id,
         op: s.op,
-        partial: received.partial,
+        partial: received,
         manifest: manifestPath,
         config_file: s.config.config.file,
         owner: s.config.deploy.owner ?? null,
@@ -404,7 +394,8 @@ async function stageOnHost(
       },
       { stdin: Readable.from([rendered()]) },
     );
-    await h.remote.exec(cmd(maybeSudo(['rm', '-f', manifestPath], h.sudo)));
+    const needFile = path.posix.join(path.posix.dirname(manifestPath), `${s.op}-need.json`);
+    await h.remote.exec(cmd(maybeSudo(['rm', '-f', manifestPath, needFile], h.sudo)));
     s.say(`${h.name}: staged releases/${m.id} (config rendered, shared paths linked)`);
   }
   for (const hook of s.config.deploy.hooks.beforeSwitch) {
@@ -413,6 +404,93 @@ async function stageOnHost(
   }
   s.events?.emit({ type: 'phase', host: h.name, phase: 'staged', detail: `releases/${m.id}` });
   return facts.current;
+}
+
+interface DeltaPlan {
+  delta: boolean;
+  partial?: string;
+  need: string[] | null;
+  reused?: number;
+  reused_bytes?: number;
+  tampered?: string[];
+  tampered_count?: number;
+  bases: string[];
+}
+
+/** Beyond this share of the release's bytes still to send, a delta is not worth it: the full archive. */
+const DELTA_MAX_SHARE = 0.5;
+
+/**
+ * Gets the release into a partial directory on the host and returns its path: a delta when the host
+ * has earlier releases to copy unchanged files from (the agent hashes each one as it copies it, so a
+ * tampered base file is never used), the full archive otherwise. Either way every received file is
+ * checked against the manifest, and finalize verifies the whole tree again.
+ */
+async function sendRelease(
+  s: Session,
+  h: HostSession,
+  agent: AgentHost,
+  artifact: StoredArtifact,
+  manifestPath: string,
+  deltas: DeltaCache,
+): Promise<string> {
+  const m = artifact.manifest;
+  const t0 = Date.now();
+  const mtime = await deltas.mtime();
+  const plan = await callAgent<DeltaPlan>(agent, 'delta', 'delta', {
+    root: s.config.root,
+    id: m.id,
+    op: s.op,
+    manifest: manifestPath,
+    mtime,
+  });
+  if (plan.tampered_count) {
+    s.say(
+      `${h.name}: ${plan.tampered_count} files of earlier releases differ from their manifests and were not reused (e.g. ${plan.tampered!.slice(0, 3).join(', ')})`,
+    );
+  }
+  if (plan.delta && plan.need) {
+    const sizes = new Map(m.files.map((f) => [f.path, f.size]));
+    const total = m.files.reduce((n, f) => n + f.size, 0);
+    const needBytes = plan.need.reduce((n, p) => n + (sizes.get(p) ?? 0), 0);
+    if (needBytes <= total * DELTA_MAX_SHARE) {
+      const copied = `${plan.reused} files (${((plan.reused_bytes ?? 0) / 1e6).toFixed(1)} MB) copied from ${plan.bases[0]}${plan.bases.length > 1 ? ' and older releases' : ''}`;
+      if (plan.need.length === 0) {
+        s.say(`${h.name}: delta: nothing to send, ${copied}`);
+        return plan.partial!;
+      }
+      const d = await deltas.get(plan.need);
+      await callAgent(
+        agent,
+        'receive the delta',
+        'receive',
+        { root: s.config.root, id: m.id, op: s.op, manifest: manifestPath, delta: { mtime } },
+        { stdin: Readable.from([d.data]), onProgress: progress(s, h.name, d.data.length, t0) },
+      );
+      s.say(
+        `${h.name}: delta: sent ${d.files} files (${d.data.length} bytes compressed, ${(d.bytes / 1e6).toFixed(1)} MB) in ${((Date.now() - t0) / 1000).toFixed(1)} s, ${copied}`,
+      );
+      return plan.partial!;
+    }
+    s.say(
+      `${h.name}: a delta would send ${((needBytes / total) * 100).toFixed(0)}% of the release: sending the full archive`,
+    );
+  }
+  const received = await callAgent<{ partial: string }>(
+    agent,
+    'receive',
+    'receive',
+    { root: s.config.root, id: m.id, op: s.op, manifest: manifestPath },
+    {
+      stdin: createReadStream(artifact.archive, { highWaterMark: 1 << 20 }),
+      onProgress: progress(s, h.name, m.archive.bytes, t0),
+    },
+  );
+  const secs = (Date.now() - t0) / 1000;
+  s.say(
+    `${h.name}: received ${(m.archive.bytes / 1e6).toFixed(1)} MB in ${secs.toFixed(1)} s, every file checked against the manifest`,
+  );
+  return received.partial;
 }
 
 /** Puts the manifest where the agent reads it: <root>/.ckan-release/tmp/<op>-manifest.json. */
@@ -515,10 +593,11 @@ export async function deploy(
   const m = artifact.manifest;
   const python = pythonOf(m);
   const limit = s.env.parallel;
+  const deltas = new DeltaCache(artifact.archive);
   try {
     // Phase 1.
     const staged = await settleAll(s.hosts, limit, (h, i) =>
-      stageOnHost(s, h, artifact, opts.operation, i === 0),
+      stageOnHost(s, h, artifact, opts.operation, i === 0, deltas),
     );
     const failed1 = failures(s.hosts, staged);
     for (const f of failed1) s.events?.emit({ type: 'host-failed', host: f.host, error: message(f.error) });

@@ -198,7 +198,7 @@ describe('plans and events', () => {
     expect(out).toMatch(new RegExp(`^plan: ship ${B} to staging \\(dry run: nothing is changed\\)$`, 'm'));
     expect(out).toContain(`  ${STAGE}: current ${A} -> ${B}\n`);
     expect(out).toContain(
-      `    transfer: ${(bytes / 1e6).toFixed(1)} MB (${bytes} bytes, ${manifestOf(B).files.length} files): the full archive, no delta transfer\n`,
+      `    transfer: ${(bytes / 1e6).toFixed(1)} MB (${bytes} bytes, ${manifestOf(B).files.length} files): at most the full archive; only the files the host lacks when it holds earlier releases\n`,
     );
     expect(out).toMatch(/^ {4}before_switch: .*db upgrade$/m);
     expect(out).toContain(

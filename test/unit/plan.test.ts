@@ -132,7 +132,7 @@ describe('planDeploy', () => {
       `plan: ship ${R4} to production (dry run: nothing is changed)\n  web1: current ${R3} -> ${R4}\n`,
     );
     expect(text).toContain(
-      '    transfer: 31.2 MB (31234567 bytes, 3 files): the full archive, no delta transfer\n',
+      '    transfer: 31.2 MB (31234567 bytes, 3 files): at most the full archive; only the files the host lacks when it holds earlier releases\n',
     );
     expect(text).toContain('    transfer: none (already on the host)\n');
     expect(text).toContain(

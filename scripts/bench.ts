@@ -1,0 +1,427 @@
+// npm run bench: the performance goals of issue 6, measured against baselines taken in the same run.
+//
+// A realistic release (the example project plus generated ballast wheels: about 250 MB in about 25,000
+// files, in the base venv like CKAN's own requirements), sandbox hosts, and one table; every row is the
+// median of BENCH_RUNS runs (default 3; builds BENCH_BUILD_RUNS, default 2). Writes
+// bench/results/latest.json. Not part of `npm test`.
+//
+//   BENCH_PREFIX  sandbox host names are <prefix>1..8 (default "bench")
+//   BENCH_KEEP=1  keep the sandbox hosts and the project directory afterwards
+import { execFileSync, spawn } from 'node:child_process';
+import {
+  closeSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import type Docker from 'dockerode';
+import { execInContainer } from '../src/docker/run.js';
+import { containerName, freePorts, sandboxDown } from '../src/sandbox/sandbox.js';
+import { testDocker } from '../test/support/docker.js';
+import { testProject, type TestProject } from '../test/support/project.js';
+
+const RUNS = Number(process.env.BENCH_RUNS ?? 3);
+const BUILD_RUNS = Number(process.env.BENCH_BUILD_RUNS ?? 2);
+const PREFIX = process.env.BENCH_PREFIX ?? 'bench';
+const FLEET = Array.from({ length: 8 }, (_, i) => `${PREFIX}${i + 1}`);
+const ONE = FLEET[0]!;
+const ROOT = '/usr/lib/ckan';
+const BALLAST = { packages: 20, files: 1000, version: 1 };
+const BALLAST_DIR = path.resolve(
+  'bench/.cache',
+  `ballast-v${BALLAST.version}-${BALLAST.packages}x${BALLAST.files}`,
+);
+const FIXED_GIT_DATE = '2024-01-01T00:00:00Z';
+
+const t0 = performance.now();
+const log = (line: string) =>
+  process.stderr.write(`[bench ${((performance.now() - t0) / 1000).toFixed(0).padStart(4)}s] ${line}\n`);
+
+interface Row {
+  name: string;
+  value: number;
+  unit: string;
+  baseline: number | null;
+  ratio: number | null;
+  goal: string;
+  met: boolean;
+  runs: number[];
+  baseline_runs: number[] | null;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+let docker: Docker;
+let project: TestProject;
+let sandboxDir: string;
+
+/** Runs the CLI as a user would (bin/ckan-release), returns seconds and output; fails on non-zero exit. */
+function cli(config: string, ...argv: string[]): Promise<{ secs: number; out: string; err: string }> {
+  return new Promise((resolve, reject) => {
+    const start = performance.now();
+    const child = spawn(process.execPath, ['bin/ckan-release', '--config', config, ...argv], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: process.env,
+    });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (c: Buffer) => (out += c.toString()));
+    child.stderr.on('data', (c: Buffer) => (err += c.toString()));
+    child.on('close', (code) => {
+      const secs = (performance.now() - start) / 1000;
+      if (code === 0) resolve({ secs, out, err });
+      else reject(new Error(`ckan-release ${argv.join(' ')} exited ${code}:\n${err.slice(-3000)}`));
+    });
+  });
+}
+
+async function onHost(host: string, script: string): Promise<string> {
+  const r = await execInContainer(docker, containerName(host), ['sh', '-c', script]);
+  if (r.code !== 0) throw new Error(`${host}: ${script}: exit ${r.code}: ${r.stdout}${r.stderr}`);
+  return r.stdout;
+}
+
+/** A host with no release at all (setup done). */
+function emptyHost(host: string): Promise<string> {
+  return onHost(
+    host,
+    `rm -rf ${ROOT}/releases/* ${ROOT}/releases/.partial-* ${ROOT}/current ${ROOT}/.ckan-release/manifests ${ROOT}/.ckan-release/ledger.jsonl`,
+  );
+}
+
+function timeBaseline(archive: string): number {
+  // The system OpenSSH client, as the issue says: ssh host 'tar -xzf - -C DIR' < release.tar.gz.
+  const cfg = path.join(sandboxDir, 'ssh_config');
+  const dir = '/tmp/bench-baseline';
+  execFileSync('ssh', ['-F', cfg, ONE, `rm -rf ${dir}`]);
+  const fd = openSync(archive, 'r'); // the shell's `< release.tar.gz`
+  const start = performance.now();
+  try {
+    execFileSync('ssh', ['-F', cfg, ONE, `mkdir -p ${dir} && tar -xzf - -C ${dir}`], {
+      stdio: [fd, 'ignore', 'inherit'],
+    });
+  } finally {
+    closeSync(fd);
+  }
+  const secs = (performance.now() - start) / 1000;
+  execFileSync('ssh', ['-F', cfg, ONE, `rm -rf ${dir}`]);
+  return secs;
+}
+
+function git(repo: string, args: string[]): string {
+  return execFileSync('git', ['-C', repo, ...args], {
+    encoding: 'utf8',
+    env: {
+      ...process.env,
+      GIT_AUTHOR_NAME: 'bench',
+      GIT_AUTHOR_EMAIL: 'bench@ckan-release.invalid',
+      GIT_COMMITTER_NAME: 'bench',
+      GIT_COMMITTER_EMAIL: 'bench@ckan-release.invalid',
+      GIT_AUTHOR_DATE: FIXED_GIT_DATE,
+      GIT_COMMITTER_DATE: FIXED_GIT_DATE,
+    },
+  }).trim();
+}
+
+async function prepareProject(): Promise<{ config: string; warm: string[] }> {
+  project = await testProject();
+  sandboxDir = path.join(project.dir, '.ckan-release', 'sandbox');
+  if (!existsSync(path.join(BALLAST_DIR, 'done'))) {
+    log(`generating ballast wheels into ${BALLAST_DIR} (once)`);
+    rmSync(BALLAST_DIR, { recursive: true, force: true });
+    execFileSync('python3', [
+      'bench/ballast.py',
+      BALLAST_DIR,
+      String(BALLAST.packages),
+      String(BALLAST.files),
+    ]);
+    writeFileSync(path.join(BALLAST_DIR, 'done'), '');
+  }
+  rmSync(path.join(BALLAST_DIR, 'done'), { force: true });
+  // CKAN's requirements name the ballast, so it lands in the base venv, as CKAN's own dependencies do.
+  const ckan = project.fixtures.repos.ckan.path;
+  git(ckan, ['checkout', '-q', '-B', 'bench', 'ckan-2.9.11']);
+  const reqFile = path.join(ckan, 'requirements.txt');
+  const req = readFileSync(reqFile, 'utf8');
+  const ballastReqs = Array.from(
+    { length: BALLAST.packages },
+    (_, i) => `ballast${String(i).padStart(2, '0')}==1.0`,
+  );
+  writeFileSync(reqFile, req.trimEnd() + '\n' + ballastReqs.join('\n') + '\n');
+  git(ckan, ['commit', '-q', '-am', 'bench: ballast requirements']);
+  git(ckan, ['tag', '-f', 'bench-ballast']);
+  writeFileSync(path.join(BALLAST_DIR, 'done'), '');
+
+  const ports = await freePorts(2 * FLEET.length);
+  const hostVars = (hosts: string[]) =>
+    hosts
+      .map((h) => {
+        const i = FLEET.indexOf(h);
+        return `      ${h}: { ssh_port: ${ports[2 * i]}, http_port: ${ports[2 * i + 1]} }`;
+      })
+      .join('\n');
+  const envs = (name: string, hosts: string[]) =>
+    [
+      `  ${name}:`,
+      `    hosts: [${hosts.join(', ')}]`,
+      '    user: deploy',
+      '    ssh_config: .ckan-release/sandbox/ssh_config',
+      '    parallel: 8',
+      '    host_vars:',
+      hostVars(hosts),
+      '    vars: { site_url: "http://bench.test", site_title: "Bench" }',
+      '    secrets: secrets/staging.yml',
+    ].join('\n');
+  let text = readFileSync(project.config, 'utf8');
+  text = text.replace('ref: ckan-2.9.11', 'ref: bench-ballast');
+  text = text.replace(
+    'find_links: [./.fixtures/wheelhouse]',
+    `find_links: [./.fixtures/wheelhouse, ${BALLAST_DIR}]`,
+  );
+  text = text.replace('keep_releases: 3', 'keep_releases: 5');
+  // No hooks: the bench measures shipping, not the example's `ckan db upgrade`.
+  text = text.replace(/ {2}hooks:\n {4}before_switch:\n(?: {6}.*\n)+/, '');
+  text =
+    text.slice(0, text.indexOf('environments:')) +
+    'environments:\n' +
+    envs('one', [ONE]) +
+    '\n' +
+    envs('fleet', FLEET) +
+    '\n';
+  writeFileSync(project.config, text);
+  // Warm builds alternate the showcase extension between two tags: one extension changed each time.
+  const warm = [
+    project.variant('showcase-1.0.0', (t) => t.replace('ref: v1.1.0', 'ref: v1.0.0')),
+    project.config,
+  ];
+  return { config: project.config, warm };
+}
+
+function baseTagOf(err: string): { reused: boolean; tag: string } {
+  const m = /base venv: (reused|building) (ckan-release-base:\S+)/.exec(err);
+  if (!m) throw new Error(`no base venv line in the build output:\n${err.slice(-2000)}`);
+  return { reused: m[1] === 'reused', tag: m[2]! };
+}
+
+/** The ship's own lines that time its phases (received / delta / staged), for the profile. */
+function phases(err: string): string {
+  return err
+    .split('\n')
+    .filter((l) => /received|delta:|staged|healthy/.test(l))
+    .join(' | ');
+}
+
+function stepTimes(err: string): string {
+  // "[   0.4s] clone" lines: the time of each step, for the profile of a slow build.
+  const steps = [...err.matchAll(/^\[\s*([\d.]+)s\] (\S.*)$/gm)].map((m) => [Number(m[1]), m[2]!] as const);
+  return steps.map(([t, name], i) => `${name} ${((steps[i + 1]?.[0] ?? t) - t).toFixed(1)}s`).join(', ');
+}
+
+async function main(): Promise<void> {
+  docker = await testDocker();
+  log(`runs: ${RUNS} (builds ${BUILD_RUNS}); hosts ${FLEET.join(', ')}`);
+  const { config, warm } = await prepareProject();
+  const rows: Row[] = [];
+  const row = (
+    name: string,
+    runs: number[],
+    unit: string,
+    baselineRuns: number[] | null,
+    goal: string,
+    met: (value: number, ratio: number | null) => boolean,
+  ) => {
+    const value = median(runs);
+    const baseline = baselineRuns ? median(baselineRuns) : null;
+    const ratio = baseline ? value / baseline : null;
+    const r: Row = {
+      name,
+      value,
+      unit,
+      baseline,
+      ratio,
+      goal,
+      met: met(value, ratio),
+      runs,
+      baseline_runs: baselineRuns,
+    };
+    rows.push(r);
+    log(`${name}: ${value.toFixed(3)} ${unit}${ratio !== null ? ` (ratio ${ratio.toFixed(3)})` : ''}`);
+  };
+
+  try {
+    // ---- builds: cold (no base venv image, no git mirrors) vs warm (one extension changed).
+    const cold: number[] = [];
+    let A = '';
+    let baseTag: string | undefined;
+    for (let i = 0; i < BUILD_RUNS; i++) {
+      if (baseTag) execFileSync('docker', ['rmi', baseTag], { stdio: 'ignore' });
+      rmSync(process.env.CKAN_RELEASE_CACHE!, { recursive: true, force: true });
+      let b = await cli(config, 'build');
+      const base = baseTagOf(b.err);
+      baseTag = base.tag;
+      if (base.reused) {
+        // Left by an earlier bench run: not a cold build. Remove it and build again.
+        execFileSync('docker', ['rmi', baseTag], { stdio: 'ignore' });
+        rmSync(process.env.CKAN_RELEASE_CACHE!, { recursive: true, force: true });
+        b = await cli(config, 'build');
+      }
+      cold.push(b.secs);
+      A = b.out.trim().split('\n').pop()!;
+      log(`cold build ${b.secs.toFixed(1)} s: ${stepTimes(b.err)}`);
+    }
+    const warmRuns: number[] = [];
+    let B = '';
+    for (let i = 0; i < BUILD_RUNS; i++) {
+      const b = await cli(warm[i % 2]!, 'build');
+      if (!baseTagOf(b.err).reused) throw new Error('a warm build did not reuse the base venv');
+      warmRuns.push(b.secs);
+      if (i === 0) B = b.out.trim().split('\n').pop()!;
+      log(`warm build ${b.secs.toFixed(1)} s: ${stepTimes(b.err)}`);
+    }
+    const store = path.join(project.dir, '.ckan-release', 'artifacts');
+    const manifestA = JSON.parse(readFileSync(path.join(store, A, 'manifest.json'), 'utf8')) as {
+      files: { size: number }[];
+      archive: { bytes: number };
+    };
+    const archiveA = path.join(store, A, 'release.tar.gz');
+    const archiveB = path.join(store, B, 'release.tar.gz');
+    const releaseBytes = manifestA.files.reduce((n, f) => n + f.size, 0);
+    log(
+      `release A ${A}: ${manifestA.files.length} entries, ${(releaseBytes / 1e6).toFixed(0)} MB, archive ${(statSync(archiveA).size / 1e6).toFixed(1)} MB; B ${B}`,
+    );
+
+    // ---- hosts
+    await cli(config, 'sandbox', 'up');
+    await cli(config, 'setup', 'fleet');
+
+    // ---- full ship to one host vs ssh + tar -xzf
+    const full: number[] = [];
+    const baseline: number[] = [];
+    for (let i = 0; i < RUNS; i++) {
+      baseline.push(timeBaseline(archiveA));
+      await emptyHost(ONE);
+      const r = await cli(config, 'ship', 'one', A);
+      full.push(r.secs);
+      log(`full ship ${r.secs.toFixed(1)} s: ${phases(r.err)}`);
+    }
+    row(
+      'full ship to one host vs ssh+tar -xzf',
+      full,
+      's',
+      baseline,
+      'ratio <= 1.15',
+      (_, r) => r !== null && r <= 1.15,
+    );
+
+    // ---- delta ship (B after A) vs full ship
+    const deltaSecs: number[] = [];
+    const deltaBytes: number[] = [];
+    for (let i = 0; i < RUNS; i++) {
+      const r = await cli(config, 'ship', 'one', B);
+      deltaSecs.push(r.secs);
+      log(`delta ship ${r.secs.toFixed(1)} s: ${phases(r.err)}`);
+      const m = /delta: sent \d+ files \((\d+) bytes compressed/.exec(r.err);
+      if (!m) throw new Error(`the ship of B was not a delta:\n${r.err}`);
+      deltaBytes.push(Number(m[1]));
+      await onHost(
+        ONE,
+        `ln -s releases/${A} ${ROOT}/current.bench && mv -T ${ROOT}/current.bench ${ROOT}/current && rm -rf ${ROOT}/releases/${B} ${ROOT}/.ckan-release/manifests/${B}.json`,
+      );
+    }
+    const fullBytes = statSync(archiveB).size;
+    row(
+      'delta ship (one extension changed) vs full: bytes sent',
+      deltaBytes,
+      'B',
+      deltaBytes.map(() => fullBytes),
+      'ratio <= 0.02',
+      (_, r) => r !== null && r <= 0.02,
+    );
+    row(
+      'delta ship (one extension changed) vs full: time',
+      deltaSecs,
+      's',
+      full,
+      'ratio <= 0.15',
+      (_, r) => r !== null && r <= 0.15,
+    );
+
+    // ---- 8 hosts vs 1 host (full ships)
+    const fleet: number[] = [];
+    for (let i = 0; i < RUNS; i++) {
+      await Promise.all(FLEET.map((h) => emptyHost(h)));
+      fleet.push((await cli(config, 'ship', 'fleet', A)).secs);
+    }
+    row('ship to 8 hosts vs 1 host', fleet, 's', full, 'ratio <= 1.5', (_, r) => r !== null && r <= 1.5);
+
+    // ---- rollback on 8 hosts, without the restart command
+    await cli(config, 'ship', 'fleet', B);
+    const noRestart = project.variant('no-restart', (t) => t.replace(/restart: .*/, 'restart: "true"'));
+    const rollback: number[] = [];
+    for (let i = 0; i < RUNS; i++) {
+      rollback.push((await cli(noRestart, 'rollback', 'fleet', '--to', i % 2 ? B : A)).secs);
+    }
+    row('rollback on 8 hosts (restart excluded)', rollback, 's', null, '<= 3 s', (v) => v <= 3);
+
+    row(
+      'warm rebuild (one extension changed) vs cold build',
+      warmRuns,
+      's',
+      cold,
+      'ratio <= 0.15',
+      (_, r) => r !== null && r <= 0.15,
+    );
+
+    const result = {
+      date: new Date().toISOString(),
+      machine: `${os.cpus().length} x ${os.cpus()[0]?.model ?? '?'}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, ${os.type()} ${os.release()}, Node ${process.version}`,
+      release: {
+        entries: manifestA.files.length,
+        bytes: releaseBytes,
+        archive_bytes: manifestA.archive.bytes,
+      },
+      rows,
+    };
+    mkdirSync('bench/results', { recursive: true });
+    writeFileSync('bench/results/latest.json', JSON.stringify(result, null, 2) + '\n');
+    const fmt = (v: number | null, unit = '') =>
+      v === null
+        ? ''
+        : unit === 'B'
+          ? `${(v / 1e6).toFixed(2)} MB`
+          : `${v.toFixed(2)}${unit ? ' ' + unit : ''}`;
+    const lines = [
+      `| row | value | baseline | ratio | goal | met |`,
+      `|---|---|---|---|---|---|`,
+      ...rows.map(
+        (r) =>
+          `| ${r.name} | ${fmt(r.value, r.unit)} | ${fmt(r.baseline, r.unit)} | ${r.ratio === null ? '' : r.ratio.toFixed(3)} | ${r.goal} | ${r.met ? 'yes' : 'no'} |`,
+      ),
+    ];
+    process.stdout.write(
+      `\n${result.date}, ${result.machine}\nrelease: ${result.release.entries} entries, ${(releaseBytes / 1e6).toFixed(0)} MB, archive ${(result.release.archive_bytes / 1e6).toFixed(1)} MB; medians of ${RUNS} runs (builds ${BUILD_RUNS})\n\n${lines.join('\n')}\n`,
+    );
+    log(`done in ${((performance.now() - t0) / 1000).toFixed(0)} s; bench/results/latest.json written`);
+  } finally {
+    if (!process.env.BENCH_KEEP) {
+      await sandboxDown(docker, { dir: sandboxDir }, () => undefined).catch(() => undefined);
+      rmSync(project.dir, { recursive: true, force: true });
+    }
+  }
+}
+
+main().catch((e: unknown) => {
+  process.stderr.write(`bench failed: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
+  process.exit(1);
+});
