@@ -26,6 +26,7 @@ import { execInContainer } from '../src/docker/run.js';
 import { containerName, freePorts, sandboxDown } from '../src/sandbox/sandbox.js';
 import { testDocker } from '../test/support/docker.js';
 import { testProject, type TestProject } from '../test/support/project.js';
+import { restartContrast } from '../bench/restart-contrast.js';
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const BUILD_RUNS = Number(process.env.BENCH_BUILD_RUNS ?? 2);
@@ -39,6 +40,7 @@ const BALLAST_DIR = path.resolve(
   `ballast-v${BALLAST.version}-${BALLAST.packages}x${BALLAST.files}`,
 );
 const FIXED_GIT_DATE = '2024-01-01T00:00:00Z';
+const RESTART_SWITCHES = Number(process.env.BENCH_RESTART_SWITCHES ?? 20);
 
 const t0 = performance.now();
 const log = (line: string) =>
@@ -382,6 +384,22 @@ async function main(): Promise<void> {
       'ratio <= 0.15',
       (_, r) => r !== null && r <= 0.15,
     );
+
+    if (!process.env.BENCH_SKIP_RESTART) {
+      // The restart recipe's contrast (README "Web servers"): a small release, one Apache host.
+      const c = await restartContrast(RESTART_SWITCHES, log);
+      log(
+        `restart contrast: plain graceful ${c.plain.failures} of ${c.plain.requests} failed; apache-graceful ${c.recipe.failures} of ${c.recipe.requests}`,
+      );
+      row(
+        `failed requests over ${c.switches} switches under load: apache-graceful vs plain apachectl graceful`,
+        [c.recipe.failures],
+        'requests',
+        [c.plain.failures],
+        '0 failed',
+        (v) => v === 0,
+      );
+    }
 
     const result = {
       date: new Date().toISOString(),
