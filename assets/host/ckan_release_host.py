@@ -412,6 +412,9 @@ def cmd_receive(args):
     except (tarfile.TarError, EOFError, IOError, OSError) as e:
         if isinstance(e, Refused):
             raise
+        if no_space(e):
+            raise Refused("no-space", "no space left on the host under %s while unpacking the release: %s"
+                          % (args["root"], e))
         raise Refused("bad-artifact", "the archive is damaged or truncated: %s" % e)
     missing = sorted(set(entries) - seen)
     if missing:
@@ -633,6 +636,18 @@ def cmd_prune(args):
         if args["op"] not in d:
             shutil.rmtree(os.path.join(p["releases"], d), ignore_errors=True)
             removed.append({"release": None, "path": d, "why": "partial directory left by an interrupted operation"})
+    # Files an interrupted operation left in .ckan-release/tmp (its uploaded manifest): we hold the lock,
+    # so no other operation is using them.
+    tmp = os.path.join(p["meta"], "tmp")
+    for name in sorted(os.listdir(tmp)) if os.path.isdir(tmp) else []:
+        if not name.startswith(args["op"] + "-"):
+            path = os.path.join(tmp, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.unlink(path)
+            removed.append({"release": None, "path": ".ckan-release/tmp/" + name,
+                            "why": "temporary file left by an interrupted operation"})
     if removed:
         ledger_append(p, [{"event": "pruned", "release": r["release"], "why": r["why"], "op": args["op"]}
                           for r in removed if r["release"]])
@@ -689,6 +704,11 @@ def cmd_health(args):
         time.sleep(0.5)
 
 
+def no_space(e):
+    """A full disk (blocks or inodes) or an exhausted quota."""
+    return getattr(e, "errno", None) in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
 COMMANDS = {
     "facts": cmd_facts,
     "setup": cmd_setup,
@@ -715,6 +735,11 @@ def main():
         COMMANDS[sys.argv[1]](args)
     except Refused as e:
         out({"error": e.kind, "message": e.message, "details": e.details})
+        return 3
+    except (IOError, OSError) as e:
+        if not no_space(e):
+            raise
+        out({"error": "no-space", "message": "no space left on the host: %s" % e, "details": {}})
         return 3
     return 0
 
