@@ -692,6 +692,7 @@ describe('7. hostile inputs', () => {
         ),
     );
     const r = await project.cli('--config', config, 'ship', 'fleet', B);
+    expect(await pwned()).toEqual([]);
     expect(r.code, r.err).toBe(0);
     await waitServing(FLEET, B);
     for (const h of FLEET) {
@@ -944,11 +945,13 @@ describe('8. secrets', () => {
     const run = async (cfg: string, ...argv: string[]) => {
       const r = await project.cli('--config', cfg, '--vault-password-file', passwordFile, ...argv);
       outputs.push(`$ ${argv.join(' ')} (exit ${r.code})\n${r.out}${r.err}`);
-      return r;
+      return { code: r.code, toString: () => outputs.at(-1)! };
     };
     // Each output format, on success and failure (with --debug's stack traces too).
-    expect((await run(config, 'ship', 'fleet', A)).code).toBe(0);
-    expect((await run(config, '--json', 'ship', 'fleet', B)).code).toBe(0);
+    const shipA = await run(config, 'ship', 'fleet', A);
+    expect(shipA.code, String(shipA)).toBe(0);
+    const shipB = await run(config, '--json', 'ship', 'fleet', B);
+    expect(shipB.code, String(shipB)).toBe(0);
     for (const json of [[], ['--json']]) {
       expect((await run(config, ...json, 'ship', 'fleet', A, '--dry-run')).code).toBe(0);
       expect((await run(failing, ...json, '--debug', 'ship', 'fleet', A)).code).toBe(1);
