@@ -339,6 +339,25 @@ def safe_member_path(name):
     return name
 
 
+class CountingReader(object):
+    """The archive as it arrives on stdin, counted and hashed to be checked against the manifest's."""
+
+    def __init__(self, f):
+        self.f = f
+        self.bytes = 0
+        self.sha256 = hashlib.sha256()
+
+    def read(self, n=-1):
+        data = self.f.read(n) if n is not None and n >= 0 else self.f.read()
+        self.bytes += len(data)
+        self.sha256.update(data)
+        return data
+
+    def drain(self):
+        while self.read(1 << 20):
+            pass
+
+
 def cmd_receive(args):
     """stdin: release.tar.gz. Unpacks into a hidden partial directory, checking every member against the
     manifest BEFORE writing it, then checks that every manifest entry arrived intact."""
@@ -355,7 +374,7 @@ def cmd_receive(args):
     os.makedirs(partial)
     seen = set()
     dir_mtimes = {}
-    stdin = getattr(sys.stdin, "buffer", sys.stdin)
+    stdin = CountingReader(getattr(sys.stdin, "buffer", sys.stdin))
     try:
         tar = tarfile.open(fileobj=stdin, mode="r|gz")
         for member in tar:
@@ -409,6 +428,7 @@ def cmd_receive(args):
             else:
                 raise Refused("bad-artifact", "archive entry %s is a device, fifo or hard link: refused" % rel)
         tar.close()
+        stdin.drain()
     except (tarfile.TarError, EOFError, IOError, OSError) as e:
         if isinstance(e, Refused):
             raise
@@ -416,6 +436,11 @@ def cmd_receive(args):
             raise Refused("no-space", "no space left on the host under %s while unpacking the release: %s"
                           % (args["root"], e))
         raise Refused("bad-artifact", "the archive is damaged or truncated: %s" % e)
+    # The whole archive, byte for byte: gzip's stream reader may stop quietly where a cut archive ends.
+    want = manifest.get("archive") or {}
+    if "bytes" in want and (stdin.bytes != want["bytes"] or stdin.sha256.hexdigest() != want.get("sha256")):
+        raise Refused("bad-artifact", "the archive is damaged or truncated: %d bytes arrived (sha256 %s), the manifest's "
+                      "archive has %d (sha256 %s)" % (stdin.bytes, stdin.sha256.hexdigest(), want["bytes"], want.get("sha256")))
     missing = sorted(set(entries) - seen)
     if missing:
         raise Refused("bad-artifact", "%d manifest entries are missing from the archive, e.g. %s" % (len(missing), missing[0]))
