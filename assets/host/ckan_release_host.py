@@ -341,6 +341,25 @@ def safe_member_path(name):
     return name
 
 
+class CountingReader(object):
+    """The archive as it arrives on stdin, counted and hashed to be checked against the manifest's."""
+
+    def __init__(self, f):
+        self.f = f
+        self.bytes = 0
+        self.sha256 = hashlib.sha256()
+
+    def read(self, n=-1):
+        data = self.f.read(n) if n is not None and n >= 0 else self.f.read()
+        self.bytes += len(data)
+        self.sha256.update(data)
+        return data
+
+    def drain(self):
+        while self.read(1 << 20):
+            pass
+
+
 def cmd_receive(args):
     """stdin: release.tar.gz. Unpacks into a hidden partial directory, checking every member against the
     manifest BEFORE writing it, then checks that every manifest entry arrived intact.
@@ -371,7 +390,7 @@ def cmd_receive(args):
     dir_mtimes = {}
     real_partial = os.path.realpath(partial)
     real_parents = {}
-    stdin = getattr(sys.stdin, "buffer", sys.stdin)
+    stdin = CountingReader(getattr(sys.stdin, "buffer", sys.stdin))
     try:
         tar = tarfile.open(fileobj=stdin, mode="r|gz")
         for member in tar:
@@ -431,10 +450,20 @@ def cmd_receive(args):
             else:
                 raise Refused("bad-artifact", "archive entry %s is a device, fifo or hard link: refused" % rel)
         tar.close()
+        stdin.drain()
     except (tarfile.TarError, EOFError, IOError, OSError) as e:
         if isinstance(e, Refused):
             raise
+        if no_space(e):
+            raise Refused("no-space", "no space left on the host under %s while unpacking the release: %s"
+                          % (args["root"], e))
         raise Refused("bad-artifact", "the archive is damaged or truncated: %s" % e)
+    # The whole archive, byte for byte: gzip's stream reader may stop quietly where a cut archive ends.
+    # A delta archive is checked against the bytes and sha256 the sender gave for it.
+    want = (delta if delta else manifest.get("archive")) or {}
+    if "bytes" in want and (stdin.bytes != want["bytes"] or stdin.sha256.hexdigest() != want.get("sha256")):
+        raise Refused("bad-artifact", "the archive is damaged or truncated: %d bytes arrived (sha256 %s), expected "
+                      "%d (sha256 %s)" % (stdin.bytes, stdin.sha256.hexdigest(), want["bytes"], want.get("sha256")))
     missing = sorted(expected - seen)
     if missing:
         raise Refused("bad-artifact", "%d manifest entries are missing from the archive, e.g. %s" % (len(missing), missing[0]))
@@ -845,6 +874,18 @@ def cmd_prune(args):
         if args["op"] not in d:
             shutil.rmtree(os.path.join(p["releases"], d), ignore_errors=True)
             removed.append({"release": None, "path": d, "why": "partial directory left by an interrupted operation"})
+    # Files an interrupted operation left in .ckan-release/tmp (its uploaded manifest): we hold the lock,
+    # so no other operation is using them.
+    tmp = os.path.join(p["meta"], "tmp")
+    for name in sorted(os.listdir(tmp)) if os.path.isdir(tmp) else []:
+        if not name.startswith(args["op"] + "-"):
+            path = os.path.join(tmp, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.unlink(path)
+            removed.append({"release": None, "path": ".ckan-release/tmp/" + name,
+                            "why": "temporary file left by an interrupted operation"})
     if removed:
         ledger_append(p, [{"event": "pruned", "release": r["release"], "why": r["why"], "op": args["op"]}
                           for r in removed if r["release"]])
@@ -1135,6 +1176,11 @@ def cmd_health(args):
         time.sleep(0.5)
 
 
+def no_space(e):
+    """A full disk (blocks or inodes) or an exhausted quota."""
+    return getattr(e, "errno", None) in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
 COMMANDS = {
     "facts": cmd_facts,
     "setup": cmd_setup,
@@ -1165,6 +1211,11 @@ def main():
         COMMANDS[sys.argv[1]](args)
     except Refused as e:
         out({"error": e.kind, "message": e.message, "details": e.details})
+        return 3
+    except (IOError, OSError) as e:
+        if not no_space(e):
+            raise
+        out({"error": "no-space", "message": "no space left on the host: %s" % e, "details": {}})
         return 3
     return 0
 

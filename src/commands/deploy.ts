@@ -13,6 +13,7 @@ import { installServerFiles } from '../deploy/server.js';
 import { readFactsReadOnly, readSetupFacts, serverFilePlans } from '../deploy/dry-run.js';
 import {
   closeSession,
+  deadLocalHolder,
   deploy,
   describeHolder,
   openSession,
@@ -475,6 +476,8 @@ export function registerDeploy(program: Command, io: Io, dryRun: () => import('c
           rollback_target: f.rollback_target,
           releases: f.releases.map((r) => ({ id: r.id, state: r.state, time: r.time })),
           lock: f.lock,
+          // Held by a ckan-release of this machine that no longer runs (killed, crashed).
+          lock_stale: deadLocalHolder(f.lock) !== undefined,
         }));
         if (globals(c).json) {
           io.out(JSON.stringify({ environment: envName, hosts }) + '\n');
@@ -484,7 +487,10 @@ export function registerDeploy(program: Command, io: Io, dryRun: () => import('c
           io.out(
             `${h.host}\n  current:         ${h.current ?? 'none'}\n  rollback target: ${h.rollback_target ?? 'none'}\n`,
           );
-          io.out(`  lock:            ${h.lock ? describeHolder(h.lock) : 'none'}\n  releases:\n`);
+          const stale = h.lock_stale
+            ? ' - its process is gone: the next operation from this machine takes it over (elsewhere: `ckan-release unlock`)'
+            : '';
+          io.out(`  lock:            ${h.lock ? describeHolder(h.lock) + stale : 'none'}\n  releases:\n`);
           for (const r of [...h.releases].reverse()) {
             io.out(
               `    ${r.id}  ${r.state.padEnd(11)} ${r.time ?? ''}${r.id === h.current ? '  <- current' : ''}\n`,

@@ -3,7 +3,7 @@
 //      releases/<ID>, before_switch hooks. Any failure: nobody switches, partials removed, locks released.
 //   2. switch every host, restart, health check. Any failure: every switched host switches back and
 //      restarts, the release is marked failed. Then after_switch hooks, prune, ledger, unlock.
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -464,7 +464,13 @@ async function sendRelease(
         agent,
         'receive the delta',
         'receive',
-        { root: s.config.root, id: m.id, op: s.op, manifest: manifestPath, delta: { mtime } },
+        {
+          root: s.config.root,
+          id: m.id,
+          op: s.op,
+          manifest: manifestPath,
+          delta: { mtime, bytes: d.data.length, sha256: createHash('sha256').update(d.data).digest('hex') },
+        },
         { stdin: Readable.from([d.data]), onProgress: progress(s, h.name, d.data.length, t0) },
       );
       s.say(

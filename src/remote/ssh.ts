@@ -405,13 +405,44 @@ function forwardOut(client: Client, host: string, port: number): Promise<Duplex>
 
 export class SshRemote implements Remote {
   readonly name: string;
+  /** Set when the connection dropped: the next command connects again (host key checked again). */
+  private lost = false;
+  private closed = false;
+  private reconnecting: Promise<void> | undefined;
   private constructor(
-    private readonly client: Client,
+    private client: Client,
     readonly target: HostTarget,
     /** The jump host connections, first hop first: closed after the target's. */
     private readonly jumpClients: Client[],
   ) {
     this.name = target.name;
+    this.watch(client);
+  }
+
+  private watch(client: Client): void {
+    client.on('close', () => {
+      if (client === this.client) this.lost = true;
+    });
+  }
+
+  /**
+   * A connection that dropped mid-operation (a network cut, a killed sshd) is opened again for the
+   * next command, once: what follows a failure (cleaning up, switching back, unlocking) must still
+   * reach the host. The command that was running when it dropped has failed; it is never re-run.
+   */
+  private async ensureConnected(): Promise<void> {
+    if (!this.lost || this.closed) return;
+    this.reconnecting ??= (async () => {
+      try {
+        const fresh = await SshRemote.connect(this.target);
+        this.client = fresh.client;
+        this.lost = false;
+        this.watch(this.client);
+      } finally {
+        this.reconnecting = undefined;
+      }
+    })();
+    await this.reconnecting;
   }
 
   static async connect(target: HostTarget, opts: ConnectOptions = {}): Promise<SshRemote> {
@@ -441,8 +472,15 @@ export class SshRemote implements Remote {
     return new SshRemote(clients.pop()!, target, clients);
   }
 
-  exec(command: string, opts: ExecOptions = {}): Promise<ExecResult> {
+  async exec(command: string, opts: ExecOptions = {}): Promise<ExecResult> {
+    await this.ensureConnected();
+    return this.execOnce(command, opts);
+  }
+
+  private execOnce(command: string, opts: ExecOptions): Promise<ExecResult> {
     return new Promise((resolve, reject) => {
+      if (this.lost || this.closed)
+        return reject(new HostUnreachableError(`${this.name}: the connection is closed`));
       this.client.exec(command, (err, channel) => {
         if (err)
           return reject(new HostUnreachableError(`${this.name}: cannot run a command: ${err.message}`));
@@ -454,13 +492,21 @@ export class SshRemote implements Remote {
         channel.on('exit', (c: number | null, signal?: string) => {
           code = c ?? (signal ? 128 : 255);
         });
-        channel.on('close', () =>
+        channel.on('close', () => {
+          if (code === null)
+            // No exit status: the connection dropped while the command ran. It may have finished on
+            // the host or not; the caller must find out (and clean up) over a new connection.
+            return reject(
+              new HostUnreachableError(
+                `${this.name}: the connection was lost before the command finished (it may or may not have run to the end)`,
+              ),
+            );
           resolve({
-            code: code ?? 255,
+            code,
             stdout: Buffer.concat(out).toString(),
             stderr: Buffer.concat(errs).toString(),
-          }),
-        );
+          });
+        });
         if (opts.stdin) {
           let sent = 0;
           opts.stdin.on('data', (c: Buffer) => {
@@ -486,6 +532,7 @@ export class SshRemote implements Remote {
   }
 
   close(): void {
+    this.closed = true;
     this.client.end();
     for (const c of [...this.jumpClients].reverse()) c.end();
   }

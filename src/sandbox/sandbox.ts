@@ -68,6 +68,12 @@ export interface SandboxHostSpec {
    * only from there (hosts behind a bastion). Private hosts are left out of the written ssh_config.
    */
   network?: 'host' | 'private' | `with:${string}`;
+  /**
+   * tmpfs mounts: container path -> mount options (as `docker run --tmpfs`), e.g.
+   * `{ '/usr/lib/ckan': 'size=64m' }` for a host whose releases live on a small disk. Each is given
+   * to the deploy user (owner deploy:www-data, 0755), as /usr/lib/ckan is in the image.
+   */
+  tmpfs?: Record<string, string>;
 }
 
 export interface SandboxHost extends SandboxHostSpec {
@@ -437,10 +443,28 @@ export async function sandboxUp(
           RestartPolicy: { Name: 'no' },
           // docker-init as PID 1: reaps the daemons' orphans, passes SIGTERM to the supervisor.
           Init: true,
+          ...(h.tmpfs ? { Tmpfs: h.tmpfs } : {}),
         },
       });
       started.push({ ...h, container: container.id });
       await container.start();
+      for (const mount of Object.keys(h.tmpfs ?? {})) {
+        const r = await execInContainer(docker, container.id, [
+          'install',
+          '-d',
+          '-o',
+          SANDBOX_USER,
+          '-g',
+          'www-data',
+          '-m',
+          '0755',
+          mount,
+        ]);
+        if (r.code !== 0)
+          throw new OperationError(
+            `sandbox host ${h.name}: cannot prepare tmpfs ${mount}: ${r.stderr.trim()}`,
+          );
+      }
       say(
         `host ${h.name}: container ${containerName(h.name)}, ssh 127.0.0.1:${h.sshPort}, http 127.0.0.1:${h.httpPort} (${h.server ?? 'apache'})`,
       );
