@@ -27,7 +27,7 @@ export async function restartContrast(switches: number, say: (l: string) => void
       return `${head.replace('restart: sudo -n /usr/sbin/apachectl graceful', `restart: ${restart}`)}
 server:
   files:
-    - { template: builtin:wsgi.py, dest: /etc/ckan/default/wsgi.py, reload: sudo -n apachectl graceful }
+    - { template: builtin:wsgi.py, dest: /etc/ckan/default/wsgi.py }
     - { template: builtin:apache-vhost.conf, dest: /etc/apache2/sites-available/ckan.conf, reload: sudo -n apachectl graceful }
 environments:
   site:

@@ -970,6 +970,8 @@ def cmd_restore_file(args):
     """Puts back what install-file replaced: the kept copy, or no file at all if there was none."""
     p = paths(args["root"])
     dest = args["dest"]
+    if not os.path.isabs(dest) or ".." in dest.split("/") or os.path.islink(dest):
+        raise Refused("bad-input", "not a server file to restore: %r" % dest)
     backup = args.get("backup")
     if backup:
         if os.path.dirname(backup) != os.path.join(p["meta"], "server-files"):
@@ -1006,7 +1008,8 @@ def lookup_server_ids(owner, group):
 
 
 def process_table():
-    """pid -> (comm, ppid, argv0) for every process this agent can see."""
+    """pid -> (comm, ppid, argv0, start) for every process this agent can see; start is the process's
+    start time in clock ticks since boot (/proc/PID/stat field 22)."""
     procs = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -1022,8 +1025,14 @@ def process_table():
         fields = st[close + 2:].split()
         if fields[0] == "Z":
             continue  # a zombie has exited: it serves nothing
-        procs[int(name)] = (st[st.index("(") + 1:close], int(fields[1]), argv0)
+        procs[int(name)] = (st[st.index("(") + 1:close], int(fields[1]), argv0, int(fields[19]))
     return procs
+
+
+def now_ticks():
+    """Now, in the clock ticks since boot that /proc/PID/stat counts process start times in."""
+    with open("/proc/uptime") as f:
+        return int(float(f.read().split()[0]) * os.sysconf("SC_CLK_TCK"))
 
 
 def alive(pid):
@@ -1044,21 +1053,37 @@ def run_command(argv, what):
     return output
 
 
-def wsgi_daemons(group):
+def display_name_matches(argv0, names):
+    """mod_wsgi writes the display-name over argv[0], cut to the length httpd's argv[0] had (15 characters
+    for /usr/sbin/httpd): a cut name matches too, when at least 8 characters of it are left."""
+    for name in names:
+        if argv0 == name or (len(argv0) >= 8 and name.startswith(argv0)):
+            return True
+    return False
+
+
+def wsgi_daemons(group, procs=None):
     """mod_wsgi daemon processes of a WSGIDaemonProcess group: children of Apache (httpd / apache2)
     whose argv[0] is the group's display-name: "(wsgi:GROUP)" for display-name=%{GROUP}, or GROUP."""
-    procs = process_table()
+    procs = process_table() if procs is None else procs
     names = ("(wsgi:%s)" % group, group)
-    return sorted(pid for pid, (comm, ppid, argv0) in procs.items()
-                  if argv0 in names and ppid in procs and procs[ppid][0] in ("httpd", "apache2"))
+    return sorted(pid for pid, (comm, ppid, argv0, start) in procs.items()
+                  if display_name_matches(argv0, names) and ppid in procs and procs[ppid][0] in ("httpd", "apache2"))
 
 
-def wait_replaced(old, current, timeout, what):
-    """Waits until no pid of `old` is alive and `current()` lists at least one new process."""
+def started_since(pids, mark):
+    procs = process_table()
+    return [pid for pid in pids if pid in procs and procs[pid][3] >= mark]
+
+
+def wait_replaced(old, current, timeout, what, mark):
+    """Waits until no pid of `old` is alive and `current()` lists at least one process started after
+    `mark` (clock ticks since boot, taken before the signal): a process recycled by max-requests just
+    before the signal runs the old code, and does not count."""
     deadline = time.time() + timeout
     while True:
         left = [pid for pid in old if alive(pid)]
-        new = [pid for pid in current() if pid not in old]
+        new = [pid for pid in started_since(current(), mark) if pid not in old]
         if not left and new:
             return new
         if time.time() > deadline:
@@ -1074,11 +1099,13 @@ def restart_apache(args):
     if not old or args.get("first"):
         # Nothing of ours is serving (first release, or Apache without our daemons yet): a plain
         # graceful re-reads the config, which is what a first activation needs.
+        mark = now_ticks()
         run_command([args["command"], "graceful"], "%s graceful" % args["command"])
         new = wait_replaced(old, lambda: wsgi_daemons(group), timeout,
-                            "%s graceful: waiting for mod_wsgi daemon processes of group %s" % (args["command"], group))
+                            "%s graceful: waiting for mod_wsgi daemon processes of group %s" % (args["command"], group), mark)
         return {"method": "apachectl graceful", "old": old, "new": new}
     import signal
+    mark = now_ticks()
     for pid in old:
         try:
             os.kill(pid, signal.SIGUSR1)
@@ -1086,23 +1113,33 @@ def restart_apache(args):
             if e.errno != errno.ESRCH:
                 raise Refused("restart", "cannot signal mod_wsgi daemon process %d: %s" % (pid, e))
     new = wait_replaced(old, lambda: wsgi_daemons(group), timeout,
-                        "graceful restart of mod_wsgi daemon group %s" % group)
+                        "graceful restart of mod_wsgi daemon group %s" % group, mark)
     return {"method": "SIGUSR1 to mod_wsgi daemons", "old": old, "new": new}
 
 
 def uwsgi_master(pidfile):
+    """The live uWSGI master the pidfile names, or None. The pidfile may be writable by the web app's
+    user: the pid is used only if that process really is a uWSGI master (comm or argv[0] says uwsgi)."""
+    if os.path.islink(pidfile):
+        raise Refused("restart", "%s is a symlink: refusing to trust it as the uWSGI pidfile" % pidfile)
     try:
         with open(pidfile) as f:
             pid = int(f.read().strip())
     except (IOError, OSError, ValueError):
         return None
-    return pid if alive(pid) else None
+    proc = process_table().get(pid)
+    if proc is None:
+        return None
+    comm, ppid, argv0, start = proc
+    if "uwsgi" not in comm and "uwsgi" not in os.path.basename(argv0.split(" ")[0]):
+        return None
+    return pid
 
 
 def uwsgi_workers(master):
     if master is None:
         return []
-    return sorted(pid for pid, (comm, ppid, argv0) in process_table().items() if ppid == master)
+    return sorted(pid for pid, (comm, ppid, argv0, start) in process_table().items() if ppid == master)
 
 
 def restart_uwsgi(args):
@@ -1112,18 +1149,23 @@ def restart_uwsgi(args):
     if master is None:
         if not args.get("start"):
             raise Refused("restart", "uwsgi is not running: %s names no live process; set server.uwsgi.start to a command that starts it" % pidfile)
+        mark = now_ticks()
         run_command(["sh", "-c", args["start"]], "starting uwsgi")
         new = wait_replaced([], lambda: uwsgi_workers(uwsgi_master(pidfile)), timeout,
-                            "waiting for uwsgi workers after %r" % args["start"])
+                            "waiting for uwsgi workers after %r" % args["start"], mark)
         return {"method": "start", "old": [], "new": new}
     import signal
     old = uwsgi_workers(master)
     # SIGHUP: uWSGI's graceful reload. The master waits for the workers to finish their requests,
     # then re-executes itself (same pid, the listening socket kept open: new connections wait in its
     # backlog), loads the application anew from `current`, and forks fresh workers.
-    os.kill(master, signal.SIGHUP)
+    mark = now_ticks()
+    try:
+        os.kill(master, signal.SIGHUP)
+    except OSError as e:
+        raise Refused("restart", "cannot signal the uWSGI master %d: %s" % (master, os.strerror(e.errno)))
     new = wait_replaced(old, lambda: uwsgi_workers(uwsgi_master(pidfile)), timeout,
-                        "graceful reload of uwsgi (master %d)" % master)
+                        "graceful reload of uwsgi (master %d)" % master, mark)
     return {"method": "SIGHUP to the uwsgi master", "old": old, "new": new}
 
 

@@ -627,6 +627,9 @@ export async function deploy(
       throw err;
     }
 
+    // A long phase 1 must not have let the locks expire: renew them before anything else changes.
+    await renewLocks(s, python, opts.operation);
+
     // Server files (server.files) whose rendering changed, on every host, before any switch. They
     // point at <root>/current, so the release still served keeps working with them.
     const serverChanges = new Map<HostSession, ServerFileChange[]>();
@@ -654,8 +657,7 @@ export async function deploy(
       }
     }
 
-    // Phase 2. A long phase 1 must not have let the locks expire: renew them first.
-    await renewLocks(s, python, opts.operation);
+    // Phase 2.
     const previousOf = new Map(
       s.hosts.map((h, i) => [h, (staged[i] as PromiseFulfilledResult<string | null>).value]),
     );
@@ -694,14 +696,17 @@ export async function deploy(
       const back = await settleAll(switched, limit, async ({ h, previous }) => {
         s.events?.emit({ type: 'phase', host: h.name, phase: 'switch back', detail: previous ?? 'nothing' });
         await switchHost(s, h, python, previous);
+        // Whatever else fails here, the host is restarted: its server must drop the failed code.
+        let firstError: unknown;
+        const files = serverChanges.get(h);
+        if (files) await restoreServerFiles(s, h, python, files, m).catch((e: unknown) => (firstError ??= e));
+        // Restart even when there was no previous release, so the server drops the failed code.
+        await restartHost(s, h, m, python, { full: previous === null });
         await ledger(s, h, python, [
           { event: 'failed', release: m.id, why },
           ...(previous ? [{ event: 'rolled_back', release: previous, from: m.id }] : []),
-        ]);
-        const files = serverChanges.get(h);
-        if (files) await restoreServerFiles(s, h, python, files, m);
-        // Restart even when there was no previous release, so the server drops the failed code.
-        await restartHost(s, h, m, python, { full: previous === null });
+        ]).catch((e: unknown) => (firstError ??= e));
+        if (firstError) throw firstError;
         s.say(`${h.name}: switched back to ${previous ?? 'nothing'}`);
       });
       // Hosts that never switched got the new server files too: put them back as well.

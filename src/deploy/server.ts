@@ -6,6 +6,7 @@ import { Readable } from 'node:stream';
 import type { Manifest } from '../artifact/manifest.js';
 import { RESTART_RECIPES, type RestartRecipe } from '../config/schema.js';
 import type { ServerFile } from '../config/types.js';
+import { OperationError } from '../errors.js';
 import { renderFile, renderString } from '../render/template.js';
 import { callAgent } from './agent.js';
 import { agentFor, shellVars, templateVars, type HostSession, type Session } from './deploy.js';
@@ -76,11 +77,21 @@ export async function installServerFiles(
       );
       done.push({ dest: f.dest, changed: r.changed, backup: r.backup, existed: r.existed, reload: f.reload });
     }
+    // Inside the try: a reload that fails (say, the server's config test refuses the new vhost) puts
+    // the files back and reloads again, so the host is left as it was.
+    if (!check) await runReloads(s, h, done, m);
   } catch (e) {
-    if (!check) await restoreServerFiles(s, h, python, done, m).catch(() => undefined);
+    if (!check && done.some((f) => f.changed)) {
+      try {
+        await restoreServerFiles(s, h, python, done, m);
+      } catch (r) {
+        throw new OperationError(
+          `${h.name}: ${e instanceof Error ? e.message : String(e)}; putting the server files back ALSO failed: ${r instanceof Error ? r.message : String(r)}`,
+        );
+      }
+    }
     throw e;
   }
-  if (!check) await runReloads(s, h, done, m);
   return done;
 }
 

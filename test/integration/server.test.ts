@@ -30,7 +30,7 @@ const SERVER_FILES: Record<'apache' | 'uwsgi', string> = {
   apache: `
 server:
   files:
-    - { template: builtin:wsgi.py, dest: /etc/ckan/default/wsgi.py, reload: sudo -n apachectl graceful }
+    - { template: builtin:wsgi.py, dest: /etc/ckan/default/wsgi.py }
     - template: builtin:apache-vhost.conf
       dest: /etc/apache2/sites-available/ckan.conf
       reload: sudo -n apachectl graceful
