@@ -13,6 +13,8 @@ export interface LoadResult {
   byRelease: Record<string, number>;
   /** Longest time between a request and its answer, in ms. */
   slowestMs: number;
+  /** Longest time without any successful answer (from the start, between answers, to the stop), in ms. */
+  longestGapMs: number;
 }
 
 export interface Load {
@@ -41,8 +43,21 @@ function once(port: number): Promise<{ status: number; body: string }> {
 }
 
 export function startLoad(port: number, clients = 4): Load {
-  const result: LoadResult = { requests: 0, failures: 0, failureSamples: [], byRelease: {}, slowestMs: 0 };
+  const result: LoadResult = {
+    requests: 0,
+    failures: 0,
+    failureSamples: [],
+    byRelease: {},
+    slowestMs: 0,
+    longestGapMs: 0,
+  };
   let running = true;
+  let lastSuccess = Date.now();
+  const succeeded = () => {
+    const now = Date.now();
+    result.longestGapMs = Math.max(result.longestGapMs, now - lastSuccess);
+    lastSuccess = now;
+  };
   const fail = (what: string) => {
     result.failures++;
     if (result.failureSamples.length < 10) result.failureSamples.push(`${new Date().toISOString()} ${what}`);
@@ -61,6 +76,7 @@ export function startLoad(port: number, clients = 4): Load {
         const body = JSON.parse(r.body) as { result: { fixture: { ckan_path: string } } };
         const release = body.result.fixture.ckan_path.replace(/\/src\/ckan\/ckan$/, '');
         result.byRelease[release] = (result.byRelease[release] ?? 0) + 1;
+        succeeded();
       } catch (e) {
         result.requests++;
         fail((e as Error).message);
@@ -72,6 +88,7 @@ export function startLoad(port: number, clients = 4): Load {
     async stop() {
       running = false;
       await Promise.all(loops);
+      result.longestGapMs = Math.max(result.longestGapMs, Date.now() - lastSuccess);
       return result;
     },
   };
