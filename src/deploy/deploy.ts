@@ -238,7 +238,7 @@ async function unlockAll(s: Session, python: string): Promise<void> {
 export function templateVars(
   s: Pick<Session, 'config' | 'env' | 'secrets'>,
   host: string,
-  manifest: Manifest,
+  manifest: Pick<Manifest, 'id' | 'extensions'>,
 ): Record<string, unknown> {
   const release = path.posix.join(s.config.root, 'releases', manifest.id);
   return {
@@ -633,10 +633,6 @@ export async function deploy(
     // Server files (server.files) whose rendering changed, on every host, before any switch. They
     // point at <root>/current, so the release still served keeps working with them.
     const serverChanges = new Map<HostSession, ServerFileChange[]>();
-    const restoreServer = () =>
-      settleAll([...serverChanges.entries()], limit, ([h, files]) =>
-        restoreServerFiles(s, h, python, files, m),
-      );
     if (s.config.server.files.length) {
       const installed = await settleAll(s.hosts, limit, async (h) => {
         s.events?.emit({ type: 'phase', host: h.name, phase: 'server files' });
@@ -646,7 +642,9 @@ export async function deploy(
       });
       const failedServer = failures(s.hosts, installed);
       if (failedServer.length) {
-        await restoreServer();
+        await settleAll([...serverChanges.entries()], limit, ([h, files]) =>
+          restoreServerFiles(s, h, python, files, m),
+        );
         await settleAll(s.hosts, limit, (h) =>
           callAgent(agentFor(s, h, python), 'clean', 'clean', { root: s.config.root, op: s.op }),
         );

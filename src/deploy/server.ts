@@ -35,17 +35,14 @@ export function serverVars(
   if (m) return templateVars(s, host, m);
   const current = path.posix.join(s.config.root, 'current');
   return {
-    ...templateVars(s, host, {
-      id: '',
-      extensions: [],
-    } as unknown as Manifest),
+    ...templateVars(s, host, { id: '', extensions: [] }),
     release: current,
     release_id: '',
     config_file: path.posix.join(current, s.config.config.file),
   };
 }
 
-function renderServerFile(s: Session, f: ServerFile, vars: Record<string, unknown>): string {
+function renderServerFile(f: ServerFile, vars: Record<string, unknown>): string {
   const shown = f.source.startsWith('builtin:') ? f.source : path.relative(process.cwd(), f.template);
   return renderFile(f.template, vars, shown);
 }
@@ -64,7 +61,7 @@ export async function installServerFiles(
 ): Promise<ServerFileChange[]> {
   const vars = serverVars(s, h.name, m);
   // Render all first: a template error changes nothing on any file.
-  const texts = s.config.server.files.map((f) => renderServerFile(s, f, vars));
+  const texts = s.config.server.files.map((f) => renderServerFile(f, vars));
   const done: ServerFileChange[] = [];
   try {
     for (const [i, f] of s.config.server.files.entries()) {
