@@ -36,7 +36,12 @@ interface Loaded {
   config: Config;
   env: Environment;
   connect: ConnectOptions;
+  /** --rehash: verify a release already on a host by reading every file, not trusting its seals. */
+  rehash?: boolean;
 }
+
+const REHASH =
+  'check a release already on a host by hashing every file again instead of trusting its seals (README "Performance")';
 
 function load(cmdObj: Command, envName: string): Loaded {
   const g = globals(cmdObj);
@@ -64,6 +69,7 @@ async function withSession<T>(
   ev?.addSecrets(secretValues(secrets));
   const say = ev ? ev.say : (line: string) => io.err(`${line}\n`);
   const s = await openSession(l.config, l.env, secrets, say, l.connect);
+  s.rehash = l.rehash;
   if (ev && track) {
     s.events = ev;
     ev.setHosts(s.hosts.map((h) => h.name));
@@ -344,17 +350,18 @@ export function registerDeploy(program: Command, io: Io, dryRun: () => import('c
     .argument('[id]', 'artifact ID or unique prefix')
     .addOption(dryRun())
     .option('--force', 'ship even if the environment requires the artifact to be healthy elsewhere first')
+    .option('--rehash', REHASH)
     .action(
       async (
         envName: string,
         id: string | undefined,
-        opts: { dryRun?: boolean; force?: boolean },
+        opts: { dryRun?: boolean; force?: boolean; rehash?: boolean },
         c: Command,
       ) => {
         const json = globals(c).json;
         const ev = eventsFor(io, json);
         await withEvents(ev, 'ship', async () => {
-          const l = load(c, envName);
+          const l = { ...load(c, envName), rehash: opts.rehash };
           const artifact = id ? findArtifact(l.config.store, id) : newestArtifact(l.config);
           if (!opts.force) await checkRequires(io, l, artifact.id, ev, !!opts.dryRun);
           const secrets = secretsOf(c, l.env);
@@ -375,51 +382,54 @@ export function registerDeploy(program: Command, io: Io, dryRun: () => import('c
     .argument('<from>', 'environment to take the release from')
     .argument('<to>', 'environment to ship it to')
     .addOption(dryRun())
-    .action(async (fromName: string, toName: string, opts: { dryRun?: boolean }, c: Command) => {
-      const json = globals(c).json;
-      const ev = eventsFor(io, json);
-      await withEvents(ev, 'promote', async () => {
-        const from = load(c, fromName);
-        const to = load(c, toName);
-        if (fromName === toName) throw new UsageError('promote needs two different environments');
-        const id = await withSession(
-          from,
-          {},
-          io,
-          async (s) => {
-            const facts = await allFacts(s, HOST_PYTHON, !!opts.dryRun);
-            const currents = [...new Set(facts.map((f) => f.current))];
-            if (currents.length !== 1 || !currents[0]) {
-              throw new OperationError(
-                `${fromName} does not run one release on every host: ${facts.map((f, i) => `${s.hosts[i]!.name}=${f.current ?? 'none'}`).join(', ')}`,
+    .option('--rehash', REHASH)
+    .action(
+      async (fromName: string, toName: string, opts: { dryRun?: boolean; rehash?: boolean }, c: Command) => {
+        const json = globals(c).json;
+        const ev = eventsFor(io, json);
+        await withEvents(ev, 'promote', async () => {
+          const from = load(c, fromName);
+          const to = { ...load(c, toName), rehash: opts.rehash };
+          if (fromName === toName) throw new UsageError('promote needs two different environments');
+          const id = await withSession(
+            from,
+            {},
+            io,
+            async (s) => {
+              const facts = await allFacts(s, HOST_PYTHON, !!opts.dryRun);
+              const currents = [...new Set(facts.map((f) => f.current))];
+              if (currents.length !== 1 || !currents[0]) {
+                throw new OperationError(
+                  `${fromName} does not run one release on every host: ${facts.map((f, i) => `${s.hosts[i]!.name}=${f.current ?? 'none'}`).join(', ')}`,
+                );
+              }
+              const notHealthy = facts.flatMap((f, i) =>
+                healthyOn(f, currents[0]!) ? [] : [s.hosts[i]!.name],
               );
-            }
-            const notHealthy = facts.flatMap((f, i) =>
-              healthyOn(f, currents[0]!) ? [] : [s.hosts[i]!.name],
-            );
-            if (notHealthy.length)
-              throw new OperationError(
-                `${currents[0]} is not recorded healthy on ${notHealthy.join(', ')} of ${fromName}`,
-              );
-            return currents[0]!;
-          },
-          ev,
-          false,
-        );
-        const artifact = findArtifact(to.config.store, id);
-        ev.say(
-          `promote: ${fromName} runs ${id}, healthy on every host; shipping the same artifact to ${toName}`,
-        );
-        const secrets = secretsOf(c, to.env);
-        await withSession(
-          to,
-          secrets,
-          io,
-          (s) => shipArtifact(io, s, artifact, 'promote', !!opts.dryRun, ev, json),
-          ev,
-        );
-      });
-    });
+              if (notHealthy.length)
+                throw new OperationError(
+                  `${currents[0]} is not recorded healthy on ${notHealthy.join(', ')} of ${fromName}`,
+                );
+              return currents[0]!;
+            },
+            ev,
+            false,
+          );
+          const artifact = findArtifact(to.config.store, id);
+          ev.say(
+            `promote: ${fromName} runs ${id}, healthy on every host; shipping the same artifact to ${toName}`,
+          );
+          const secrets = secretsOf(c, to.env);
+          await withSession(
+            to,
+            secrets,
+            io,
+            (s) => shipArtifact(io, s, artifact, 'promote', !!opts.dryRun, ev, json),
+            ev,
+          );
+        });
+      },
+    );
 
   program
     .command('rollback')
@@ -427,40 +437,43 @@ export function registerDeploy(program: Command, io: Io, dryRun: () => import('c
     .argument('<env>', 'environment')
     .option('--to <id>', 'release to switch to (re-shipped from the store if a host pruned it)')
     .addOption(dryRun())
-    .action(async (envName: string, opts: { to?: string; dryRun?: boolean }, c: Command) => {
-      const json = globals(c).json;
-      const ev = eventsFor(io, json);
-      await withEvents(ev, 'rollback', async () => {
-        const l = load(c, envName);
-        const secrets = secretsOf(c, l.env);
-        await withSession(
-          l,
-          secrets,
-          io,
-          async (s) => {
-            let id: string;
-            if (opts.to) {
-              // A full ID may name a release that is on the hosts but not in this machine's store.
-              id = ARTIFACT_ID.test(opts.to) ? opts.to : findArtifact(l.config.store, opts.to).id;
-            } else {
-              const facts = await allFacts(s, HOST_PYTHON, !!opts.dryRun);
-              const targets = [...new Set(facts.map((f) => f.rollback_target))];
-              if (targets.length !== 1 || !targets[0]) {
-                throw new OperationError(
-                  `no common rollback target on ${envName}: ${facts.map((f, i) => `${s.hosts[i]!.name}=${f.rollback_target ?? 'none'}`).join(', ')}`,
-                  'name one with --to ID',
-                );
+    .option('--rehash', REHASH)
+    .action(
+      async (envName: string, opts: { to?: string; dryRun?: boolean; rehash?: boolean }, c: Command) => {
+        const json = globals(c).json;
+        const ev = eventsFor(io, json);
+        await withEvents(ev, 'rollback', async () => {
+          const l = { ...load(c, envName), rehash: opts.rehash };
+          const secrets = secretsOf(c, l.env);
+          await withSession(
+            l,
+            secrets,
+            io,
+            async (s) => {
+              let id: string;
+              if (opts.to) {
+                // A full ID may name a release that is on the hosts but not in this machine's store.
+                id = ARTIFACT_ID.test(opts.to) ? opts.to : findArtifact(l.config.store, opts.to).id;
+              } else {
+                const facts = await allFacts(s, HOST_PYTHON, !!opts.dryRun);
+                const targets = [...new Set(facts.map((f) => f.rollback_target))];
+                if (targets.length !== 1 || !targets[0]) {
+                  throw new OperationError(
+                    `no common rollback target on ${envName}: ${facts.map((f, i) => `${s.hosts[i]!.name}=${f.rollback_target ?? 'none'}`).join(', ')}`,
+                    'name one with --to ID',
+                  );
+                }
+                id = targets[0];
               }
-              id = targets[0];
-            }
-            const artifact =
-              listArtifacts(l.config.store).find((a) => a.id === id) ?? (await artifactFromHosts(s, id));
-            await shipArtifact(io, s, artifact, 'rollback', !!opts.dryRun, ev, json, true);
-          },
-          ev,
-        );
-      });
-    });
+              const artifact =
+                listArtifacts(l.config.store).find((a) => a.id === id) ?? (await artifactFromHosts(s, id));
+              await shipArtifact(io, s, artifact, 'rollback', !!opts.dryRun, ev, json, true);
+            },
+            ev,
+          );
+        });
+      },
+    );
 
   program
     .command('status')

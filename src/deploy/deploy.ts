@@ -46,6 +46,8 @@ export interface Session {
   hosts: HostSession[];
   /** The progress event stream (events.ts), when the command has one: phases, uploads, results. */
   events?: Events;
+  /** Verify releases already on a host by hashing every file, not trusting their seals (--rehash). */
+  rehash?: boolean;
 }
 
 export interface HostSession {
@@ -327,27 +329,43 @@ async function stageOnHost(
     // Already on the host (a re-ship, a rollback): not sent again, but checked file by file against
     // the manifest, and its config rendered anew (the secrets or vars may have changed).
     s.events?.emit({ type: 'phase', host: h.name, phase: 'verify', detail: `releases/${m.id}` });
+    let how = '';
     if (m.files.length > 0) {
-      const manifestPath = await uploadManifest(s, h, m);
-      const v = await callAgent<{ ok: boolean; problems: string[]; extra: string[] }>(
-        agent,
-        'verify',
-        'verify',
-        {
+      // The host's kept manifest (same sha256) and the release's seals usually prove it unchanged
+      // without sending the manifest or reading a file (README "Performance"); else it is sent.
+      const verify = (manifest?: string) =>
+        callAgent<{
+          ok: boolean;
+          problems: string[];
+          extra: string[];
+          need_manifest?: boolean;
+          by?: 'tree seal' | 'seal' | 'full';
+          hashed?: number;
+        }>(agent, 'verify', 'verify', {
           root: s.config.root,
           id: m.id,
-          manifest: manifestPath,
+          manifest_sha256: createHash('sha256').update(manifestJson(m)).digest('hex'),
+          ...(manifest ? { manifest } : {}),
           allowed_extra: [s.config.config.file, ...s.config.shared.map((x) => x.link)],
           // Verified: a later delta may copy from it.
           keep_manifest: true,
-        },
-      );
-      await h.remote.exec(cmd(maybeSudo(['rm', '-f', manifestPath], h.sudo)));
+          full: s.rehash ?? false,
+        });
+      let v = await verify();
+      if (v.need_manifest) {
+        const manifestPath = await uploadManifest(s, h, m);
+        v = await verify(manifestPath);
+        await h.remote.exec(cmd(maybeSudo(['rm', '-f', manifestPath], h.sudo)));
+      }
       if (!v.ok) {
         throw new OperationError(
           `${h.name}: releases/${m.id} differs from its manifest, refusing to switch to it: ${[...v.problems, ...v.extra.map((x) => `unexpected ${x}`)].slice(0, 5).join('; ')}`,
         );
       }
+      how =
+        v.by === 'tree seal'
+          ? ', unchanged since verified (tree seal)'
+          : `, verified against the manifest (${v.hashed ?? '?'} files hashed${v.by === 'seal' ? ', the others unchanged since sealed' : ''})`;
     }
     await callAgent(
       agent,
@@ -362,9 +380,7 @@ async function stageOnHost(
       },
       { stdin: Readable.from([rendered()]) },
     );
-    s.say(
-      `${h.name}: releases/${m.id} is already there (${existing.state})${m.files.length ? ', verified against the manifest' : ''}; not sent again`,
-    );
+    s.say(`${h.name}: releases/${m.id} is already there (${existing.state})${how}; not sent again`);
   } else {
     const need = m.files.reduce((n, f) => n + f.size, 0) + m.archive.bytes;
     if (facts.disk_free !== null && facts.disk_free < need * 1.2) {
@@ -424,7 +440,8 @@ const DELTA_MAX_SHARE = 0.5;
  * Gets the release into a partial directory on the host and returns its path: a delta when the host
  * has earlier releases to copy unchanged files from (the agent hashes each one as it copies it, so a
  * tampered base file is never used), the full archive otherwise. Either way every received file is
- * checked against the manifest, and finalize verifies the whole tree again.
+ * checked against the manifest, and finalize checks the whole tree again (files this operation wrote
+ * and sealed are not read twice).
  */
 async function sendRelease(
   s: Session,
@@ -437,12 +454,15 @@ async function sendRelease(
   const m = artifact.manifest;
   const t0 = Date.now();
   const mtime = await deltas.mtime();
+  // Received and copied files get their owner at once: finalize then trusts their seal (no re-hash).
+  const owner = { owner: s.config.deploy.owner ?? null, group: s.config.deploy.group ?? null };
   const plan = await callAgent<DeltaPlan>(agent, 'delta', 'delta', {
     root: s.config.root,
     id: m.id,
     op: s.op,
     manifest: manifestPath,
     mtime,
+    ...owner,
   });
   if (plan.tampered_count) {
     s.say(
@@ -470,6 +490,7 @@ async function sendRelease(
           op: s.op,
           manifest: manifestPath,
           delta: { mtime, bytes: d.data.length, sha256: createHash('sha256').update(d.data).digest('hex') },
+          ...owner,
         },
         { stdin: Readable.from([d.data]), onProgress: progress(s, h.name, d.data.length, t0) },
       );
@@ -486,7 +507,7 @@ async function sendRelease(
     agent,
     'receive',
     'receive',
-    { root: s.config.root, id: m.id, op: s.op, manifest: manifestPath },
+    { root: s.config.root, id: m.id, op: s.op, manifest: manifestPath, ...owner },
     {
       stdin: createReadStream(artifact.archive, { highWaterMark: 1 << 20 }),
       onProgress: progress(s, h.name, m.archive.bytes, t0),
@@ -504,9 +525,20 @@ async function uploadManifest(s: Session, h: HostSession, m: Manifest): Promise<
   const manifestPath = path.posix.join(s.config.root, '.ckan-release', 'tmp', `${s.op}-manifest.json`);
   const writeManifest = `mkdir -p ${cmd([path.posix.dirname(manifestPath)])} && cat > ${cmd([manifestPath])}`;
   await h.remote.run('upload the manifest', cmd(maybeSudo(['sh', '-c', writeManifest], h.sudo)), {
-    stdin: Readable.from([JSON.stringify(m)]),
+    stdin: Readable.from([manifestJson(m)]),
   });
   return manifestPath;
+}
+
+/** The manifest as sent to hosts; its sha256 names the copy a host keeps. Computed once per manifest. */
+const manifestJsonCache = new WeakMap<Manifest, string>();
+function manifestJson(m: Manifest): string {
+  let json = manifestJsonCache.get(m);
+  if (json === undefined) {
+    json = JSON.stringify(m);
+    manifestJsonCache.set(m, json);
+  }
+  return json;
 }
 
 /** Upload progress: a line at each quarter, with the rate so far. */

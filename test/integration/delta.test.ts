@@ -115,14 +115,15 @@ describe('delta ship', () => {
     expect(await currentOf(docker, 'p6-d0')).toBe(`${ROOT}/releases/${B}`);
     const s = await served(http['p6-d0']);
     expect([s.status, s.showcase, s.ckanPath]).toEqual([200, '1.0.0', `${ROOT}/releases/${B}/src/ckan/ckan`]);
-    // The delta's bookkeeping is gone; the host keeps the manifests for the next delta.
+    // The delta's bookkeeping is gone; the host keeps the manifests for the next delta, and each
+    // release's seals (README "Performance").
     const meta = await onHost(
       docker,
       'p6-d0',
       `ls -A ${ROOT}/.ckan-release/tmp ${ROOT}/.ckan-release/manifests`,
     );
     expect(meta.out).toBe(
-      `${ROOT}/.ckan-release/manifests:\n${A}.json\n${B}.json\n\n${ROOT}/.ckan-release/tmp:\n`,
+      `${ROOT}/.ckan-release/manifests:\n${[A, B].flatMap((id) => ['json', 'seal', 'tree'].map((x) => `${id}.${x}`)).join('\n')}\n\n${ROOT}/.ckan-release/tmp:\n`,
     );
   });
 
@@ -169,6 +170,59 @@ describe('delta ship', () => {
       expect(await currentOf(docker, h)).toBe(`${ROOT}/releases/${A}`);
       expect((await served(http[h])).showcase).toBe('1.1.0');
     }
+  });
+
+  it('a release already there is proved unchanged by its seals; an in-place edit that keeps inode, size and mtime is still found', async () => {
+    // p6-d0 runs B and holds A (shipped in full by the first test). Edit one byte of an A file in
+    // place, then put its mtime back: only its ctime (which no process can set) tells.
+    const file = `${ROOT}/releases/${A}/src/ckan/ckan/__init__.py`;
+    const st = `stat -c '%i %s %Y' ${file}`;
+    const before = (await onHost(docker, 'p6-d0', st)).out;
+    const original = (await onHost(docker, 'p6-d0', `od -An -c -j 3 -N 1 ${file}`)).out.trim();
+    await onHost(
+      docker,
+      'p6-d0',
+      `printf X | dd of=${file} bs=1 seek=3 conv=notrunc status=none && touch -d @946684800 ${file}`,
+    );
+    expect((await onHost(docker, 'p6-d0', st)).out).toBe(before);
+    const refused = await cli('rollback', 'staging', '--to', A);
+    expect(refused.code, refused.err).toBe(1);
+    expect(refused.err).toContain(
+      `p6-d0: releases/${A} differs from its manifest, refusing to switch to it: src/ckan/ckan/__init__.py: sha256 differs from the manifest`,
+    );
+    expect(await currentOf(docker, 'p6-d0')).toBe(`${ROOT}/releases/${B}`);
+
+    // The right byte back (same inode again): the file no longer matches its seal, so it is hashed,
+    // found right, and the rollback goes ahead; only that file was read.
+    await onHost(
+      docker,
+      'p6-d0',
+      `printf '%s' '${original}' | dd of=${file} bs=1 seek=3 conv=notrunc status=none && touch -d @946684800 ${file}`,
+    );
+    const back = await ok('rollback', 'staging', '--to', A);
+    expect(back.err).toContain(
+      `p6-d0: releases/${A} is already there (healthy), verified against the manifest (1 files hashed, the others unchanged since sealed); not sent again`,
+    );
+    expect(await currentOf(docker, 'p6-d0')).toBe(`${ROOT}/releases/${A}`);
+    // That check sealed the tree again: the next one reads no file and is not even sent the manifest.
+    const again = await ok('ship', 'staging', B);
+    expect(again.err).toMatch(
+      new RegExp(
+        `p6-d0: releases/${B} is already there \\(\\w+\\), unchanged since verified \\(tree seal\\)`,
+      ),
+    );
+    const forward = await ok('rollback', 'staging', '--to', A);
+    expect(forward.err).toContain(
+      `p6-d0: releases/${A} is already there (healthy), unchanged since verified (tree seal)`,
+    );
+    // --rehash reads every file.
+    const rehash = await ok('ship', 'staging', B, '--rehash');
+    expect(rehash.err).toMatch(
+      new RegExp(
+        `p6-d0: releases/${B} is already there \\(\\w+\\), verified against the manifest \\(\\d{4,} files hashed\\)`,
+      ),
+    );
+    expect((await served(http['p6-d0'])).showcase).toBe('1.0.0');
   });
 
   it('a delta that fails leaves every host as it was: current unchanged, no partial, no lock', async () => {
