@@ -823,6 +823,82 @@ def copy_verified(src, dest, sha256, mode, mtime, ids, seal, base_rel):
     return give(dest, ids, mode, mtime)
 
 
+def bulk_copy(p, base, partial, new_entries):
+    """Copies a whole earlier release to partial with one `cp -a` (C: about a second for 28,000 files,
+    where a copy per file in Python takes several), if its tree seal proves it unchanged both before and
+    after the copy (a change in between moves a ctime), then removes what the new release does not have
+    the same: other content, type or link target, and the config file and shared links. Returns the
+    paths kept, or None when nothing was copied (no tree seal, a change, no GNU cp)."""
+    import subprocess
+    rid, d, mpath = base
+    try:
+        with io.open(tree_seal_path(p, rid), encoding="utf-8") as f:
+            exclude = json.load(f)["exclude"]
+        sha = file_sha256(mpath)
+    except (IOError, OSError, ValueError, KeyError, TypeError):
+        return None
+    if not tree_unchanged(p, rid, d, sha, exclude):
+        return None
+    # Copied inside a directory only the agent's user can enter, then moved into place closed (0700):
+    # no other user can change a copied file between the copy and its stat being sealed.
+    head, op = partial.rsplit("-", 1)
+    wrapper = "%s-copy-%s" % (head, op)  # a partial of this operation: `clean` removes it
+    if os.path.lexists(wrapper):
+        shutil.rmtree(wrapper)
+    os.mkdir(wrapper, 0o700)
+    copy = os.path.join(wrapper, "release")
+    with open(os.devnull, "wb") as null:
+        code = subprocess.call(["cp", "-a", "--reflink=auto", "--", d, copy], stdout=null, stderr=null)
+    if code == 0 and tree_unchanged(p, rid, d, sha, exclude):
+        os.lchown(copy, os.getuid(), os.getgid())
+        os.chmod(copy, 0o700)
+        os.rename(copy, partial)
+    shutil.rmtree(wrapper, ignore_errors=True)
+    if not os.path.isdir(partial):
+        return None
+    with io.open(mpath, encoding="utf-8") as f:
+        old_entries = dict((e["path"], e) for e in json.load(f)["files"])
+    for rel in exclude:
+        path = os.path.join(partial, rel)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.unlink(path)
+    kept = set()
+    # Deepest first, so a directory that goes takes only what is already decided.
+    for rel in sorted(old_entries, reverse=True):
+        b, e = old_entries[rel], new_entries.get(rel)
+        same = e is not None and e["type"] == b["type"] and (
+            (e["type"] == "file" and e["sha256"] == b["sha256"]) or
+            (e["type"] == "symlink" and e["target"] == b["target"]) or e["type"] == "dir")
+        if same:
+            kept.add(rel)
+            continue
+        path = os.path.join(partial, rel)
+        if b["type"] == "dir" and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.unlink(path)
+    # A kept directory under one that went is gone too.
+    return set(rel for rel in kept if os.path.lexists(os.path.join(partial, rel)))
+
+
+def settle(path, ids, mode, mtime):
+    """A file kept from the bulk copy with the new manifest's owner, mode and mtime; its stat."""
+    st = os.lstat(path)
+    changed = False
+    if (ids[0] != -1 and st.st_uid != ids[0]) or (ids[1] != -1 and st.st_gid != ids[1]):
+        os.lchown(path, ids[0], ids[1])
+        changed = True
+    if stat.S_IMODE(st.st_mode) != mode or changed:
+        os.chmod(path, mode)
+        changed = True
+    if st.st_mtime != mtime:
+        os.utime(path, (mtime, mtime))
+        changed = True
+    return os.lstat(path) if changed else st
+
+
 def cmd_delta(args):
     """Assembles as much of a new release as this host already has, in the partial directory.
 
@@ -866,7 +942,11 @@ def cmd_delta(args):
     partial = os.path.join(p["releases"], ".partial-%s-%s" % (rid, args["op"]))
     if os.path.exists(partial):
         shutil.rmtree(partial)
-    os.makedirs(partial)
+    # The current release copied whole when its tree seal proves it unchanged, then trimmed to the new
+    # manifest: the files kept are the ones both manifests give the same path and content.
+    bulk = bulk_copy(p, bases[0], partial, dict((e["path"], e) for e in files)) if bases else None
+    if bulk is None:
+        os.makedirs(partial)
     need = []
     tampered = []
     real_dirs = {}
@@ -880,6 +960,12 @@ def cmd_delta(args):
         parent = os.path.dirname(dest)
         if os.path.islink(parent) or not os.path.isdir(parent):
             raise Refused("bad-artifact", "manifest entry %s has no directory to go in" % rel)
+        if bulk is not None and rel in bulk:
+            if e["type"] == "file":
+                seal.record(rel, settle(dest, ids, int(e["mode"], 8), mtime))
+                reused += 1
+                reused_bytes += e["size"]
+            continue  # a directory or symlink already as the manifest says (modes: finish_dirs)
         if e["type"] == "dir":
             os.mkdir(dest, 0o700)
         elif e["type"] == "symlink":
@@ -922,7 +1008,8 @@ def cmd_delta(args):
     if not need:
         finish_dirs(partial, manifest, mtime)
     out({"delta": True, "partial": partial, "need": need, "reused": reused, "reused_bytes": reused_bytes,
-         "tampered": tampered[:20], "tampered_count": len(tampered), "bases": [b[0] for b in bases]})
+         "tampered": tampered[:20], "tampered_count": len(tampered), "bases": [b[0] for b in bases],
+         "whole": bulk is not None})
 
 
 def verify_tree(release, manifest, seal=None):

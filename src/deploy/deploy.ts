@@ -431,6 +431,8 @@ interface DeltaPlan {
   tampered?: string[];
   tampered_count?: number;
   bases: string[];
+  /** The current release was copied whole (cp -a) and trimmed, not file by file. */
+  whole?: boolean;
 }
 
 /** Beyond this share of the release's bytes still to send, a delta is not worth it: the full archive. */
@@ -474,7 +476,7 @@ async function sendRelease(
     const total = m.files.reduce((n, f) => n + f.size, 0);
     const needBytes = plan.need.reduce((n, p) => n + (sizes.get(p) ?? 0), 0);
     if (needBytes <= total * DELTA_MAX_SHARE) {
-      const copied = `${plan.reused} files (${((plan.reused_bytes ?? 0) / 1e6).toFixed(1)} MB) copied from ${plan.bases[0]}${plan.bases.length > 1 ? ' and older releases' : ''}`;
+      const copied = `${plan.reused} files (${((plan.reused_bytes ?? 0) / 1e6).toFixed(1)} MB) copied from ${plan.bases[0]}${plan.whole ? ' (whole, proved unchanged by its tree seal)' : ''}${plan.bases.length > 1 ? ' and older releases' : ''}`;
       if (plan.need.length === 0) {
         s.say(`${h.name}: delta: nothing to send, ${copied}`);
         return plan.partial!;

@@ -112,6 +112,8 @@ describe('delta ship', () => {
     // Far more reused than sent: only the showcase extension changed.
     expect(Number(copied)).toBeGreaterThan(10 * Number(sent));
     expect(m![5]).toBe(A);
+    // A was sealed when it was staged: it is copied whole (cp -a), then trimmed to B's manifest.
+    expect(r.err).toContain(`copied from ${A} (whole, proved unchanged by its tree seal)`);
     expect(await currentOf(docker, 'p6-d0')).toBe(`${ROOT}/releases/${B}`);
     const s = await served(http['p6-d0']);
     expect([s.status, s.showcase, s.ckanPath]).toEqual([200, '1.0.0', `${ROOT}/releases/${B}/src/ckan/ckan`]);
@@ -162,6 +164,11 @@ describe('delta ship', () => {
     );
     expect(r.err).toContain(`${B}/${victim}`);
     expect(r.err).toMatch(/p6-d1: delta: sent \d+ files/);
+    // The tampered base is copied file by file (its tree seal no longer holds), the other host's whole.
+    expect(r.err).toMatch(new RegExp(`p6-d1: delta: .* copied from ${B}(?! \\(whole)`));
+    expect(r.err).toMatch(
+      new RegExp(`p6-d2: delta: .* copied from ${B} \\(whole, proved unchanged by its tree seal\\)`),
+    );
     expect(r.err).not.toMatch(/p6-d2: \d+ files of earlier releases differ/);
     // A on p6-d1 (from the tampered base) is identical to A on p6-d0 (shipped in full at first).
     expect(await tree('p6-d1', A)).toBe(await tree('p6-d0', A));
