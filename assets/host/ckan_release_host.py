@@ -367,6 +367,14 @@ class CountingReader(object):
             pass
 
 
+class StdinFd(object):
+    """Standard input without Python's buffered reader: a thread blocked in its read must not hold the
+    reader's lock when the agent exits after a refusal (Python aborts on that at shutdown)."""
+
+    def read(self, n=-1):
+        return os.read(0, n if n is not None and n >= 0 else 1 << 20)
+
+
 class GunzipReader(object):
     """The uncompressed bytes of a gzip stream of one or more members, as `gzip -d` reads it (the build
     packs chunks in parallel, one member each), inflated in a second thread so that inflating overlaps
@@ -379,7 +387,6 @@ class GunzipReader(object):
         self.pos = 0
         self.done = False
         self.error = None
-        self.stop = False
         self.thread = threading.Thread(target=self._inflate)
         self.thread.daemon = True
         self.thread.start()
@@ -388,20 +395,24 @@ class GunzipReader(object):
         try:
             d = zlib.decompressobj(16 + zlib.MAX_WBITS)
             fed = False
-            while not self.stop:
+            while True:
                 data = self.raw.read(1 << 20)
                 if not data:
                     break
                 while data:
-                    out = d.decompress(data)
+                    # At most 1 MiB out per call: a hostile archive cannot balloon the queue.
+                    out = d.decompress(data, 1 << 20)
                     fed = True
                     if out:
                         self.chunks.put(out)
                     # Input beyond the end of a member is the next member (or garbage: its header fails).
-                    data = d.unused_data
-                    if data:
+                    # Checked first: Python 2 leaves it in unconsumed_tail too.
+                    if d.unused_data:
+                        data = d.unused_data
                         d = zlib.decompressobj(16 + zlib.MAX_WBITS)
                         fed = False
+                    else:
+                        data = d.unconsumed_tail
             if fed and getattr(d, "eof", True) is False:
                 raise EOFError("the compressed stream ends inside a gzip member")
         except (zlib.error, EOFError, IOError, OSError) as e:
@@ -427,13 +438,6 @@ class GunzipReader(object):
             want -= len(take)
             parts.append(take)
         return b"".join(parts)
-
-    def close(self):
-        """Stops the inflating thread early (after a refusal): it must not block on a full queue."""
-        self.stop = True
-        while not self.done:
-            if self.chunks.get() is None:
-                self.done = True
 
 
 # ------------------------------------------------------------------------------------------ seals
@@ -652,7 +656,10 @@ def cmd_receive(args):
     ids = owner_ids(args)
     # The stats of what this operation wrote: finalize need not hash these files again (see Seal).
     seal = Seal.load(op_seal_path(p, args["op"])) if delta else Seal()
-    stdin = CountingReader(getattr(sys.stdin, "buffer", sys.stdin))
+    # The whole archive is checked byte for byte below: gzip's stream reader may stop quietly where a cut
+    # archive ends. A delta archive is checked against the bytes and sha256 the sender gave for it.
+    want = (delta if delta else manifest.get("archive")) or {}
+    stdin = CountingReader(StdinFd())
     gunzip = GunzipReader(stdin)
     try:
         tar = tarfile.open(fileobj=gunzip, mode="r|")
@@ -714,16 +721,15 @@ def cmd_receive(args):
             pass
         stdin.drain()
     except (tarfile.TarError, EOFError, IOError, OSError, zlib.error) as e:
-        gunzip.close()
         if isinstance(e, Refused):
             raise
         if no_space(e):
             raise Refused("no-space", "no space left on the host under %s while unpacking the release: %s"
                           % (args["root"], e))
+        if isinstance(e, EOFError) and gunzip.done and "bytes" in want:
+            raise Refused("bad-artifact", "the archive is damaged or truncated: %d bytes arrived, expected %d (%s)"
+                          % (stdin.bytes, want["bytes"], e))
         raise Refused("bad-artifact", "the archive is damaged or truncated: %s" % e)
-    # The whole archive, byte for byte: gzip's stream reader may stop quietly where a cut archive ends.
-    # A delta archive is checked against the bytes and sha256 the sender gave for it.
-    want = (delta if delta else manifest.get("archive")) or {}
     if "bytes" in want and (stdin.bytes != want["bytes"] or stdin.sha256.hexdigest() != want.get("sha256")):
         raise Refused("bad-artifact", "the archive is damaged or truncated: %d bytes arrived (sha256 %s), expected "
                       "%d (sha256 %s)" % (stdin.bytes, stdin.sha256.hexdigest(), want["bytes"], want.get("sha256")))
