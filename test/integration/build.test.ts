@@ -131,6 +131,17 @@ describe('a build of the example project', () => {
     expect(readFileSync(path.join(first.dir, 'build.log'), 'utf8')).toMatch(/Successfully installed/);
   });
 
+  it('installs every extension in one pip run, constrained to the base', () => {
+    const log = readFileSync(path.join(first.dir, 'build.log'), 'utf8');
+    const R = `/usr/lib/ckan/releases/${first.id}`;
+    const installs = log.split('\n').filter((l) => l.startsWith(`$ ${R}/bin/python -m pip install `));
+    expect(installs.length).toBe(1);
+    expect(installs[0]).toContain(' -c /tmp/ckan-release-constraints.txt ');
+    for (const x of ['ckanext-showcase', 'ckanext-spatial', 'ckanext-scheming'])
+      expect(installs[0]).toContain(` -e ${R}/src/${x}`);
+    expect(installs[0]).toContain(` -r ${R}/src/ckanext-spatial/requirements.txt`);
+  });
+
   it('has a manifest whose every entry matches the tarball (sha256, mode, type, link target), and nothing more', () => {
     const out = mkdtempSync(path.join(os.tmpdir(), 'ckan-release-unpack-'));
     execFileSync('tar', ['-xzf', path.join(first.dir, 'release.tar.gz'), '-C', out]);
