@@ -23,6 +23,9 @@ import re
 import stat
 import subprocess
 import sys
+import threading
+import time
+import zlib
 
 # Every file of a release gets this mtime (2000-01-01T00:00:00Z): byte-identical rebuilds, stable
 # .pyc headers (which store the source mtime), and no timestamp noise in deltas.
@@ -387,24 +390,287 @@ def cmd_release(spec):
         f.write(json.dumps(files, sort_keys=True) + u"\n")
 
     emit("step", name="pack")
-    listing = os.path.join(out_dir, "files.txt")
-    with io.open(listing, "w", encoding="utf-8") as f:
-        for entry in files:
-            f.write(u"./" + entry["path"] + u"\n")
     archive = os.path.join(out_dir, "release.tar.gz")
-    shell = ("set -o pipefail 2>/dev/null; tar -C '%s' --no-recursion --numeric-owner --owner=0 --group=0 "
-             "--mtime=@%d -cf - -T '%s' | gzip -n -6 > '%s'" % (release, FIXED_MTIME, listing, archive))
-    code, _ = run(["bash", "-c", shell])
-    if code != 0:
-        raise BuildFailure("pack", "packing the release failed")
-    os.unlink(listing)
-    h = hashlib.sha256()
-    with open(archive, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    stats = pack(release, files, archive, spec.get("pack_cache"))
+    emit("info", message="pack: %d entries in %d chunks, %d compressed, %d from the cache%s, %.1f MB"
+         % (len(files), stats["chunks"], stats["compressed"], stats["cached"],
+            ", %d damaged cache entries replaced" % stats["damaged"] if stats["damaged"] else "",
+            stats["bytes"] / 1e6))
     emit("result", plugins=facts["plugins"], freeze=freeze_lines, python_version=facts["python_version"],
-         ckan_version=facts["ckan_version"], archive_bytes=os.path.getsize(archive), archive_sha256=h.hexdigest(),
+         ckan_version=facts["ckan_version"], archive_bytes=stats["bytes"], archive_sha256=stats["sha256"],
          files=len(files))
+
+
+# ---------------------------------------------------------------------------------------------- pack
+
+# release.tar.gz is the GNU tar stream that `tar --numeric-owner --owner=0 --group=0 --mtime=@FIXED_MTIME
+# --no-recursion -T <files.json order>` writes (byte for byte), compressed as a sequence of gzip
+# members, one per chunk of entries. A gzip file of several members is one valid gzip file (RFC 1952):
+# gzip -d, tar -xz and Node's gunzip read it whole. The chunks are compressed in parallel (zlib
+# releases the GIL), and a chunk whose bytes an earlier build already compressed is taken from the
+# cache, so a warm build compresses only what changed.
+PACK_LEVEL = 6
+# GNU tar's record: the archive ends with two zero blocks, padded to a multiple of 20 blocks.
+TAR_RECORD = 10240
+# Chunk boundaries depend only on the paths and on the size since the chunk's start, so a change in
+# one package changes only its own chunk(s) (and the one after, at most, until a boundary agrees
+# again). A chunk may end before an entry whose first DEPTH path components differ from the
+# previous entry's once it holds MINIMUM bytes (lib/python3.11/site-packages/<pkg>: depth 4); a
+# large package is cut at depth 5 and then anywhere, so no chunk holds up the others for long.
+CHUNK_CUTS = ((4, 1 << 20), (5, 4 << 20), (0, 16 << 20))
+# The cache keeps at most this many bytes; the members least recently used go first, never one the
+# current build used.
+PACK_CACHE_CAP = 2 << 30
+PACK_CACHE_KEY = ("ckan-release pack: gzip member of a tar chunk, zlib level %d, zlib %s\n"
+                  % (PACK_LEVEL, getattr(zlib, "ZLIB_RUNTIME_VERSION", zlib.ZLIB_VERSION))).encode("ascii")
+
+
+def fsencode(name):
+    return name if isinstance(name, bytes) else name.encode("utf-8", "surrogateescape")
+
+
+def tar_number(value, width):
+    """A numeric header field as GNU tar writes it: zero-padded octal and a NUL."""
+    text = "%0*o" % (width - 1, value)
+    if len(text) > width - 1:
+        raise BuildFailure("pack", "%d does not fit a tar header field" % value)
+    return text.encode("ascii") + b"\0"
+
+
+def tar_padding(size):
+    return b"\0" * (-size % 512)
+
+
+def tar_header(name, mode, size, typeflag, linkname=b"", mtime=FIXED_MTIME):
+    """A GNU format header: numeric owner 0/0 and empty user and group names (--numeric-owner),
+    names and link targets cut at 100 bytes (the whole one goes first in a ././@LongLink member)."""
+    h = bytearray(512)
+    h[0:len(name[:100])] = name[:100]
+    h[100:108] = tar_number(mode, 8)
+    h[108:116] = tar_number(0, 8)
+    h[116:124] = tar_number(0, 8)
+    h[124:136] = tar_number(size, 12)
+    h[136:148] = tar_number(mtime, 12)
+    h[148:156] = b"        "
+    h[156:157] = typeflag
+    h[157:157 + len(linkname[:100])] = linkname[:100]
+    h[257:265] = b"ustar  \0"
+    h[148:156] = ("%06o" % sum(h)).encode("ascii") + b"\0 "
+    return bytes(h)
+
+
+def tar_long(value, typeflag):
+    data = value + b"\0"
+    return tar_header(b"././@LongLink", 0o644, len(data), typeflag, mtime=0) + data + tar_padding(len(data))
+
+
+def tar_entry(release, entry):
+    """The tar bytes of one files.json entry: its header(s), its content and the padding."""
+    name = fsencode("./" + entry["path"])
+    mode = int(entry["mode"], 8)
+    link = b""
+    data = b""
+    if entry["type"] == "dir":
+        name += b"/"
+        typeflag = b"5"
+    elif entry["type"] == "symlink":
+        link = fsencode(entry["target"])
+        typeflag = b"2"
+    else:
+        typeflag = b"0"
+        with open(os.path.join(release, entry["path"]), "rb") as f:
+            data = f.read()
+        if len(data) != entry["size"]:
+            raise BuildFailure("pack", "%s changed while the release was packed" % entry["path"])
+    parts = []
+    if len(link) > 100:
+        parts.append(tar_long(link, b"K"))
+    if len(name) > 100:
+        parts.append(tar_long(name, b"L"))
+    parts += [tar_header(name, mode, len(data), typeflag, link), data, tar_padding(len(data))]
+    return b"".join(parts)
+
+
+def tar_chunks(release, files):
+    """The archive's tar bytes in chunks cut at path-stable boundaries; the end-of-archive zero blocks
+    are a chunk of their own (they depend on the total size, which any change moves)."""
+    parts, size, total, previous = [], 0, 0, None
+    for entry in files:
+        components = entry["path"].split("/")
+        if parts:
+            for depth, minimum in CHUNK_CUTS:
+                if size >= minimum and (not depth or components[:depth] != previous[:depth]):
+                    yield b"".join(parts)
+                    parts, size = [], 0
+                    break
+        data = tar_entry(release, entry)
+        parts.append(data)
+        size += len(data)
+        total += len(data)
+        previous = components
+    if parts:
+        yield b"".join(parts)
+    yield b"\0" * (1024 + (-(total + 1024) % TAR_RECORD))
+
+
+def gzip_member(raw):
+    """raw as one gzip member (no name, mtime 0), level PACK_LEVEL."""
+    c = zlib.compressobj(PACK_LEVEL, zlib.DEFLATED, 31)
+    return c.compress(raw) + c.flush()
+
+
+def member_holds(data, raw):
+    """Whether data is exactly one gzip member whose content is raw: a cached member is never trusted
+    for its name alone (a damaged or truncated file, or a disk error, would ship a broken archive)."""
+    d = zlib.decompressobj(31)
+    try:
+        out = d.decompress(data)
+    except zlib.error:
+        return False
+    return d.eof and not d.unused_data and out == raw
+
+
+class PackCache(object):
+    """Compressed chunks in a directory (a Docker volume), named by the sha256 of the chunk's raw tar
+    bytes, the level and the zlib version. Written atomically (temporary file + rename), checked by
+    decompression on every use, pruned to PACK_CACHE_CAP."""
+
+    def __init__(self, top):
+        self.dir = os.path.join(top, "gzip-members")
+        self.used = set()
+        self.lock = threading.Lock()
+        if not os.path.isdir(self.dir):
+            os.makedirs(self.dir)
+
+    def path(self, raw):
+        h = hashlib.sha256(PACK_CACHE_KEY)
+        h.update(raw)
+        return os.path.join(self.dir, h.hexdigest() + ".gz")
+
+    def get(self, path, raw):
+        """The cached member for raw: (data, None), (None, "damaged") or (None, None) if absent."""
+        with self.lock:
+            self.used.add(path)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except (IOError, OSError):
+            return None, None
+        if not member_holds(data, raw):
+            return None, "damaged"
+        try:
+            os.utime(path, None)
+        except OSError:
+            pass
+        return data, None
+
+    def put(self, path, data):
+        tmp = "%s.tmp-%d-%d" % (path, os.getpid(), threading.current_thread().ident)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.rename(tmp, path)
+        except (IOError, OSError) as e:
+            log("pack cache: cannot write %s: %s" % (path, e))
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+    def prune(self):
+        """Least recently used first, down to PACK_CACHE_CAP bytes; never this build's members.
+        Temporary files of crashed builds go after an hour."""
+        entries, total, now = [], 0, time.time()
+        for name in os.listdir(self.dir):
+            path = os.path.join(self.dir, name)
+            try:
+                st = os.stat(path)
+                if ".tmp-" in name:
+                    if now - st.st_mtime > 3600:
+                        os.unlink(path)
+                    continue
+            except OSError:
+                continue
+            entries.append((st.st_mtime, st.st_size, path))
+            total += st.st_size
+        removed = 0
+        for mtime, size, path in sorted(entries):
+            if total <= PACK_CACHE_CAP:
+                break
+            if path in self.used:
+                continue
+            try:
+                os.unlink(path)
+            except OSError:
+                continue
+            total -= size
+            removed += 1
+        return removed, total
+
+
+def pack(release, files, archive, cache_dir):
+    """Writes release.tar.gz; returns the counts for the log, its size and sha256."""
+    cache = None
+    if cache_dir:
+        try:
+            cache = PackCache(cache_dir)
+        except (IOError, OSError) as e:
+            log("pack cache unusable, compressing everything: %s" % e)
+    stats = {"chunks": 0, "compressed": 0, "cached": 0, "damaged": 0}
+
+    def member(raw):
+        path = cache.path(raw) if cache else None
+        if path:
+            data, problem = cache.get(path, raw)
+            if data is not None:
+                return data, "cached"
+        data = gzip_member(raw)
+        if path:
+            cache.put(path, data)
+            if problem:
+                return data, "damaged"
+        return data, "compressed"
+
+    workers = max(1, (os.cpu_count() if hasattr(os, "cpu_count") else 1) or 1)
+    digest = hashlib.sha256()
+    size = [0]
+
+    with open(archive, "wb") as out:
+        def write(result):
+            data, how = result
+            out.write(data)
+            digest.update(data)
+            size[0] += len(data)
+            stats["chunks"] += 1
+            stats[how] += 1
+            if how == "damaged":
+                stats["compressed"] += 1
+
+        try:
+            from concurrent.futures import ThreadPoolExecutor
+        except ImportError:  # Python 2.7: one chunk after the other
+            for raw in tar_chunks(release, files):
+                write(member(raw))
+        else:
+            import collections
+            pool = ThreadPoolExecutor(workers)
+            pending = collections.deque()
+            try:
+                # At most a few chunks in flight: memory stays a few MB per worker.
+                for raw in tar_chunks(release, files):
+                    pending.append(pool.submit(member, raw))
+                    while len(pending) > 2 * workers:
+                        write(pending.popleft().result())
+                while pending:
+                    write(pending.popleft().result())
+            finally:
+                pool.shutdown(wait=True)
+    if cache:
+        removed, kept = cache.prune()
+        log("pack cache: %d members removed, %.1f MB kept" % (removed, kept / 1e6))
+    stats["bytes"] = size[0]
+    stats["sha256"] = digest.hexdigest()
+    return stats
 
 
 def manifest(release, base):
