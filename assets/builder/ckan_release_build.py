@@ -30,6 +30,8 @@ import zlib
 # Every file of a release gets this mtime (2000-01-01T00:00:00Z): byte-identical rebuilds, stable
 # .pyc headers (which store the source mtime), and no timestamp noise in deltas.
 FIXED_MTIME = 946684800
+# In the base image, beside the base venv: the files and links that name the base venv's path.
+BASE_PATHS = "/opt/ckan-release/base-venv-paths.json"
 # Kernels cut #! lines at 127 bytes (BINPRM_BUF_SIZE 128); longer ones need pip's /bin/sh trampoline.
 MAX_SHEBANG = 127
 
@@ -173,6 +175,21 @@ def cmd_base(spec):
     code, out = run(pip + ["-e", src], cwd=src, env=pip_env(spec))
     if code != 0:
         raise pip_failure("base", "ckan", out)
+    # The base's bytecode, made exactly as the release step would make it (fixed mtimes, sources named
+    # <root>/current/...): releases copy it, so they compile only what they change or add.
+    compile_tree(os.path.join(base, "bin", "python"), base, spec["current"], force=True)
+    # Which files name the base path: the release step rewrites those and reads no other.
+    named = []
+    for path in walk(base):
+        rel = os.path.relpath(path, base)
+        if os.path.islink(path):
+            if base in os.readlink(path):
+                named.append(rel)
+        elif os.path.isfile(path) and names_path(path, base.encode("utf-8")):
+            named.append(rel)
+    with io.open(BASE_PATHS, "w", encoding="utf-8") as f:
+        f.write(json.dumps(named, sort_keys=True) + u"\n")
+    log("base: %d files and links name %s" % (len(named), base))
     emit("done")
 
 
@@ -205,12 +222,14 @@ def fix_shebang(data, path):
     return trampoline + (data[end + 1:] if end >= 0 else b"")
 
 
-def rewrite_paths(release, old, new):
-    """Replaces the base venv's path in every text file and symlink of the clone."""
+def rewrite_paths(release, old, new, listed):
+    """Replaces the base venv's path in the listed files and symlinks of the clone (the base step
+    found them); bytecode that names it goes (its source changes, and is compiled again)."""
     old_b, new_b = old.encode("utf-8"), new.encode("utf-8")
     binaries = []
     changed = 0
-    for path in walk(release):
+    for rel in listed:
+        path = os.path.join(release, rel)
         st = os.lstat(path)
         if stat.S_ISLNK(st.st_mode):
             target = os.readlink(path)
@@ -221,12 +240,15 @@ def rewrite_paths(release, old, new):
             continue
         if not stat.S_ISREG(st.st_mode):
             continue
+        if rel.endswith((".pyc", ".pyo")):
+            os.unlink(path)
+            continue
         with open(path, "rb") as f:
             data = f.read()
         if old_b not in data:
             continue
         if b"\0" in data:
-            binaries.append(os.path.relpath(path, release))
+            binaries.append(rel)
             continue
         data = fix_shebang(data.replace(old_b, new_b), path)
         with open(path, "wb") as f:
@@ -236,14 +258,56 @@ def rewrite_paths(release, old, new):
     return changed, binaries
 
 
-def remove_bytecode(top):
+def names_path(path, needle):
+    """Whether the file's bytes contain needle (read in 1 MB pieces)."""
+    tail = b""
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            if needle in tail + chunk:
+                return True
+            tail = chunk[-len(needle):]
+    return False
+
+
+def compile_tree(python, top, current, force):
+    """Fixed mtimes, then compileall naming sources <current>/... (-d): the .pyc of an unchanged
+    source is byte-identical from one release to the next (deltas). Without force, only bytecode whose
+    header does not match its source's mtime is made: drop_stale_bytecode() first removes what a
+    same-mtime header would hide."""
+    run(["find", top, "-exec", "touch", "-h", "-d", "@%d" % FIXED_MTIME, "{}", "+"])
+    code, out = run([python, "-m", "compileall", "-q"] + (["-f"] if force else []) + ["-d", current, top])
+    if code != 0:
+        # Venvs hold files that are not valid for this Python (templates, py2-only tests): not fatal.
+        log("compileall reported files it could not compile (see above); they stay uncompiled")
+
+
+def drop_stale_bytecode(top):
+    """Removes the bytecode of every source changed since the base was compiled (its mtime is no longer
+    FIXED_MTIME: rewritten, patched, installed) and of sources that are gone. compileall alone would
+    keep it once the mtimes are reset: Python 3.6's compileall compares only the mtime."""
+    import importlib.util
+    tag = sys.implementation.cache_tag
+    removed = 0
     for dirpath, dirnames, filenames in os.walk(top):
         for name in filenames:
-            if name.endswith((".pyc", ".pyo")):
-                os.unlink(os.path.join(dirpath, name))
-        if "__pycache__" in dirnames:
-            run(["rm", "-rf", os.path.join(dirpath, "__pycache__")])
-            dirnames.remove("__pycache__")
+            if name.endswith(".py"):
+                path = os.path.join(dirpath, name)
+                if os.lstat(path).st_mtime != FIXED_MTIME:
+                    for opt in ("", 1, 2):
+                        cached = importlib.util.cache_from_source(path, optimization=opt)
+                        if os.path.lexists(cached):
+                            os.unlink(cached)
+                            removed += 1
+        if os.path.basename(dirpath) == "__pycache__":
+            for name in filenames:
+                parts = name.split(".")
+                if len(parts) < 3 or parts[-1] != "pyc":
+                    continue
+                stem = parts[:-2] if parts[-2] == tag else parts[:-3] if parts[-3] == tag else None
+                if stem and not os.path.exists(os.path.join(os.path.dirname(dirpath), ".".join(stem) + ".py")):
+                    os.unlink(os.path.join(dirpath, name))
+                    removed += 1
+    return removed
 
 
 def apply_patch(patch, target_dir):
@@ -316,8 +380,9 @@ def cmd_release(spec):
     code, _ = run(["cp", "-a", base, release])
     if code != 0:
         raise BuildFailure("clone", "copying the base venv to %s failed" % release)
-    remove_bytecode(release)
-    changed, binaries = rewrite_paths(release, base, release)
+    with io.open(BASE_PATHS, encoding="utf-8") as f:
+        listed = json.load(f)
+    changed, binaries = rewrite_paths(release, base, release, listed)
     if binaries:
         raise BuildFailure("clone", "binary files name the base venv path %s and cannot be rewritten: %s"
                            % (base, ", ".join(binaries[:10])), files=binaries)
@@ -339,13 +404,8 @@ def cmd_release(spec):
     install_extensions(spec, python, release)
 
     emit("step", name="compile")
-    run(["find", release, "-exec", "touch", "-h", "-d", "@%d" % FIXED_MTIME, "{}", "+"])
-    # -d: the bytecode names sources by <root>/current/..., not by this release's own path, so the
-    # .pyc files of an unchanged package are byte-identical from one release to the next (deltas).
-    code, out = run([python, "-m", "compileall", "-q", "-f", "-d", spec["current"], release])
-    if code != 0:
-        # Venvs hold files that are not valid for this Python (templates, py2-only tests): not fatal.
-        log("compileall reported files it could not compile (see above); they stay uncompiled")
+    log("removed %d stale .pyc files" % drop_stale_bytecode(release))
+    compile_tree(python, release, spec["current"], force=False)
 
     emit("step", name="verify")
     code, out = run([python, "-m", "pip", "check"])

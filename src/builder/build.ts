@@ -165,8 +165,10 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
     const pipDigestPart = { ...pipSettings, find_links: findLinksListing(config.builder.pip.findLinks) };
 
     emit({ kind: 'step', step: 'base venv' });
+    // The root too: the base's bytecode names its sources by <root>/current/... (see the script).
     const baseDigest = digest({
       image: image.id,
+      root: config.root,
       ckan: inputs.ckan.commit,
       pip: pipDigestPart,
       script: digest(scriptText.toString()),
@@ -190,6 +192,7 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
         path.join(input, 'spec.json'),
         JSON.stringify({
           base: BASE_VENV,
+          current: path.posix.join(config.root, 'current'),
           ckan_source: '/input/ckan',
           pip: { ...pipSettings, find_links: findLinks },
         }),

@@ -276,6 +276,27 @@ describe('a build of the example project', () => {
     expect(r.code).toBe(0);
   });
 
+  it('holds exactly the bytecode a forced compile of the release makes: none stale, none missing', async () => {
+    // Most .pyc files come from the base image, compiled there; the release compiles only what it
+    // changed or added (rewritten files, the patched core file, the extensions).
+    const R = `/usr/lib/ckan/releases/${first.id}`;
+    const r = await inFreshContainer(
+      first.dir,
+      [
+        'set -e',
+        `mkdir -p ${R} && tar -xzf /in/release.tar.gz -C ${R}`,
+        `cp -a ${R} /tmp/again`,
+        `${R}/bin/python -m compileall -q -f -d /usr/lib/ckan/current /tmp/again > /dev/null || true`,
+        `diff -r ${R} /tmp/again && echo same`,
+        `find ${R} -name '*.pyc' | wc -l`,
+      ].join('\n'),
+    );
+    const [same, count] = r.out.trim().split('\n');
+    expect(same).toBe('same');
+    expect(Number(count)).toBeGreaterThan(500);
+    expect(r.code).toBe(0);
+  });
+
   it('cuts a delta out of the multi-member archive: files from the first, a middle and the last member', async () => {
     const files = first.manifest.files.filter((f) => f.type === 'file' && f.size > 0);
     const need = [files[0]!, files[Math.floor(files.length / 2)]!, files[files.length - 1]!];
@@ -388,6 +409,18 @@ describe('a rebuild with one extension changed', () => {
       ),
     ).toEqual([]);
     expect(changed / total).toBeLessThan(0.05);
+  });
+
+  it('keeps the bytecode of the base, CKAN core and its requirements, byte for byte', () => {
+    const pyc = (m: Manifest, re: RegExp) =>
+      m.files.filter((f) => re.test(f.path)).map((f) => [f.path, f.sha256]);
+    for (const re of [
+      /^lib\/python3\.\d+\/site-packages\/fixturelib_markup\/__pycache__\/.*\.pyc$/,
+      /^src\/ckan\/ckan\/__pycache__\/.*\.pyc$/,
+    ]) {
+      expect(pyc(first.manifest, re).length, String(re)).toBeGreaterThan(0);
+      expect(pyc(second, re)).toEqual(pyc(first.manifest, re));
+    }
   });
 });
 
