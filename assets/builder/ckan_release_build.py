@@ -23,10 +23,15 @@ import re
 import stat
 import subprocess
 import sys
+import threading
+import time
+import zlib
 
 # Every file of a release gets this mtime (2000-01-01T00:00:00Z): byte-identical rebuilds, stable
 # .pyc headers (which store the source mtime), and no timestamp noise in deltas.
 FIXED_MTIME = 946684800
+# In the base image, beside the base venv: the files and links that name the base venv's path.
+BASE_PATHS = "/opt/ckan-release/base-venv-paths.json"
 # Kernels cut #! lines at 127 bytes (BINPRM_BUF_SIZE 128); longer ones need pip's /bin/sh trampoline.
 MAX_SHEBANG = 127
 
@@ -110,6 +115,44 @@ def installed_constraints(python, path):
     return path
 
 
+def install_extensions(spec, python, release):
+    """One pip run installs every extension: its requirements.txt and its source (editable), constrained
+    to the versions installed in the base, so an extension may add packages but never replace one.
+    Each pip run scans the whole venv (seconds for a big one), so one run instead of three per
+    extension. When it fails, the extensions are installed one at a time, as one resolver run each,
+    to name the one that fails (and the earlier extensions' pins then constrain the later ones)."""
+    pip = [python, "-m", "pip", "install"] + pip_args(spec)
+    constraints = ["-c", installed_constraints(python, "/tmp/ckan-release-constraints.txt")]
+    args = []
+    for ext in spec["extensions"]:
+        src = os.path.join(release, "src", ext["name"])
+        req = os.path.join(src, "requirements.txt")
+        if os.path.exists(req):
+            args += ["-r", req]
+        args += ["-e", src]
+    if not args:
+        return
+    code, out = run(pip + constraints + args, cwd=release, env=pip_env(spec))
+    if code == 0:
+        return
+    log("installing the extensions together failed; installing them one at a time to find the culprit")
+    for ext in spec["extensions"]:
+        src = os.path.join(release, "src", ext["name"])
+        req = os.path.join(src, "requirements.txt")
+        constraints = ["-c", installed_constraints(python, "/tmp/ckan-release-constraints.txt")]
+        if os.path.exists(req):
+            code, one = run(pip + constraints + ["-r", req], cwd=src, env=pip_env(spec))
+            if code != 0:
+                raise pip_failure("install", "%s requirements.txt" % ext["name"], one)
+        code, one = run(pip + constraints + ["-e", src], cwd=src, env=pip_env(spec))
+        if code != 0:
+            raise pip_failure("install", ext["name"], one)
+    # Together they failed, one at a time they did not (a combination no single extension causes):
+    # the venv now holds every extension, installed as the one-at-a-time runs resolved them.
+    log("the extensions installed one at a time; their combined install failed with: %s"
+        % pip_failure("install", "extensions", out).message)
+
+
 # ---------------------------------------------------------------------------------------------- base
 
 
@@ -132,6 +175,21 @@ def cmd_base(spec):
     code, out = run(pip + ["-e", src], cwd=src, env=pip_env(spec))
     if code != 0:
         raise pip_failure("base", "ckan", out)
+    # The base's bytecode, made exactly as the release step would make it (fixed mtimes, sources named
+    # <root>/current/...): releases copy it, so they compile only what they change or add.
+    compile_tree(os.path.join(base, "bin", "python"), base, spec["current"], force=True)
+    # Which files name the base path: the release step rewrites those and reads no other.
+    named = []
+    for path in walk(base):
+        rel = os.path.relpath(path, base)
+        if os.path.islink(path):
+            if base in os.readlink(path):
+                named.append(rel)
+        elif os.path.isfile(path) and names_path(path, base.encode("utf-8")):
+            named.append(rel)
+    with io.open(BASE_PATHS, "w", encoding="utf-8") as f:
+        f.write(json.dumps(named, sort_keys=True) + u"\n")
+    log("base: %d files and links name %s" % (len(named), base))
     emit("done")
 
 
@@ -164,12 +222,14 @@ def fix_shebang(data, path):
     return trampoline + (data[end + 1:] if end >= 0 else b"")
 
 
-def rewrite_paths(release, old, new):
-    """Replaces the base venv's path in every text file and symlink of the clone."""
+def rewrite_paths(release, old, new, listed):
+    """Replaces the base venv's path in the listed files and symlinks of the clone (the base step
+    found them); bytecode that names it goes (its source changes, and is compiled again)."""
     old_b, new_b = old.encode("utf-8"), new.encode("utf-8")
     binaries = []
     changed = 0
-    for path in walk(release):
+    for rel in listed:
+        path = os.path.join(release, rel)
         st = os.lstat(path)
         if stat.S_ISLNK(st.st_mode):
             target = os.readlink(path)
@@ -180,12 +240,15 @@ def rewrite_paths(release, old, new):
             continue
         if not stat.S_ISREG(st.st_mode):
             continue
+        if rel.endswith((".pyc", ".pyo")):
+            os.unlink(path)
+            continue
         with open(path, "rb") as f:
             data = f.read()
         if old_b not in data:
             continue
         if b"\0" in data:
-            binaries.append(os.path.relpath(path, release))
+            binaries.append(rel)
             continue
         data = fix_shebang(data.replace(old_b, new_b), path)
         with open(path, "wb") as f:
@@ -195,14 +258,56 @@ def rewrite_paths(release, old, new):
     return changed, binaries
 
 
-def remove_bytecode(top):
+def names_path(path, needle):
+    """Whether the file's bytes contain needle (read in 1 MB pieces)."""
+    tail = b""
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            if needle in tail + chunk:
+                return True
+            tail = chunk[-len(needle):]
+    return False
+
+
+def compile_tree(python, top, current, force):
+    """Fixed mtimes, then compileall naming sources <current>/... (-d): the .pyc of an unchanged
+    source is byte-identical from one release to the next (deltas). Without force, only bytecode whose
+    header does not match its source's mtime is made: drop_stale_bytecode() first removes what a
+    same-mtime header would hide."""
+    run(["find", top, "-exec", "touch", "-h", "-d", "@%d" % FIXED_MTIME, "{}", "+"])
+    code, out = run([python, "-m", "compileall", "-q"] + (["-f"] if force else []) + ["-d", current, top])
+    if code != 0:
+        # Venvs hold files that are not valid for this Python (templates, py2-only tests): not fatal.
+        log("compileall reported files it could not compile (see above); they stay uncompiled")
+
+
+def drop_stale_bytecode(top):
+    """Removes the bytecode of every source changed since the base was compiled (its mtime is no longer
+    FIXED_MTIME: rewritten, patched, installed) and of sources that are gone. compileall alone would
+    keep it once the mtimes are reset: Python 3.6's compileall compares only the mtime."""
+    import importlib.util
+    tag = sys.implementation.cache_tag
+    removed = 0
     for dirpath, dirnames, filenames in os.walk(top):
         for name in filenames:
-            if name.endswith((".pyc", ".pyo")):
-                os.unlink(os.path.join(dirpath, name))
-        if "__pycache__" in dirnames:
-            run(["rm", "-rf", os.path.join(dirpath, "__pycache__")])
-            dirnames.remove("__pycache__")
+            if name.endswith(".py"):
+                path = os.path.join(dirpath, name)
+                if os.lstat(path).st_mtime != FIXED_MTIME:
+                    for opt in ("", 1, 2):
+                        cached = importlib.util.cache_from_source(path, optimization=opt)
+                        if os.path.lexists(cached):
+                            os.unlink(cached)
+                            removed += 1
+        if os.path.basename(dirpath) == "__pycache__":
+            for name in filenames:
+                parts = name.split(".")
+                if len(parts) < 3 or parts[-1] != "pyc":
+                    continue
+                stem = parts[:-2] if parts[-2] == tag else parts[:-3] if parts[-3] == tag else None
+                if stem and not os.path.exists(os.path.join(os.path.dirname(dirpath), ".".join(stem) + ".py")):
+                    os.unlink(os.path.join(dirpath, name))
+                    removed += 1
+    return removed
 
 
 def apply_patch(patch, target_dir):
@@ -275,8 +380,9 @@ def cmd_release(spec):
     code, _ = run(["cp", "-a", base, release])
     if code != 0:
         raise BuildFailure("clone", "copying the base venv to %s failed" % release)
-    remove_bytecode(release)
-    changed, binaries = rewrite_paths(release, base, release)
+    with io.open(BASE_PATHS, encoding="utf-8") as f:
+        listed = json.load(f)
+    changed, binaries = rewrite_paths(release, base, release, listed)
     if binaries:
         raise BuildFailure("clone", "binary files name the base venv path %s and cannot be rewritten: %s"
                            % (base, ", ".join(binaries[:10])), files=binaries)
@@ -295,27 +401,11 @@ def cmd_release(spec):
         log("applied %s" % patch["file"])
 
     emit("step", name="install")
-    pip = [python, "-m", "pip", "install"] + pip_args(spec)
-    for ext in spec["extensions"]:
-        src = os.path.join(release, "src", ext["name"])
-        req = os.path.join(src, "requirements.txt")
-        constraints = ["-c", installed_constraints(python, "/tmp/ckan-release-constraints.txt")]
-        if os.path.exists(req):
-            code, out = run(pip + constraints + ["-r", req], cwd=src, env=pip_env(spec))
-            if code != 0:
-                raise pip_failure("install", "%s requirements.txt" % ext["name"], out)
-        code, out = run(pip + constraints + ["-e", src], cwd=src, env=pip_env(spec))
-        if code != 0:
-            raise pip_failure("install", ext["name"], out)
+    install_extensions(spec, python, release)
 
     emit("step", name="compile")
-    run(["find", release, "-exec", "touch", "-h", "-d", "@%d" % FIXED_MTIME, "{}", "+"])
-    # -d: the bytecode names sources by <root>/current/..., not by this release's own path, so the
-    # .pyc files of an unchanged package are byte-identical from one release to the next (deltas).
-    code, out = run([python, "-m", "compileall", "-q", "-f", "-d", spec["current"], release])
-    if code != 0:
-        # Venvs hold files that are not valid for this Python (templates, py2-only tests): not fatal.
-        log("compileall reported files it could not compile (see above); they stay uncompiled")
+    log("removed %d stale .pyc files" % drop_stale_bytecode(release))
+    compile_tree(python, release, spec["current"], force=False)
 
     emit("step", name="verify")
     code, out = run([python, "-m", "pip", "check"])
@@ -360,24 +450,287 @@ def cmd_release(spec):
         f.write(json.dumps(files, sort_keys=True) + u"\n")
 
     emit("step", name="pack")
-    listing = os.path.join(out_dir, "files.txt")
-    with io.open(listing, "w", encoding="utf-8") as f:
-        for entry in files:
-            f.write(u"./" + entry["path"] + u"\n")
     archive = os.path.join(out_dir, "release.tar.gz")
-    shell = ("set -o pipefail 2>/dev/null; tar -C '%s' --no-recursion --numeric-owner --owner=0 --group=0 "
-             "--mtime=@%d -cf - -T '%s' | gzip -n -6 > '%s'" % (release, FIXED_MTIME, listing, archive))
-    code, _ = run(["bash", "-c", shell])
-    if code != 0:
-        raise BuildFailure("pack", "packing the release failed")
-    os.unlink(listing)
-    h = hashlib.sha256()
-    with open(archive, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    stats = pack(release, files, archive, spec.get("pack_cache"))
+    emit("info", message="pack: %d entries in %d chunks, %d compressed, %d from the cache%s, %.1f MB"
+         % (len(files), stats["chunks"], stats["compressed"], stats["cached"],
+            ", %d damaged cache entries replaced" % stats["damaged"] if stats["damaged"] else "",
+            stats["bytes"] / 1e6))
     emit("result", plugins=facts["plugins"], freeze=freeze_lines, python_version=facts["python_version"],
-         ckan_version=facts["ckan_version"], archive_bytes=os.path.getsize(archive), archive_sha256=h.hexdigest(),
+         ckan_version=facts["ckan_version"], archive_bytes=stats["bytes"], archive_sha256=stats["sha256"],
          files=len(files))
+
+
+# ---------------------------------------------------------------------------------------------- pack
+
+# release.tar.gz is the GNU tar stream that `tar --numeric-owner --owner=0 --group=0 --mtime=@FIXED_MTIME
+# --no-recursion -T <files.json order>` writes (byte for byte), compressed as a sequence of gzip
+# members, one per chunk of entries. A gzip file of several members is one valid gzip file (RFC 1952):
+# gzip -d, tar -xz and Node's gunzip read it whole. The chunks are compressed in parallel (zlib
+# releases the GIL), and a chunk whose bytes an earlier build already compressed is taken from the
+# cache, so a warm build compresses only what changed.
+PACK_LEVEL = 6
+# GNU tar's record: the archive ends with two zero blocks, padded to a multiple of 20 blocks.
+TAR_RECORD = 10240
+# Chunk boundaries depend only on the paths and on the size since the chunk's start, so a change in
+# one package changes only its own chunk(s) (and the one after, at most, until a boundary agrees
+# again). A chunk may end before an entry whose first DEPTH path components differ from the
+# previous entry's once it holds MINIMUM bytes (lib/python3.11/site-packages/<pkg>: depth 4); a
+# large package is cut at depth 5 and then anywhere, so no chunk holds up the others for long.
+CHUNK_CUTS = ((4, 1 << 20), (5, 4 << 20), (0, 16 << 20))
+# The cache keeps at most this many bytes; the members least recently used go first, never one the
+# current build used.
+PACK_CACHE_CAP = 2 << 30
+PACK_CACHE_KEY = ("ckan-release pack: gzip member of a tar chunk, zlib level %d, zlib %s\n"
+                  % (PACK_LEVEL, getattr(zlib, "ZLIB_RUNTIME_VERSION", zlib.ZLIB_VERSION))).encode("ascii")
+
+
+def fsencode(name):
+    return name if isinstance(name, bytes) else name.encode("utf-8", "surrogateescape")
+
+
+def tar_number(value, width):
+    """A numeric header field as GNU tar writes it: zero-padded octal and a NUL."""
+    text = "%0*o" % (width - 1, value)
+    if len(text) > width - 1:
+        raise BuildFailure("pack", "%d does not fit a tar header field" % value)
+    return text.encode("ascii") + b"\0"
+
+
+def tar_padding(size):
+    return b"\0" * (-size % 512)
+
+
+def tar_header(name, mode, size, typeflag, linkname=b"", mtime=FIXED_MTIME):
+    """A GNU format header: numeric owner 0/0 and empty user and group names (--numeric-owner),
+    names and link targets cut at 100 bytes (the whole one goes first in a ././@LongLink member)."""
+    h = bytearray(512)
+    h[0:len(name[:100])] = name[:100]
+    h[100:108] = tar_number(mode, 8)
+    h[108:116] = tar_number(0, 8)
+    h[116:124] = tar_number(0, 8)
+    h[124:136] = tar_number(size, 12)
+    h[136:148] = tar_number(mtime, 12)
+    h[148:156] = b"        "
+    h[156:157] = typeflag
+    h[157:157 + len(linkname[:100])] = linkname[:100]
+    h[257:265] = b"ustar  \0"
+    h[148:156] = ("%06o" % sum(h)).encode("ascii") + b"\0 "
+    return bytes(h)
+
+
+def tar_long(value, typeflag):
+    data = value + b"\0"
+    return tar_header(b"././@LongLink", 0o644, len(data), typeflag, mtime=0) + data + tar_padding(len(data))
+
+
+def tar_entry(release, entry):
+    """The tar bytes of one files.json entry: its header(s), its content and the padding."""
+    name = fsencode("./" + entry["path"])
+    mode = int(entry["mode"], 8)
+    link = b""
+    data = b""
+    if entry["type"] == "dir":
+        name += b"/"
+        typeflag = b"5"
+    elif entry["type"] == "symlink":
+        link = fsencode(entry["target"])
+        typeflag = b"2"
+    else:
+        typeflag = b"0"
+        with open(os.path.join(release, entry["path"]), "rb") as f:
+            data = f.read()
+        if len(data) != entry["size"]:
+            raise BuildFailure("pack", "%s changed while the release was packed" % entry["path"])
+    parts = []
+    if len(link) > 100:
+        parts.append(tar_long(link, b"K"))
+    if len(name) > 100:
+        parts.append(tar_long(name, b"L"))
+    parts += [tar_header(name, mode, len(data), typeflag, link), data, tar_padding(len(data))]
+    return b"".join(parts)
+
+
+def tar_chunks(release, files):
+    """The archive's tar bytes in chunks cut at path-stable boundaries; the end-of-archive zero blocks
+    are a chunk of their own (they depend on the total size, which any change moves)."""
+    parts, size, total, previous = [], 0, 0, None
+    for entry in files:
+        components = entry["path"].split("/")
+        if parts:
+            for depth, minimum in CHUNK_CUTS:
+                if size >= minimum and (not depth or components[:depth] != previous[:depth]):
+                    yield b"".join(parts)
+                    parts, size = [], 0
+                    break
+        data = tar_entry(release, entry)
+        parts.append(data)
+        size += len(data)
+        total += len(data)
+        previous = components
+    if parts:
+        yield b"".join(parts)
+    yield b"\0" * (1024 + (-(total + 1024) % TAR_RECORD))
+
+
+def gzip_member(raw):
+    """raw as one gzip member (no name, mtime 0), level PACK_LEVEL."""
+    c = zlib.compressobj(PACK_LEVEL, zlib.DEFLATED, 31)
+    return c.compress(raw) + c.flush()
+
+
+def member_holds(data, raw):
+    """Whether data is exactly one gzip member whose content is raw: a cached member is never trusted
+    for its name alone (a damaged or truncated file, or a disk error, would ship a broken archive)."""
+    d = zlib.decompressobj(31)
+    try:
+        out = d.decompress(data)
+    except zlib.error:
+        return False
+    return d.eof and not d.unused_data and out == raw
+
+
+class PackCache(object):
+    """Compressed chunks in a directory (a Docker volume), named by the sha256 of the chunk's raw tar
+    bytes, the level and the zlib version. Written atomically (temporary file + rename), checked by
+    decompression on every use, pruned to PACK_CACHE_CAP."""
+
+    def __init__(self, top):
+        self.dir = os.path.join(top, "gzip-members")
+        self.used = set()
+        self.lock = threading.Lock()
+        if not os.path.isdir(self.dir):
+            os.makedirs(self.dir)
+
+    def path(self, raw):
+        h = hashlib.sha256(PACK_CACHE_KEY)
+        h.update(raw)
+        return os.path.join(self.dir, h.hexdigest() + ".gz")
+
+    def get(self, path, raw):
+        """The cached member for raw: (data, None), (None, "damaged") or (None, None) if absent."""
+        with self.lock:
+            self.used.add(path)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except (IOError, OSError):
+            return None, None
+        if not member_holds(data, raw):
+            return None, "damaged"
+        try:
+            os.utime(path, None)
+        except OSError:
+            pass
+        return data, None
+
+    def put(self, path, data):
+        tmp = "%s.tmp-%d-%d" % (path, os.getpid(), threading.current_thread().ident)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.rename(tmp, path)
+        except (IOError, OSError) as e:
+            log("pack cache: cannot write %s: %s" % (path, e))
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+    def prune(self):
+        """Least recently used first, down to PACK_CACHE_CAP bytes; never this build's members.
+        Temporary files of crashed builds go after an hour."""
+        entries, total, now = [], 0, time.time()
+        for name in os.listdir(self.dir):
+            path = os.path.join(self.dir, name)
+            try:
+                st = os.stat(path)
+                if ".tmp-" in name:
+                    if now - st.st_mtime > 3600:
+                        os.unlink(path)
+                    continue
+            except OSError:
+                continue
+            entries.append((st.st_mtime, st.st_size, path))
+            total += st.st_size
+        removed = 0
+        for mtime, size, path in sorted(entries):
+            if total <= PACK_CACHE_CAP:
+                break
+            if path in self.used:
+                continue
+            try:
+                os.unlink(path)
+            except OSError:
+                continue
+            total -= size
+            removed += 1
+        return removed, total
+
+
+def pack(release, files, archive, cache_dir):
+    """Writes release.tar.gz; returns the counts for the log, its size and sha256."""
+    cache = None
+    if cache_dir:
+        try:
+            cache = PackCache(cache_dir)
+        except (IOError, OSError) as e:
+            log("pack cache unusable, compressing everything: %s" % e)
+    stats = {"chunks": 0, "compressed": 0, "cached": 0, "damaged": 0}
+
+    def member(raw):
+        path = cache.path(raw) if cache else None
+        if path:
+            data, problem = cache.get(path, raw)
+            if data is not None:
+                return data, "cached"
+        data = gzip_member(raw)
+        if path:
+            cache.put(path, data)
+            if problem:
+                return data, "damaged"
+        return data, "compressed"
+
+    workers = max(1, (os.cpu_count() if hasattr(os, "cpu_count") else 1) or 1)
+    digest = hashlib.sha256()
+    size = [0]
+
+    with open(archive, "wb") as out:
+        def write(result):
+            data, how = result
+            out.write(data)
+            digest.update(data)
+            size[0] += len(data)
+            stats["chunks"] += 1
+            stats[how] += 1
+            if how == "damaged":
+                stats["compressed"] += 1
+
+        try:
+            from concurrent.futures import ThreadPoolExecutor
+        except ImportError:  # Python 2.7: one chunk after the other
+            for raw in tar_chunks(release, files):
+                write(member(raw))
+        else:
+            import collections
+            pool = ThreadPoolExecutor(workers)
+            pending = collections.deque()
+            try:
+                # At most a few chunks in flight: memory stays a few MB per worker.
+                for raw in tar_chunks(release, files):
+                    pending.append(pool.submit(member, raw))
+                    while len(pending) > 2 * workers:
+                        write(pending.popleft().result())
+                while pending:
+                    write(pending.popleft().result())
+            finally:
+                pool.shutdown(wait=True)
+    if cache:
+        removed, kept = cache.prune()
+        log("pack cache: %d members removed, %.1f MB kept" % (removed, kept / 1e6))
+    stats["bytes"] = size[0]
+    stats["sha256"] = digest.hexdigest()
+    return stats
 
 
 def manifest(release, base):

@@ -35,6 +35,10 @@ export const BUILD_SCRIPT = path.resolve(
 /** Where the base venv lives in the base image. Distinctive, so that any leftover mention is found. */
 export const BASE_VENV = '/opt/ckan-release/base-venv';
 
+/** The Docker volume that keeps the archive's compressed chunks between builds (see pack() in the script). */
+export const PACK_CACHE_VOLUME = 'ckan-release-pack-cache';
+const PACK_CACHE_MOUNT = '/cache';
+
 export type BuildStep =
   | 'resolve'
   | 'image'
@@ -59,6 +63,8 @@ export interface BuildOptions {
   docker: Docker;
   /** Mirrors and work directories; default ~/.cache/ckan-release. */
   cacheDir?: string;
+  /** The Docker volume of compressed archive chunks; default $CKAN_RELEASE_PACK_CACHE_VOLUME or PACK_CACHE_VOLUME. */
+  packCacheVolume?: string;
   onEvent?: (event: BuildEvent) => void;
   now?: () => Date;
 }
@@ -93,7 +99,7 @@ export function defaultCacheDir(): string {
 }
 
 interface ScriptEvent {
-  event: 'step' | 'error' | 'result' | 'done';
+  event: 'step' | 'info' | 'error' | 'result' | 'done';
   name?: string;
   kind?: string;
   message?: string;
@@ -159,8 +165,10 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
     const pipDigestPart = { ...pipSettings, find_links: findLinksListing(config.builder.pip.findLinks) };
 
     emit({ kind: 'step', step: 'base venv' });
+    // The root too: the base's bytecode names its sources by <root>/current/... (see the script).
     const baseDigest = digest({
       image: image.id,
+      root: config.root,
       ckan: inputs.ckan.commit,
       pip: pipDigestPart,
       script: digest(scriptText.toString()),
@@ -184,6 +192,7 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
         path.join(input, 'spec.json'),
         JSON.stringify({
           base: BASE_VENV,
+          current: path.posix.join(config.root, 'current'),
           ckan_source: '/input/ckan',
           pip: { ...pipSettings, find_links: findLinks },
         }),
@@ -238,6 +247,7 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
         release: releasePath,
         current: path.posix.join(config.root, 'current'),
         output: '/output',
+        pack_cache: PACK_CACHE_MOUNT,
         python_path: pythonPath,
         pip: { ...pipSettings, find_links: findLinks },
         extensions: inputs.extensions.map((x) => ({
@@ -256,6 +266,11 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
     );
     writeFileSync(path.join(input, 'build.py'), scriptText);
 
+    const packCache = await ensurePackCache(
+      docker,
+      opts.packCacheVolume ?? process.env.CKAN_RELEASE_PACK_CACHE_VOLUME ?? PACK_CACHE_VOLUME,
+    );
+
     staging = path.join(config.store, `.staging-${id}-${process.pid}`);
     rmSync(staging, { recursive: true, force: true });
     const result = await runStep(docker, baseTag, 'release', path.join(work, 'release'), {
@@ -264,6 +279,7 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
       emit,
       fetchOutputTo: staging,
       logFile,
+      volume: { name: packCache, target: PACK_CACHE_MOUNT },
     });
 
     emit({ kind: 'step', step: 'store' });
@@ -394,6 +410,22 @@ interface StepOptions {
   commitAs?: string;
   /** Copy the container's /output into this directory. */
   fetchOutputTo?: string;
+  /** A named volume to mount (the pack cache; the release step only). */
+  volume?: { name: string; target: string };
+}
+
+/** The pack cache volume, created (labelled as ckan-release's) if missing; returns its name. */
+async function ensurePackCache(docker: Docker, name: string): Promise<string> {
+  try {
+    await docker.getVolume(name).inspect();
+  } catch (e) {
+    if ((e as { statusCode?: number }).statusCode !== 404) throw e;
+    await docker.createVolume({
+      Name: name,
+      Labels: { 'ckan-release': '1', 'ckan-release.volume': 'pack-cache' },
+    });
+  }
+  return name;
 }
 
 /** Runs build.py base|release in a container whose /input is `workDir/input`; returns the result event. */
@@ -412,7 +444,10 @@ async function runStep(
       `mkdir -p /output && "$CKAN_RELEASE_PYTHON" -u /input/build.py ${command} /input/spec.json; rc=$?; rm -rf /input; exit $rc`,
     ],
     Labels: { 'ckan-release': '1', 'ckan-release.step': command },
-    HostConfig: { NetworkMode: opts.network === 'default' ? 'default' : opts.network },
+    HostConfig: {
+      NetworkMode: opts.network === 'default' ? 'default' : opts.network,
+      Mounts: opts.volume ? [{ Type: 'volume', Source: opts.volume.name, Target: opts.volume.target }] : [],
+    },
     AttachStdout: true,
     AttachStderr: true,
   });
@@ -432,7 +467,10 @@ async function runStep(
         if (line.startsWith('@@{')) {
           const ev = JSON.parse(line.slice(2)) as ScriptEvent;
           if (ev.event === 'step') opts.emit({ kind: 'step', step: ev.name as BuildStep });
-          else if (ev.event === 'error') failure = ev;
+          else if (ev.event === 'info') {
+            opts.log.write(`${String(ev.message)}\n`);
+            opts.emit({ kind: 'info', message: String(ev.message) });
+          } else if (ev.event === 'error') failure = ev;
           else if (ev.event === 'result') result = ev;
           continue;
         }

@@ -13,12 +13,16 @@ import {
 } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { Readable } from 'node:stream';
+import { createGunzip } from 'node:zlib';
 import type Docker from 'dockerode';
 import tar from 'tar-fs';
-import { beforeAll, describe, expect, it } from 'vitest';
+import tarStream from 'tar-stream';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Manifest } from '../../src/artifact/manifest.js';
 import { listArtifacts } from '../../src/artifact/store.js';
 import { BASE_VENV } from '../../src/builder/build.js';
+import { makeDeltaArchive } from '../../src/deploy/delta.js';
 import { demuxBuffer } from '../../src/docker/run.js';
 import { commitFile } from '../support/fixtures.js';
 import { builderImage, testDocker } from '../support/docker.js';
@@ -28,10 +32,13 @@ let docker: Docker;
 let project: TestProject;
 let first: { id: string; manifest: Manifest; dir: string };
 let firstOutput: string;
+// This file's own pack cache, so that its counts do not depend on other builds and it may damage it.
+const PACK_VOLUME = `ckan-release-pack-cache-test-${process.pid}`;
 
 beforeAll(async () => {
   docker = await testDocker();
   project = await testProject();
+  process.env.CKAN_RELEASE_PACK_CACHE_VOLUME = PACK_VOLUME;
   const r = await project.cli('--config', project.config, 'build');
   firstOutput = r.err;
   expect(r.err).not.toMatch(/^ckan-release: /m);
@@ -44,6 +51,98 @@ beforeAll(async () => {
     manifest: JSON.parse(readFileSync(path.join(dir, 'manifest.json'), 'utf8')) as Manifest,
   };
 }, 900_000);
+
+afterAll(async () => {
+  delete process.env.CKAN_RELEASE_PACK_CACHE_VOLUME;
+  await docker.getVolume(PACK_VOLUME).remove();
+});
+
+const PACK_LINE =
+  /pack: (\d+) entries in (\d+) chunks, (\d+) compressed, (\d+) from the cache(?:, (\d+) damaged cache entries replaced)?, [\d.]+ MB/;
+
+interface PackLine {
+  entries: number;
+  chunks: number;
+  compressed: number;
+  cached: number;
+  damaged: number;
+}
+
+function packLine(output: string): PackLine {
+  const m = PACK_LINE.exec(output);
+  expect(m, output).not.toBeNull();
+  return {
+    entries: Number(m![1]),
+    chunks: Number(m![2]),
+    compressed: Number(m![3]),
+    cached: Number(m![4]),
+    damaged: Number(m![5] ?? 0),
+  };
+}
+
+/** How many gzip members the file holds (Python's zlib: one decompressobj per member). */
+function gzipMembers(file: string): number {
+  return Number(
+    execFileSync('python3', [
+      '-c',
+      'import sys, zlib\n' +
+        'data, n = open(sys.argv[1], "rb").read(), 0\n' +
+        'while data:\n' +
+        '    d = zlib.decompressobj(31); d.decompress(data); assert d.eof; data, n = d.unused_data, n + 1\n' +
+        'print(n)',
+      file,
+    ]).toString(),
+  );
+}
+
+/** Every member of a .tar.gz as Node reads it (zlib gunzip + tar-stream, as src/deploy/delta.ts). */
+async function tarEntries(data: Buffer): Promise<{ name: string; type: string; body: Buffer }[]> {
+  const extract = tarStream.extract();
+  const out: { name: string; type: string; body: Buffer }[] = [];
+  const done = (async () => {
+    for await (const e of extract) {
+      const body: Buffer[] = [];
+      for await (const c of e) body.push(c as Buffer);
+      out.push({ name: e.header.name, type: e.header.type, body: Buffer.concat(body) });
+    }
+  })();
+  Readable.from([data]).pipe(createGunzip()).pipe(extract);
+  await done;
+  return out;
+}
+
+/** Unpacks the artifact with the system's tar and checks it against its manifest, entry by entry. */
+function expectArchiveMatches(dir: string, manifest: Manifest): void {
+  const out = mkdtempSync(path.join(os.tmpdir(), 'ckan-release-unpack-'));
+  execFileSync('tar', ['-xzf', path.join(dir, 'release.tar.gz'), '-C', out]);
+  const listed = new Set<string>();
+  for (const f of manifest.files) {
+    listed.add(f.path);
+    const p = path.join(out, f.path);
+    const st = lstatSync(p);
+    expect((st.mode & 0o7777).toString(8).padStart(4, '0'), f.path).toBe(f.mode);
+    if (f.type === 'file') {
+      expect(st.isFile(), f.path).toBe(true);
+      expect(st.size, f.path).toBe(f.size);
+      expect(sha256(p), f.path).toBe(f.sha256);
+    } else if (f.type === 'symlink') {
+      expect(readlinkSync(p), f.path).toBe(f.target);
+    } else {
+      expect(st.isDirectory(), f.path).toBe(true);
+    }
+  }
+  const onDisk: string[] = [];
+  const walk = (rel: string) => {
+    for (const name of readdirSync(path.join(out, rel))) {
+      const r = rel ? `${rel}/${name}` : name;
+      onDisk.push(r);
+      if (lstatSync(path.join(out, r)).isDirectory()) walk(r);
+    }
+  };
+  walk('');
+  expect(onDisk.filter((p) => !listed.has(p))).toEqual([]);
+  expect(onDisk.length).toBe(manifest.files.length);
+}
 
 /** Runs a shell script in a fresh container of the debian12 image with the artifact's tarball at /in. */
 async function inFreshContainer(artifactDir: string, script: string): Promise<{ code: number; out: string }> {
@@ -131,36 +230,85 @@ describe('a build of the example project', () => {
     expect(readFileSync(path.join(first.dir, 'build.log'), 'utf8')).toMatch(/Successfully installed/);
   });
 
+  it('installs every extension in one pip run, constrained to the base', () => {
+    const log = readFileSync(path.join(first.dir, 'build.log'), 'utf8');
+    const R = `/usr/lib/ckan/releases/${first.id}`;
+    const installs = log.split('\n').filter((l) => l.startsWith(`$ ${R}/bin/python -m pip install `));
+    expect(installs.length).toBe(1);
+    expect(installs[0]).toContain(' -c /tmp/ckan-release-constraints.txt ');
+    for (const x of ['ckanext-showcase', 'ckanext-spatial', 'ckanext-scheming'])
+      expect(installs[0]).toContain(` -e ${R}/src/${x}`);
+    expect(installs[0]).toContain(` -r ${R}/src/ckanext-spatial/requirements.txt`);
+  });
+
   it('has a manifest whose every entry matches the tarball (sha256, mode, type, link target), and nothing more', () => {
-    const out = mkdtempSync(path.join(os.tmpdir(), 'ckan-release-unpack-'));
-    execFileSync('tar', ['-xzf', path.join(first.dir, 'release.tar.gz'), '-C', out]);
-    const listed = new Set<string>();
-    for (const f of first.manifest.files) {
-      listed.add(f.path);
-      const p = path.join(out, f.path);
-      const st = lstatSync(p);
-      expect((st.mode & 0o7777).toString(8).padStart(4, '0'), f.path).toBe(f.mode);
-      if (f.type === 'file') {
-        expect(st.isFile(), f.path).toBe(true);
-        expect(st.size, f.path).toBe(f.size);
-        expect(sha256(p), f.path).toBe(f.sha256);
-      } else if (f.type === 'symlink') {
-        expect(readlinkSync(p), f.path).toBe(f.target);
-      } else {
-        expect(st.isDirectory(), f.path).toBe(true);
-      }
-    }
-    const onDisk: string[] = [];
-    const walk = (rel: string) => {
-      for (const name of readdirSync(path.join(out, rel))) {
-        const r = rel ? `${rel}/${name}` : name;
-        onDisk.push(r);
-        if (lstatSync(path.join(out, r)).isDirectory()) walk(r);
-      }
-    };
-    walk('');
-    expect(onDisk.filter((p) => !listed.has(p))).toEqual([]);
-    expect(onDisk.length).toBe(first.manifest.files.length);
+    expectArchiveMatches(first.dir, first.manifest);
+  });
+
+  it('packs one gzip member per chunk, all compressed on an empty cache; Node reads every entry in manifest order', async () => {
+    const pack = packLine(firstOutput);
+    expect(pack.entries).toBe(first.manifest.files.length);
+    expect(pack.chunks).toBeGreaterThan(2);
+    expect(pack).toMatchObject({ compressed: pack.chunks, cached: 0, damaged: 0 });
+    const archive = path.join(first.dir, 'release.tar.gz');
+    expect(gzipMembers(archive)).toBe(pack.chunks);
+    const entries = await tarEntries(readFileSync(archive));
+    expect(entries.map((e) => e.name.replace(/^\.\//, '').replace(/\/$/, ''))).toEqual(
+      first.manifest.files.map((f) => f.path),
+    );
+    expect(entries.map((e) => e.type)).toEqual(
+      first.manifest.files.map((f) => ({ file: 'file', dir: 'directory', symlink: 'symlink' })[f.type]),
+    );
+  });
+
+  it('is, uncompressed, byte for byte the tar stream GNU tar writes for the same entries in the same order', async () => {
+    const r = await inFreshContainer(
+      first.dir,
+      [
+        'set -e',
+        'mkdir /r && tar -xzf /in/release.tar.gz -C /r',
+        "gzip -dc /in/release.tar.gz | tar -tf - | sed 's#/$##' > /tmp/list",
+        'cd /r && tar --no-recursion --numeric-owner --owner=0 --group=0 --mtime=@946684800 -cf /tmp/gnu.tar -T /tmp/list',
+        'gzip -dc /in/release.tar.gz | cmp - /tmp/gnu.tar && wc -l < /tmp/list',
+      ].join('\n'),
+    );
+    expect(r.out.trim()).toBe(String(first.manifest.files.length));
+    expect(r.code).toBe(0);
+  });
+
+  it('holds exactly the bytecode a forced compile of the release makes: none stale, none missing', async () => {
+    // Most .pyc files come from the base image, compiled there; the release compiles only what it
+    // changed or added (rewritten files, the patched core file, the extensions).
+    const R = `/usr/lib/ckan/releases/${first.id}`;
+    const r = await inFreshContainer(
+      first.dir,
+      [
+        'set -e',
+        `mkdir -p ${R} && tar -xzf /in/release.tar.gz -C ${R}`,
+        `cp -a ${R} /tmp/again`,
+        `${R}/bin/python -m compileall -q -f -d /usr/lib/ckan/current /tmp/again > /dev/null || true`,
+        `diff -r ${R} /tmp/again && echo same`,
+        `find ${R} -name '*.pyc' | wc -l`,
+      ].join('\n'),
+    );
+    const [same, count] = r.out.trim().split('\n');
+    expect(same).toBe('same');
+    expect(Number(count)).toBeGreaterThan(500);
+    expect(r.code).toBe(0);
+  });
+
+  it('cuts a delta out of the multi-member archive: files from the first, a middle and the last member', async () => {
+    const files = first.manifest.files.filter((f) => f.type === 'file' && f.size > 0);
+    const need = [files[0]!, files[Math.floor(files.length / 2)]!, files[files.length - 1]!];
+    const delta = await makeDeltaArchive(
+      path.join(first.dir, 'release.tar.gz'),
+      need.map((f) => f.path),
+    );
+    expect(delta.files).toBe(3);
+    const got = await tarEntries(delta.data);
+    expect(got.map((e) => [e.name, createHash('sha256').update(e.body).digest('hex')])).toEqual(
+      need.map((f) => [f.path, f.sha256]),
+    );
   });
 
   it('unpacked at <root>/releases/<ID> in a fresh container, runs its console scripts and imports every extension, with no trace of the base path', async () => {
@@ -197,6 +345,7 @@ describe('a build of the example project', () => {
 
 describe('a rebuild with one extension changed', () => {
   let second: Manifest;
+  let secondDir: string;
   let output: string;
 
   beforeAll(async () => {
@@ -205,10 +354,22 @@ describe('a rebuild with one extension changed', () => {
     output = r.err;
     expect(r.code).toBe(0);
     const id = r.out.trim();
-    second = JSON.parse(
-      readFileSync(path.join(project.dir, '.ckan-release/artifacts', id, 'manifest.json'), 'utf8'),
-    ) as Manifest;
+    secondDir = path.join(project.dir, '.ckan-release/artifacts', id);
+    second = JSON.parse(readFileSync(path.join(secondDir, 'manifest.json'), 'utf8')) as Manifest;
   }, 600_000);
+
+  it('compresses only the chunks that changed, takes the rest from the pack cache, and its archive is whole', () => {
+    const pack = packLine(output);
+    const firstPack = packLine(firstOutput);
+    expect(pack.entries).toBe(second.files.length);
+    expect(pack.cached).toBeGreaterThan(0);
+    expect(pack.damaged).toBe(0);
+    expect(pack.compressed + pack.cached).toBe(pack.chunks);
+    // What changed: showcase's chunk(s), the files naming the release path, RELEASE.json, the end.
+    expect(pack.compressed).toBeLessThan(firstPack.chunks / 2);
+    expect(gzipMembers(path.join(secondDir, 'release.tar.gz'))).toBe(pack.chunks);
+    expectArchiveMatches(secondDir, second);
+  });
 
   it('reuses the cached base venv and says so', () => {
     expect(output).toMatch(/base venv: reused ckan-release-base:debian12-/);
@@ -248,6 +409,18 @@ describe('a rebuild with one extension changed', () => {
       ),
     ).toEqual([]);
     expect(changed / total).toBeLessThan(0.05);
+  });
+
+  it('keeps the bytecode of the base, CKAN core and its requirements, byte for byte', () => {
+    const pyc = (m: Manifest, re: RegExp) =>
+      m.files.filter((f) => re.test(f.path)).map((f) => [f.path, f.sha256]);
+    for (const re of [
+      /^lib\/python3\.\d+\/site-packages\/fixturelib_markup\/__pycache__\/.*\.pyc$/,
+      /^src\/ckan\/ckan\/__pycache__\/.*\.pyc$/,
+    ]) {
+      expect(pyc(first.manifest, re).length, String(re)).toBeGreaterThan(0);
+      expect(pyc(second, re)).toEqual(pyc(first.manifest, re));
+    }
   });
 });
 
@@ -370,5 +543,61 @@ describe('artifacts', () => {
     );
     const json = await project.cli('--config', project.config, '--json', 'artifacts', 'show', first.id);
     expect((JSON.parse(json.out) as Manifest).files.length).toBe(first.manifest.files.length);
+  });
+});
+
+describe('a damaged pack cache', () => {
+  let output: string;
+  let dir: string;
+  let manifest: Manifest;
+  let damaged: number;
+
+  beforeAll(async () => {
+    // Half the cached members lose their second half, the others get one byte flipped in the middle
+    // (their gzip trailer, CRC and size, still intact).
+    const container = await docker.createContainer({
+      Image: (await builderImage('debian12')).tag,
+      Cmd: [
+        'python3',
+        '-c',
+        'import glob\n' +
+          'names = sorted(glob.glob("/cache/gzip-members/*.gz"))\n' +
+          'for i, name in enumerate(names):\n' +
+          '    data = bytearray(open(name, "rb").read())\n' +
+          '    if i % 2:\n' +
+          '        data[len(data) // 2] ^= 0xFF\n' +
+          '    else:\n' +
+          '        data = data[: len(data) // 2]\n' +
+          '    open(name, "wb").write(data)\n' +
+          'print(len(names))',
+      ],
+      HostConfig: {
+        NetworkMode: 'none',
+        Mounts: [{ Type: 'volume', Source: PACK_VOLUME, Target: '/cache' }],
+      },
+      Labels: { 'ckan-release': '1' },
+    });
+    try {
+      await container.start();
+      expect(((await container.wait()) as { StatusCode: number }).StatusCode).toBe(0);
+      damaged = Number(demuxBuffer((await container.logs({ stdout: true })) as Buffer));
+    } finally {
+      await container.remove({ force: true });
+    }
+    const r = await project.cli('--config', project.config, 'build');
+    output = r.err;
+    expect(r.code).toBe(0);
+    dir = path.join(project.dir, '.ckan-release/artifacts', r.out.trim());
+    manifest = JSON.parse(readFileSync(path.join(dir, 'manifest.json'), 'utf8')) as Manifest;
+  }, 600_000);
+
+  it('is detected: every damaged member is compressed again and replaced, none is shipped', () => {
+    expect(damaged).toBeGreaterThan(2);
+    const pack = packLine(output);
+    expect(pack.cached).toBe(0);
+    expect(pack.damaged).toBeGreaterThan(0);
+    expect(pack.compressed).toBe(pack.chunks);
+    expect(gzipMembers(path.join(dir, 'release.tar.gz'))).toBe(pack.chunks);
+    expectArchiveMatches(dir, manifest);
   });
 });

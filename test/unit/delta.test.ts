@@ -1,6 +1,6 @@
 // The delta archive: exactly the needed files of release.tar.gz, with their modes and mtimes, and an
 // error naming a needed file the archive does not have.
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { gunzipSync, gzipSync } from 'node:zlib';
@@ -10,7 +10,13 @@ import { archiveMtime, DeltaCache, makeDeltaArchive } from '../../src/deploy/del
 
 const MTIME = new Date(946684800 * 1000);
 
-async function tarGz(entries: Partial<tarStream.Header>[], bodies: Record<string, string>): Promise<string> {
+/** A tar.gz of entries; with `members`, the tar bytes cut into that many gzip members (as the build
+ * packs them: a gzip file of several members is one gzip file), at 512-byte blocks, mid-entry too. */
+async function tarGz(
+  entries: Partial<tarStream.Header>[],
+  bodies: Record<string, string>,
+  members = 1,
+): Promise<string> {
   const pack = tarStream.pack();
   const chunks: Buffer[] = [];
   const ended = (async () => {
@@ -24,7 +30,14 @@ async function tarGz(entries: Partial<tarStream.Header>[], bodies: Record<string
   pack.finalize();
   await ended;
   const file = path.join(mkdtempSync(path.join(os.tmpdir(), 'ckan-release-delta-')), 'release.tar.gz');
-  writeFileSync(file, gzipSync(Buffer.concat(chunks)));
+  const raw = Buffer.concat(chunks);
+  const cut = Array.from({ length: members + 1 }, (_, i) =>
+    i === members ? raw.length : Math.floor((raw.length / 512 / members) * i) * 512,
+  );
+  writeFileSync(
+    file,
+    Buffer.concat(cut.slice(0, -1).map((start, i) => gzipSync(raw.subarray(start, cut[i + 1])))),
+  );
   return file;
 }
 
@@ -43,7 +56,7 @@ async function members(data: Buffer): Promise<{ name: string; mode?: number; bod
   return out;
 }
 
-const release = () =>
+const release = (members = 1) =>
   tarGz(
     [
       { name: './', type: 'directory', mode: 0o755 },
@@ -54,6 +67,7 @@ const release = () =>
       { name: './src/b.py', type: 'file', mode: 0o600 },
     ],
     { './bin/ckan': '#!/bin/sh\n', './src/a.py': 'a = 1\n', './src/b.py': 'b = 2\n' },
+    members,
   );
 
 describe('makeDeltaArchive', () => {
@@ -65,6 +79,22 @@ describe('makeDeltaArchive', () => {
       { name: 'bin/ckan', mode: 0o755, body: '#!/bin/sh\n', mtime: MTIME },
       { name: 'src/b.py', mode: 0o600, body: 'b = 2\n', mtime: MTIME },
     ]);
+  });
+
+  it('reads every member of a multi-member gzip file (the build writes one member per chunk)', async () => {
+    const file = await release(3);
+    const raw = readFileSync(file);
+    // Three members: three gzip headers, the last at a member boundary inside the file.
+    const magic = [...raw.entries()].filter(
+      ([i, b]) => b === 0x1f && raw[i + 1] === 0x8b && raw[i + 2] === 8,
+    );
+    expect(magic.length).toBeGreaterThanOrEqual(3);
+    const d = await makeDeltaArchive(file, ['bin/ckan', 'src/b.py']);
+    expect(await members(d.data)).toEqual([
+      { name: 'bin/ckan', mode: 0o755, body: '#!/bin/sh\n', mtime: MTIME },
+      { name: 'src/b.py', mode: 0o600, body: 'b = 2\n', mtime: MTIME },
+    ]);
+    expect(await archiveMtime(file)).toBe(946684800);
   });
 
   it('is empty for an empty need list', async () => {
