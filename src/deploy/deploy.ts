@@ -440,8 +440,9 @@ const DELTA_MAX_SHARE = 0.5;
 
 /**
  * Gets the release into a partial directory on the host and returns its path: a delta when the host
- * has earlier releases to copy unchanged files from (the agent hashes each one as it copies it, so a
- * tampered base file is never used), the full archive otherwise. Either way every received file is
+ * has earlier releases to copy unchanged files from (the current one whole when its tree seal proves it
+ * unchanged, else file by file, hashing each one its seal does not vouch for, so a tampered base file
+ * is never used), the full archive otherwise. Either way every received file is
  * checked against the manifest, and finalize checks the whole tree again (files this operation wrote
  * and sealed are not read twice).
  */
