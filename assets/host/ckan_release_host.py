@@ -829,7 +829,7 @@ def copy_verified(src, dest, sha256, mode, mtime, ids, seal, base_rel):
     return give(dest, ids, mode, mtime)
 
 
-def bulk_copy(p, base, partial, new_entries):
+def bulk_copy(p, base, partial, old_files, new_entries):
     """Copies a whole earlier release to partial with one `cp -a` (C: about a second for 28,000 files,
     where a copy per file in Python takes several), if its tree seal proves it unchanged both before and
     after the copy (a change in between moves a ctime), then removes what the new release does not have
@@ -862,8 +862,7 @@ def bulk_copy(p, base, partial, new_entries):
     shutil.rmtree(wrapper, ignore_errors=True)
     if not os.path.isdir(partial):
         return None
-    with io.open(mpath, encoding="utf-8") as f:
-        old_entries = dict((e["path"], e) for e in json.load(f)["files"])
+    old_entries = dict((e["path"], e) for e in old_files)
     for rel in exclude:
         path = os.path.join(partial, rel)
         if os.path.isdir(path) and not os.path.islink(path):
@@ -931,12 +930,15 @@ def cmd_delta(args):
     wanted = set(e["sha256"] for e in files if e["type"] == "file")
     # sha256 -> [(base dir, path)]: the current release's copy first.
     index = {}
-    for _, d, mpath in bases:
+    first_files = None  # the current release's manifest entries, for the whole copy
+    for i, (_, d, mpath) in enumerate(bases):
         try:
             with io.open(mpath, encoding="utf-8") as f:
                 base_files = json.load(f)["files"]
         except (IOError, ValueError, KeyError):
             continue
+        if i == 0:
+            first_files = base_files
         for e in base_files:
             if e.get("type") == "file" and e.get("sha256") in wanted:
                 rel = safe_member_path(e["path"])
@@ -950,7 +952,7 @@ def cmd_delta(args):
         shutil.rmtree(partial)
     # The current release copied whole when its tree seal proves it unchanged, then trimmed to the new
     # manifest: the files kept are the ones both manifests give the same path and content.
-    bulk = bulk_copy(p, bases[0], partial, dict((e["path"], e) for e in files)) if bases else None
+    bulk = bulk_copy(p, bases[0], partial, first_files, dict((e["path"], e) for e in files)) if first_files else None
     if bulk is None:
         os.makedirs(partial)
     need = []
