@@ -458,7 +458,7 @@ def cmd_release(spec):
             stats["bytes"] / 1e6))
     emit("result", plugins=facts["plugins"], freeze=freeze_lines, python_version=facts["python_version"],
          ckan_version=facts["ckan_version"], archive_bytes=stats["bytes"], archive_sha256=stats["sha256"],
-         files=len(files))
+         archive_chunks=stats["members"], files=len(files))
 
 
 # ---------------------------------------------------------------------------------------------- pack
@@ -694,6 +694,8 @@ def pack(release, files, archive, cache_dir):
     workers = max(1, (os.cpu_count() if hasattr(os, "cpu_count") else 1) or 1)
     digest = hashlib.sha256()
     size = [0]
+    # Each member's size and sha256, in order: the chunks a content-addressed store (S3) keeps.
+    members = []
 
     with open(archive, "wb") as out:
         def write(result):
@@ -701,6 +703,7 @@ def pack(release, files, archive, cache_dir):
             out.write(data)
             digest.update(data)
             size[0] += len(data)
+            members.append({"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
             stats["chunks"] += 1
             stats[how] += 1
             if how == "damaged":
@@ -730,6 +733,7 @@ def pack(release, files, archive, cache_dir):
         log("pack cache: %d members removed, %.1f MB kept" % (removed, kept / 1e6))
     stats["bytes"] = size[0]
     stats["sha256"] = digest.hexdigest()
+    stats["members"] = members
     return stats
 
 

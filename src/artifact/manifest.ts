@@ -10,6 +10,11 @@ export interface ManifestFile {
   target: string | null;
 }
 
+export interface ArchiveChunk {
+  bytes: number;
+  sha256: string;
+}
+
 export interface Manifest {
   format: 1;
   id: string;
@@ -33,6 +38,15 @@ export interface Manifest {
   plugins: Record<string, { dist: string; target: string }>;
   patches: { file: string; target: string; sha256: string }[];
   pip: { index_url: string | null; find_links: string[]; extra_args: string[]; freeze: string[] };
-  archive: { file: 'release.tar.gz'; bytes: number; sha256: string };
+  archive: {
+    file: 'release.tar.gz';
+    bytes: number;
+    sha256: string;
+    /**
+     * The archive's gzip members in order (their sizes add up to bytes): the chunks an S3 store keeps
+     * content-addressed. Absent in artifacts built before it was recorded: the whole archive is then one chunk.
+     */
+    chunks?: ArchiveChunk[];
+  };
   files: ManifestFile[];
 }

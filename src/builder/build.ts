@@ -19,7 +19,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type Docker from 'dockerode';
 import tar from 'tar-fs';
-import type { Manifest, ManifestFile } from '../artifact/manifest.js';
+import type { ArchiveChunk, Manifest, ManifestFile } from '../artifact/manifest.js';
 import type { Config } from '../config/types.js';
 import { imageExists } from '../docker/engine.js';
 import { ensureImage } from '../docker/images.js';
@@ -304,6 +304,7 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
         file: 'release.tar.gz',
         bytes: result.archive_bytes as number,
         sha256: result.archive_sha256 as string,
+        chunks: result.archive_chunks as ArchiveChunk[],
       },
       files,
     };
