@@ -111,13 +111,16 @@ export class Events {
     this.renderer.close(this.clock());
   }
 
+  /** The text with URL credentials and the secret values masked, as in every event. */
+  readonly scrub = (text: string): string => {
+    let t = redactUrls(text);
+    for (const s of this.secrets) t = t.split(s).join('***');
+    return t;
+  };
+
   private mask(e: ProgressEvent): ProgressEvent {
     const clean = (v: unknown): unknown => {
-      if (typeof v === 'string') {
-        let t = redactUrls(v);
-        for (const s of this.secrets) t = t.split(s).join('***');
-        return t;
-      }
+      if (typeof v === 'string') return this.scrub(v);
       if (Array.isArray(v)) return v.map(clean);
       if (v && typeof v === 'object')
         return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, clean(x)]));

@@ -1,40 +1,41 @@
 // ckan-release artifacts / artifacts show ID: the local store, newest first / one manifest.
 import type { Command } from 'commander';
-import { findArtifact, listArtifacts } from '../artifact/store.js';
+import { listStore, publishArtifact, showArtifact, storeName } from '../artifact/resolve.js';
+import { findArtifact } from '../artifact/store.js';
 import type { Io } from '../cli.js';
 import { loadConfig } from '../config/load.js';
+import { UsageError } from '../errors.js';
 import { globals } from './common.js';
 
 export function registerArtifacts(program: Command, io: Io): void {
   const artifacts = program
     .command('artifacts')
-    .description('list the local artifact store, newest first')
-    .action((_opts: unknown, cmd: Command) => {
+    .description('list the artifact store (local, or the S3 store), newest first')
+    .action(async (_opts: unknown, cmd: Command) => {
       const g = globals(cmd);
       const config = loadConfig(g.config);
-      const list = listArtifacts(config.store);
+      const list = await listStore(config);
       if (g.json) {
         io.out(
           JSON.stringify(
-            list.map((a) => ({
-              id: a.id,
-              created: a.manifest.created,
-              bytes: a.manifest.archive.bytes,
-              sha256: a.manifest.archive.sha256,
+            list.map((m) => ({
+              id: m.id,
+              created: m.created,
+              bytes: m.archive.bytes,
+              sha256: m.archive.sha256,
             })),
           ) + '\n',
         );
         return;
       }
       if (list.length === 0) {
-        io.err(`no artifacts in ${config.store} (run \`ckan-release build\`)\n`);
+        io.err(`no artifacts in ${storeName(config)} (run \`ckan-release build\`)\n`);
         return;
       }
-      for (const a of list) {
-        const m = a.manifest;
+      for (const m of list) {
         const exts = m.extensions.map((x) => `${x.name}@${x.ref}`).join(' ');
         io.out(
-          `${a.id}  ${(m.archive.bytes / 1e6).toFixed(1).padStart(7)} MB  ckan ${m.ckan.ref} (${m.ckan.commit.slice(0, 8)})  ${exts}\n`,
+          `${m.id}  ${(m.archive.bytes / 1e6).toFixed(1).padStart(7)} MB  ckan ${m.ckan.ref} (${m.ckan.commit.slice(0, 8)})  ${exts}\n`,
         );
       }
     });
@@ -43,11 +44,10 @@ export function registerArtifacts(program: Command, io: Io): void {
     .description("print one artifact's manifest")
     .argument('<id>', 'artifact ID or a unique prefix of it')
     .option('--files', 'also list every file (always included with --json)')
-    .action((id: string, opts: { files?: boolean }, cmd: Command) => {
+    .action(async (id: string, opts: { files?: boolean }, cmd: Command) => {
       const g = globals(cmd);
       const config = loadConfig(g.config);
-      const a = findArtifact(config.store, id);
-      const m = a.manifest;
+      const { manifest: m, where } = await showArtifact(config, id);
       if (g.json) {
         io.out(JSON.stringify(m, null, 2) + '\n');
         return;
@@ -55,7 +55,7 @@ export function registerArtifacts(program: Command, io: Io): void {
       const lines = [
         `id:        ${m.id}`,
         `created:   ${m.created}`,
-        `path:      ${a.dir}`,
+        `path:      ${where}`,
         `archive:   ${m.archive.file}, ${m.archive.bytes} bytes, sha256 ${m.archive.sha256}`,
         `release:   ${m.release_path}`,
         `builder:   ${m.builder.os} (${m.builder.image}), python ${m.builder.python.version} at ${m.builder.python.path}`,
@@ -76,5 +76,31 @@ export function registerArtifacts(program: Command, io: Io): void {
           : []),
       ];
       io.out(lines.join('\n') + '\n');
+    });
+  artifacts
+    .command('publish')
+    .description('upload an artifact of the local store to the S3 store (only the chunks it lacks)')
+    .argument('<id>', 'artifact ID or a unique prefix of it')
+    .action(async (id: string, _opts: unknown, cmd: Command) => {
+      const g = globals(cmd);
+      const config = loadConfig(g.config);
+      if (!config.s3)
+        throw new UsageError(
+          'the store is a local directory: nothing to publish to',
+          'set `store: s3://BUCKET/PREFIX`',
+        );
+      const a = findArtifact(config.store, id);
+      const r = (await publishArtifact(config, a, (line) => io.err(`${line}\n`)))!;
+      if (g.json)
+        io.out(
+          JSON.stringify({
+            id: r.id,
+            published: r.published,
+            chunks: r.chunks,
+            bytes: r.bytes,
+            uploaded_chunks: r.uploadedChunks,
+            uploaded_bytes: r.uploadedBytes,
+          }) + '\n',
+        );
     });
 }

@@ -6,7 +6,11 @@ import { build, type BuildStep } from '../builder/build.js';
 import type { Io } from '../cli.js';
 import { loadConfig } from '../config/load.js';
 import { requireEngine } from '../docker/engine.js';
+import { CkanReleaseError, OperationError } from '../errors.js';
 import { eventsFor, withEvents } from '../events.js';
+import { publishArtifact, storeName } from '../artifact/resolve.js';
+import type { PublishResult } from '../artifact/s3.js';
+import { readArtifact } from '../artifact/store.js';
 import { globals } from './common.js';
 
 /** Every step in the order a build runs them (some are skipped when cached). */
@@ -67,6 +71,18 @@ export function registerBuild(program: Command, io: Io): void {
           `built ${result.id} in ${seconds.toFixed(1)} s: ${(result.bytes / 1e6).toFixed(1)} MB, ${result.manifest.files.length} files`,
         );
         ev.say(`steps: ${timings.map(([s, ms]) => `${s} ${(ms / 1000).toFixed(1)}s`).join(', ')}`);
+        let published: PublishResult | undefined;
+        if (config.s3) {
+          try {
+            published = await publishArtifact(config, readArtifact(config.store, result.id), ev.say);
+          } catch (e) {
+            if (!(e instanceof CkanReleaseError)) throw e;
+            throw new OperationError(
+              `built ${result.id} (kept in the local store ${config.store}), but publishing it failed: ${e.message}`,
+              `\`ckan-release artifacts publish ${result.id}\` tries again (only the chunks the store lacks)`,
+            );
+          }
+        }
         ev.emit({
           type: 'result',
           command: 'build',
@@ -78,6 +94,16 @@ export function registerBuild(program: Command, io: Io): void {
           files: result.manifest.files.length,
           seconds,
           steps: Object.fromEntries(timings.map(([s, ms]) => [s, ms / 1000])),
+          ...(published
+            ? {
+                published: {
+                  store: storeName(config),
+                  chunks: published.chunks,
+                  uploaded_chunks: published.uploadedChunks,
+                  uploaded_bytes: published.uploadedBytes,
+                },
+              }
+            : {}),
         });
         if (!g.json) ev.print(`${result.id}\n`);
       });

@@ -2,7 +2,9 @@
 import path from 'node:path';
 import type { Command } from 'commander';
 import type { Manifest } from '../artifact/manifest.js';
-import { findArtifact, listArtifacts, type StoredArtifact } from '../artifact/store.js';
+import { diffManifests, diffSummary } from '../artifact/diff.js';
+import { knownManifest, resolveArtifact, storeName } from '../artifact/resolve.js';
+import type { StoredArtifact } from '../artifact/store.js';
 import { ARTIFACT_ID } from '../builder/inputs.js';
 import type { Io } from '../cli.js';
 import { environment, loadConfig } from '../config/load.js';
@@ -22,6 +24,7 @@ import {
   type HostFacts,
   type Session,
 } from '../deploy/deploy.js';
+import { notify, who, type Notice } from '../deploy/notify.js';
 import { cmd, maybeSudo } from '../deploy/shell.js';
 import { CkanReleaseError, OperationError, UsageError } from '../errors.js';
 import { eventsFor, withEvents, type Events } from '../events.js';
@@ -105,12 +108,6 @@ function hostsFailed(message: string, results: PromiseSettledResult<unknown>[]):
   return new OperationError(message);
 }
 
-function newestArtifact(config: Config): StoredArtifact {
-  const newest = listArtifacts(config.store)[0];
-  if (!newest) throw new UsageError(`no artifact in ${config.store}`, 'run `ckan-release build` first');
-  return newest;
-}
-
 function healthyOn(f: HostFacts, id: string): boolean {
   return f.ledger.some((e) => e.event === 'healthy' && e.release === id);
 }
@@ -154,11 +151,44 @@ async function shipArtifact(
     return;
   }
   const t0 = Date.now();
-  const r = await deploy(s, artifact, {
-    operation: `${operation} ${s.env.name} ${artifact.id}`,
-    markPreviousBad,
-  });
+  const notice = {
+    operation,
+    environment: s.env.name,
+    artifact: artifact.id,
+    who: who(),
+    hosts: s.hosts.map((h) => h.name),
+  };
+  const send = (n: Notice) => notify(s.config.notify, n, { mask: ev.scrub, say: ev.say });
+  await send({ event: 'start', ...notice });
+  let r: Awaited<ReturnType<typeof deploy>>;
+  try {
+    r = await deploy(s, artifact, {
+      operation: `${operation} ${s.env.name} ${artifact.id}`,
+      markPreviousBad,
+    });
+  } catch (e) {
+    await send({
+      event: 'failure',
+      ...notice,
+      seconds: (Date.now() - t0) / 1000,
+      error: e instanceof Error ? e.message : String(e),
+    });
+    throw e;
+  }
   const seconds = (Date.now() - t0) / 1000;
+  if (s.config.notify.length) {
+    const from = r.hosts.map((h) => h.previous);
+    const previous = [...new Set(from)];
+    const before =
+      previous.length === 1 && previous[0] ? await knownManifest(s.config, previous[0]) : undefined;
+    await send({
+      event: 'success',
+      ...notice,
+      from,
+      seconds,
+      ...(before ? { diff: diffSummary(diffManifests(before, m)) } : {}),
+    });
+  }
   s.say(
     `${operation}: ${s.env.name} runs ${artifact.id} on ${r.hosts.length} host(s), in ${seconds.toFixed(1)} s`,
   );
@@ -211,7 +241,7 @@ async function artifactFromHosts(s: Session, id: string): Promise<StoredArtifact
   );
   if (missing.length) {
     throw new UsageError(
-      `${id} is not in the local store (${s.config.store}) and ${missing.join(', ')} ${missing.length === 1 ? 'does' : 'do'} not have it (${file})`,
+      `${id} is not in the store (${storeName(s.config)}) and ${missing.join(', ')} ${missing.length === 1 ? 'does' : 'do'} not have it (${file})`,
       'build it again, or copy its artifact directory into the store',
     );
   }
@@ -362,7 +392,7 @@ export function registerDeploy(program: Command, io: Io, dryRun: () => import('c
         const ev = eventsFor(io, json);
         await withEvents(ev, 'ship', async () => {
           const l = { ...load(c, envName), rehash: opts.rehash };
-          const artifact = id ? findArtifact(l.config.store, id) : newestArtifact(l.config);
+          const artifact = await resolveArtifact(l.config, id, ev.say);
           if (!opts.force) await checkRequires(io, l, artifact.id, ev, !!opts.dryRun);
           const secrets = secretsOf(c, l.env);
           await withSession(
@@ -415,7 +445,7 @@ export function registerDeploy(program: Command, io: Io, dryRun: () => import('c
             ev,
             false,
           );
-          const artifact = findArtifact(to.config.store, id);
+          const artifact = await resolveArtifact(to.config, id, ev.say);
           ev.say(
             `promote: ${fromName} runs ${id}, healthy on every host; shipping the same artifact to ${toName}`,
           );
@@ -453,7 +483,9 @@ export function registerDeploy(program: Command, io: Io, dryRun: () => import('c
               let id: string;
               if (opts.to) {
                 // A full ID may name a release that is on the hosts but not in this machine's store.
-                id = ARTIFACT_ID.test(opts.to) ? opts.to : findArtifact(l.config.store, opts.to).id;
+                id = ARTIFACT_ID.test(opts.to)
+                  ? opts.to
+                  : (await resolveArtifact(l.config, opts.to, ev.say)).id;
               } else {
                 const facts = await allFacts(s, HOST_PYTHON, !!opts.dryRun);
                 const targets = [...new Set(facts.map((f) => f.rollback_target))];
@@ -466,7 +498,7 @@ export function registerDeploy(program: Command, io: Io, dryRun: () => import('c
                 id = targets[0];
               }
               const artifact =
-                listArtifacts(l.config.store).find((a) => a.id === id) ?? (await artifactFromHosts(s, id));
+                (await resolveArtifact(l.config, id, ev.say, true)) ?? (await artifactFromHosts(s, id));
               await shipArtifact(io, s, artifact, 'rollback', !!opts.dryRun, ev, json, true);
             },
             ev,

@@ -5,6 +5,8 @@ import { registerArtifacts } from './artifacts.js';
 import { registerBuild } from './build.js';
 import { registerConfig } from './config.js';
 import { registerDeploy } from './deploy.js';
+import { registerDiff } from './diff.js';
+import { registerHistory } from './history.js';
 import { registerInit } from './init.js';
 import { registerSandbox } from './sandbox.js';
 
@@ -16,6 +18,8 @@ export function registerCommands(program: Command, io: Io): void {
   registerBuild(program, io);
   registerArtifacts(program, io);
   registerDeploy(program, io, dryRun);
+  registerHistory(program, io);
+  registerDiff(program, io);
   registerConfig(program, io);
   registerSandbox(program, io);
 }

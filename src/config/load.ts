@@ -4,6 +4,7 @@ import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Node, type Pair } from 'yaml';
+import { parseS3Url, type S3Location } from '../artifact/location.js';
 import { ConfigError, UsageError } from '../errors.js';
 import { configSchema } from './schema.js';
 import { closest } from './suggest.js';
@@ -218,6 +219,17 @@ function resolve(raw: Raw, file: string, display: string, root: Node, ctx: Ctx):
     links.add(s.link);
   });
 
+  const s3url = raw.store === undefined ? undefined : parseS3Url(raw.store);
+  if (raw.s3 && !s3url)
+    err(['s3'], 'settings for an S3 store, but `store:` is not an s3://BUCKET/PREFIX URL');
+  const s3: S3Location | undefined = s3url && {
+    ...s3url,
+    endpoint: raw.s3?.endpoint,
+    region: raw.s3?.region,
+    profile: raw.s3?.profile,
+    forcePathStyle: raw.s3?.force_path_style,
+  };
+
   const environments: Record<string, Environment> = {};
   const envNames = Object.keys(raw.environments);
   for (const [name, e] of Object.entries(raw.environments)) {
@@ -272,7 +284,9 @@ function resolve(raw: Raw, file: string, display: string, root: Node, ctx: Ctx):
     dir,
     project: raw.project,
     root: raw.root,
-    store: local(raw.store ?? '.ckan-release/artifacts'),
+    store: local((s3 ? raw.s3?.cache : raw.store) ?? '.ckan-release/artifacts'),
+    s3,
+    notify: raw.notify,
     ckan: gitSource(raw.ckan.source, raw.ckan.ref),
     builder: {
       os: raw.builder.os,

@@ -117,7 +117,34 @@ export const configSchema = obj({
     str({ expected: 'a project name (lower case letters, digits, ".", "_", "-")', pattern: NAME }),
   ),
   root: withDefault(absolutePath, () => '/usr/lib/ckan'),
-  store: optional(str({ expected: 'a directory for the artifact store' })),
+  store: optional(
+    str({
+      expected: 'a directory for the artifact store, or s3://BUCKET/PREFIX',
+      check: (v) =>
+        v.startsWith('s3://') &&
+        !/^s3:\/\/[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](\/[A-Za-z0-9!_.*'()/-]*)?$/.test(v)
+          ? `expected s3://BUCKET/PREFIX with a valid bucket name (lower case letters, digits, ".", "-"), got "${v}"`
+          : undefined,
+    }),
+  ),
+  /** Settings of an S3 store (store: s3://...); each may also come from the AWS SDK's environment. */
+  s3: optional(
+    obj({
+      endpoint: optional(
+        str({ expected: 'an http(s) URL of an S3-compatible server', pattern: /^https?:\/\/\S+$/ }),
+      ),
+      region: optional(str({ expected: 'an AWS region such as eu-west-1', pattern: /^[a-z0-9-]+$/ })),
+      profile: optional(str({ expected: 'a profile name of ~/.aws/config', pattern: /^[A-Za-z0-9_.+-]+$/ })),
+      force_path_style: optional(bool()),
+      /** The local cache of fetched and built artifacts; default .ckan-release/artifacts beside the config. */
+      cache: optional(str({ expected: 'a directory' })),
+    }),
+  ),
+  /** Webhooks told when ship, promote and rollback start, succeed or fail. */
+  notify: withDefault(
+    list(str({ expected: 'an http(s) webhook URL', pattern: /^https?:\/\/\S+$/ }), { what: 'webhook URLs' }),
+    () => [],
+  ),
   ckan: required(
     obj({
       source: required(str({ expected: 'a git URL or a local path' })),

@@ -46,7 +46,12 @@ export interface Config {
   dir: string;
   project: string;
   root: string;
+  /** The local artifact store: the store itself, or with an S3 store, the cache of its artifacts. */
   store: string;
+  /** store: s3://...: the shared store; artifacts are published to it and fetched from it into `store`. */
+  s3: import('../artifact/location.js').S3Location | undefined;
+  /** Webhook URLs (may hold secrets: never printed whole). */
+  notify: string[];
   ckan: GitSource;
   builder: {
     os: string;

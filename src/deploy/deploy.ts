@@ -635,6 +635,9 @@ export async function deploy(
   const python = pythonOf(m);
   const limit = s.env.parallel;
   const deltas = new DeltaCache(artifact.archive);
+  // On the operation's last ledger entries, for `history` (who, and how long the whole operation took).
+  const started = new Date().toISOString();
+  const by = lockOwner(s, opts.operation);
   try {
     // Phase 1.
     const staged = await settleAll(s.hosts, limit, (h, i) =>
@@ -645,6 +648,14 @@ export async function deploy(
     if (failed1.length) {
       await settleAll(s.hosts, limit, (h) =>
         callAgent(agentFor(s, h, python), 'clean', 'clean', { root: s.config.root, op: s.op }),
+      );
+      // Recorded for `history` under `artifact`, not `release`: nothing of it exists on the host.
+      const why = failed1
+        .map((f) => message(f.error))
+        .join('; ')
+        .slice(0, 500);
+      await settleAll(s.hosts, limit, (h) =>
+        ledger(s, h, python, [{ event: 'aborted', artifact: m.id, why, by, started }]),
       );
       const refusal = failed1.find((f) => f.error instanceof AgentRefusal && f.error.kind === 'locked');
       const detail = failed1.map((f) => `  ${message(f.error)}`).join('\n');
@@ -736,7 +747,7 @@ export async function deploy(
         // Restart even when there was no previous release, so the server drops the failed code.
         await restartHost(s, h, m, python, { full: previous === null });
         await ledger(s, h, python, [
-          { event: 'failed', release: m.id, why },
+          { event: 'failed', release: m.id, why, by, started },
           ...(previous ? [{ event: 'rolled_back', release: previous, from: m.id }] : []),
         ]).catch((e: unknown) => (firstError ??= e));
         if (firstError) throw firstError;
@@ -764,7 +775,7 @@ export async function deploy(
     const recorded = await settleAll(s.hosts, limit, (h) => {
       const previous = previousOf.get(h) ?? null;
       return ledger(s, h, python, [
-        { event: 'healthy', release: m.id },
+        { event: 'healthy', release: m.id, by, started },
         ...(opts.markPreviousBad && previous && previous !== m.id
           ? [{ event: 'bad', release: previous, why: `rolled back from by ${s.op}` }]
           : []),

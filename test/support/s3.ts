@@ -1,0 +1,115 @@
+// A real S3 server for tests: Ceph's radosgw as a one-node cluster in a container (test/support/s3/,
+// a copy of the test bed's Dockerfile and scripts so CI builds it from a fresh clone), on 127.0.0.1.
+// Started once per test file that asks for it (ready in about 3 s), a bucket per test.
+import path from 'node:path';
+import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
+import type Docker from 'dockerode';
+import { execInContainer } from '../../src/docker/run.js';
+import { ensureImage } from '../../src/docker/images.js';
+import { testDocker } from './docker.js';
+
+const CONTAINER = 'tm-s3-radosgw';
+export const S3_PORT = 47080;
+const ACCESS_KEY = 'CKANS3ACCESSKEY00001';
+const SECRET_KEY = 'ckan-s3-secret-key-0000000000000000000000';
+
+export interface S3Server {
+  endpoint: string;
+  port: number;
+  region: string;
+  accessKey: string;
+  secretKey: string;
+  /** The environment a CLI run needs: credentials and endpoint the SDK's way, nothing in the config. */
+  env: Record<string, string>;
+  client(): S3Client;
+  /** A new empty bucket. */
+  bucket(name: string): Promise<string>;
+}
+
+let started: Promise<S3Server> | undefined;
+
+async function running(docker: Docker): Promise<boolean> {
+  try {
+    const c = await docker.getContainer(CONTAINER).inspect();
+    return c.State.Running;
+  } catch {
+    return false;
+  }
+}
+
+export function s3Server(): Promise<S3Server> {
+  started ??= (async () => {
+    const docker = await testDocker();
+    const say = (l: string) => process.stderr.write(`[test-s3] ${l}\n`);
+    const image = await ensureImage(
+      docker,
+      { context: path.resolve('test/support/s3'), repository: 'ckan-release-test-s3', flavour: 'pacific' },
+      say,
+    );
+    if (!(await running(docker))) {
+      await docker
+        .getContainer(CONTAINER)
+        .remove({ force: true })
+        .catch(() => undefined);
+      const c = await docker.createContainer({
+        name: CONTAINER,
+        Image: image.tag,
+        Env: [`S3_PORT=${S3_PORT}`, `S3_ACCESS_KEY=${ACCESS_KEY}`, `S3_SECRET_KEY=${SECRET_KEY}`],
+        Labels: { 'ckan-release.test': 's3' },
+        HostConfig: { NetworkMode: 'host', Init: true },
+      });
+      await c.start();
+    }
+    const deadline = Date.now() + 120_000;
+    for (;;) {
+      const r = await execInContainer(docker, CONTAINER, ['test', '-f', '/var/lib/ckan-s3/ready']);
+      if (r.code === 0) break;
+      if (!(await running(docker)))
+        throw new Error(`the radosgw container ${CONTAINER} exited: see \`docker logs ${CONTAINER}\``);
+      if (Date.now() > deadline) throw new Error(`radosgw in ${CONTAINER} not ready after 120 s`);
+      await new Promise((r) => setTimeout(r, 300));
+    }
+    const endpoint = `http://127.0.0.1:${S3_PORT}`;
+    const server: S3Server = {
+      endpoint,
+      port: S3_PORT,
+      region: 'us-east-1',
+      accessKey: ACCESS_KEY,
+      secretKey: SECRET_KEY,
+      env: {
+        AWS_ACCESS_KEY_ID: ACCESS_KEY,
+        AWS_SECRET_ACCESS_KEY: SECRET_KEY,
+        AWS_REGION: 'us-east-1',
+        AWS_ENDPOINT_URL_S3: endpoint,
+      },
+      client: () =>
+        new S3Client({
+          endpoint,
+          region: 'us-east-1',
+          forcePathStyle: true,
+          credentials: { accessKeyId: ACCESS_KEY, secretAccessKey: SECRET_KEY },
+          requestChecksumCalculation: 'WHEN_REQUIRED',
+          responseChecksumValidation: 'WHEN_REQUIRED',
+        }),
+      async bucket(name) {
+        const client = server.client();
+        await client.send(new CreateBucketCommand({ Bucket: name }));
+        client.destroy();
+        return name;
+      },
+    };
+    return server;
+  })();
+  return started;
+}
+
+/** Removes the radosgw container (its data lives in its RAM: nothing is left). */
+export async function stopS3Server(): Promise<void> {
+  if (!started) return;
+  started = undefined;
+  const docker = await testDocker();
+  await docker
+    .getContainer(CONTAINER)
+    .remove({ force: true })
+    .catch(() => undefined);
+}
