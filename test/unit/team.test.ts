@@ -1,10 +1,11 @@
 // The pure parts of the team features: the S3 store's config, history's merge of ledgers, diff of two
 // manifests, and the notification's text and its bounded, never-fatal delivery.
-import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { parse } from 'yaml';
 import { diffManifests, diffSummary } from '../../src/artifact/diff.js';
 import { parseS3Url } from '../../src/artifact/location.js';
 import type { Manifest } from '../../src/artifact/manifest.js';
@@ -220,5 +221,34 @@ describe('notify', () => {
         event: 'start',
       });
     }
+  });
+});
+
+describe('examples/ci', () => {
+  it('both CI files are valid YAML whose jobs run the shared script: build-and-stage on push, promote as a manual step', () => {
+    const gh = parse(readFileSync('examples/ci/github-actions.yml', 'utf8')) as {
+      on: Record<string, unknown>;
+      jobs: Record<string, { environment: string; needs?: string; steps: { run?: string }[] }>;
+    };
+    expect(Object.keys(gh.on)).toContain('push');
+    expect(
+      gh.jobs['build-and-stage']!.steps.some((s) => s.run?.includes('ckan-release-ci.sh build-and-stage')),
+    ).toBe(true);
+    expect(gh.jobs['promote-production']).toMatchObject({
+      needs: 'build-and-stage',
+      environment: 'production',
+    });
+    expect(
+      gh.jobs['promote-production']!.steps.some((s) => s.run?.includes('ckan-release-ci.sh promote')),
+    ).toBe(true);
+    const gl = parse(readFileSync('examples/ci/gitlab-ci.yml', 'utf8')) as Record<
+      string,
+      { script?: string[]; rules?: { when?: string }[] }
+    >;
+    expect(gl['build-and-stage']!.script).toEqual([
+      expect.stringContaining('ckan-release-ci.sh build-and-stage'),
+    ]);
+    expect(gl['promote-production']!.script).toEqual([expect.stringContaining('ckan-release-ci.sh promote')]);
+    expect(gl['promote-production']!.rules![0]!.when).toBe('manual');
   });
 });
