@@ -649,14 +649,6 @@ export async function deploy(
       await settleAll(s.hosts, limit, (h) =>
         callAgent(agentFor(s, h, python), 'clean', 'clean', { root: s.config.root, op: s.op }),
       );
-      // Recorded for `history` under `artifact`, not `release`: nothing of it exists on the host.
-      const why = failed1
-        .map((f) => message(f.error))
-        .join('; ')
-        .slice(0, 500);
-      await settleAll(s.hosts, limit, (h) =>
-        ledger(s, h, python, [{ event: 'aborted', artifact: m.id, why, by, started }]),
-      );
       const refusal = failed1.find((f) => f.error instanceof AgentRefusal && f.error.kind === 'locked');
       const detail = failed1.map((f) => `  ${message(f.error)}`).join('\n');
       const err = new OperationError(

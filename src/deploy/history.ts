@@ -5,7 +5,6 @@
 export interface LedgerEntry {
   event: string;
   release?: string;
-  artifact?: string;
   time?: string;
   op?: string;
   previous?: string | null;
@@ -26,8 +25,12 @@ export interface Operation {
   /** Each host's release before the operation (unique values). */
   from: (string | null)[];
   to: string | null;
-  /** healthy: done; failed: switched and switched back; aborted: failed before any switch; incomplete: no end recorded (interrupted, or still running). */
-  result: 'healthy' | 'failed' | 'aborted' | 'incomplete' | 'adopted';
+  /**
+   * healthy: done; failed: switched and switched back; incomplete: no end recorded (stopped before any
+   * switch after staging, interrupted, or still running). A phase 1 that fails before staging writes
+   * nothing on any host, so it is not here.
+   */
+  result: 'healthy' | 'failed' | 'incomplete' | 'adopted';
   hosts: string[];
   /** From `started` to the last entry; null when only one moment is known. */
   seconds: number | null;
@@ -65,13 +68,11 @@ export function mergeLedgers(ledgers: { host: string; entries: LedgerEntry[] }[]
     const target =
       events('activated')[0]?.e.release ??
       events('staged')[0]?.e.release ??
-      events('aborted')[0]?.e.artifact ??
       events('healthy')[0]?.e.release ??
       g[0]!.e.release ??
       null;
     let result: Operation['result'];
     if (events('failed').length) result = 'failed';
-    else if (events('aborted').length) result = 'aborted';
     else if (events('adopted').length) result = 'adopted';
     else if (
       events('healthy').length &&
@@ -80,7 +81,7 @@ export function mergeLedgers(ledgers: { host: string; entries: LedgerEntry[] }[]
       result = 'healthy';
     else result = 'incomplete';
     const opName = with_?.operation ?? (events('adopted').length ? 'setup' : g[0]!.e.event);
-    const why = events('failed')[0]?.e.why ?? events('aborted')[0]?.e.why ?? null;
+    const why = events('failed')[0]?.e.why ?? null;
     ops.push({
       time: first,
       who: with_?.user ? `${with_.user}@${with_.machine ?? '?'}` : null,

@@ -62,7 +62,7 @@ describe('store: s3://', () => {
 
 describe('history', () => {
   const by = { user: 'ana', machine: 'laptop', operation: 'ship staging R2' };
-  it('merges one operation across hosts by its token; aborted and incomplete ones too; old entries stand alone', () => {
+  it('merges one operation across hosts by its token; failed and incomplete ones too; old entries stand alone', () => {
     const ops = mergeLedgers([
       {
         host: 'web1',
@@ -79,9 +79,11 @@ describe('history', () => {
             time: '2026-01-02T00:00:08Z',
           },
           { event: 'pruned', release: 'R0', op: 'o1', time: '2026-01-02T00:00:09Z' },
+          { event: 'staged', release: 'R3', op: 'o2', by, time: '2026-01-03T00:00:01Z' },
+          { event: 'activated', release: 'R3', op: 'o2', by, previous: 'R2', time: '2026-01-03T00:00:01Z' },
           {
-            event: 'aborted',
-            artifact: 'R3',
+            event: 'failed',
+            release: 'R3',
             op: 'o2',
             by,
             started: '2026-01-03T00:00:00Z',
@@ -110,7 +112,7 @@ describe('history', () => {
     expect(ops.map((o) => [o.what, o.from, o.artifact, o.result, o.hosts, o.seconds, o.who])).toEqual([
       ['setup', [], 'R0', 'adopted', ['web1'], null, null],
       ['ship', ['R1'], 'R2', 'healthy', ['web1', 'web2'], 10, 'ana@laptop'],
-      ['ship', [], 'R3', 'aborted', ['web1'], 2, 'ana@laptop'],
+      ['ship', ['R2'], 'R3', 'failed', ['web1'], 2, 'ana@laptop'],
       ['ship', [], 'R4', 'incomplete', ['web2'], null, 'ana@laptop'],
     ]);
     expect(ops[2]!.why).toBe('hook');
