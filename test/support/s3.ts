@@ -8,6 +8,9 @@ import { execInContainer } from '../../src/docker/run.js';
 import { ensureImage } from '../../src/docker/images.js';
 import { testDocker } from './docker.js';
 
+// The SDK's Node 22 notice is noise in test logs (the CLI turns it off the same way).
+process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
+
 const CONTAINER = 'tm-s3-radosgw';
 export const S3_PORT = 47080;
 const ACCESS_KEY = 'CKANS3ACCESSKEY00001';

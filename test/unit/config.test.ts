@@ -118,7 +118,7 @@ describe('malformed configs', () => {
     [
       'an unknown key unlike any',
       edit('project: portal', 'project: portal\nfrobnicate: 1'),
-      'FILE:2: frobnicate: unknown key; expected one of project, root, store, ckan, builder, extensions, patches, config, shared, deploy, server, environments',
+      'FILE:2: frobnicate: unknown key; expected one of project, root, store, s3, notify, ckan, builder, extensions, patches, config, shared, deploy, server, environments',
     ],
     ['a missing required key', edit('project: portal\n', ''), 'FILE:1: missing required key "project"'],
     ['a missing nested key', edit('  ref: ckan-2.9.11\n', ''), 'FILE:4: ckan: missing required key "ref"'],
@@ -297,7 +297,7 @@ describe('malformed configs', () => {
     [
       'a list as the whole file',
       '- a\n- b\n',
-      'FILE:1: expected a mapping with keys project, root, store, ckan, builder, extensions, patches, config, shared, deploy, server, environments, got a list',
+      'FILE:1: expected a mapping with keys project, root, store, s3, notify, ckan, builder, extensions, patches, config, shared, deploy, server, environments, got a list',
     ],
     [
       'a bad project name',
