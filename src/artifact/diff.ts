@@ -29,11 +29,38 @@ export interface ArtifactDiff {
   archive: { bytes_from: number; bytes_to: number };
 }
 
-/** "name==1.0" / "name @ file://..." -> [normalized name, the rest]. */
-function pipEntry(line: string): [string, string] {
-  const m = /^([A-Za-z0-9][A-Za-z0-9._-]*)\s*(.*)$/.exec(line.trim());
-  if (!m) return [line, ''];
-  return [m[1]!.toLowerCase().replace(/[-_.]+/g, '-'), m[2]!];
+const norm = (name: string) => name.toLowerCase().replace(/[-_.]+/g, '-');
+
+/**
+ * pip freeze as name -> what follows it ("==1.0", " @ file://..."). Editable installs come as a comment
+ * "# Editable install with no version control (name==1.0)" and a "-e <release path>" line: the path
+ * names the release, so the version from the comment stands for them ("==1.0 (editable)").
+ */
+export function freezeEntries(lines: string[]): Map<string, string> {
+  const out = new Map<string, string>();
+  let pending: [string, string] | undefined;
+  for (const raw of lines) {
+    const line = raw.trim();
+    const editable = /^#.*\(([A-Za-z0-9][A-Za-z0-9._-]*)==([^)\s]+)\)\s*$/.exec(line);
+    if (editable) {
+      pending = [norm(editable[1]!), `==${editable[2]} (editable)`];
+      continue;
+    }
+    if (!line || line.startsWith('#')) continue;
+    if (line.startsWith('-e ')) {
+      if (pending) out.set(...pending);
+      else {
+        const egg = /[#&]egg=([A-Za-z0-9._-]+)/.exec(line)?.[1] ?? line.split('/').pop()!;
+        out.set(norm(egg), ' (editable)');
+      }
+      pending = undefined;
+      continue;
+    }
+    pending = undefined;
+    const m = /^([A-Za-z0-9][A-Za-z0-9._-]*)\s*(.*)$/.exec(line);
+    if (m) out.set(norm(m[1]!), m[2]!.startsWith('@') ? ` ${m[2]}` : m[2]!);
+  }
+  return out;
 }
 
 export function diffManifests(a: Manifest, b: Manifest): ArtifactDiff {
@@ -60,8 +87,8 @@ export function diffManifests(a: Manifest, b: Manifest): ArtifactDiff {
     changed: [...pb.keys()].filter((f) => pa.has(f) && pa.get(f) !== pb.get(f)),
   };
 
-  const fa = new Map(a.pip.freeze.map(pipEntry));
-  const fb = new Map(b.pip.freeze.map(pipEntry));
+  const fa = freezeEntries(a.pip.freeze);
+  const fb = freezeEntries(b.pip.freeze);
   const pip = {
     added: [...fb.keys()].filter((n) => !fa.has(n)).map((n) => `${n}${fb.get(n)}`),
     removed: [...fa.keys()].filter((n) => !fb.has(n)).map((n) => `${n}${fa.get(n)}`),

@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
-import { diffManifests, diffSummary } from '../../src/artifact/diff.js';
+import { diffManifests, diffSummary, freezeEntries } from '../../src/artifact/diff.js';
 import { parseS3Url } from '../../src/artifact/location.js';
 import type { Manifest } from '../../src/artifact/manifest.js';
 import { parseConfig } from '../../src/config/load.js';
@@ -175,6 +175,20 @@ describe('diff', () => {
       'ckanext-showcase v1.0.0 -> v1.1.0; pip: 2 packages changed; files: 1 changed, 1 added, 1 removed (0.0 MB)',
     );
     expect(diffSummary(diffManifests(a, a))).toBe('no change');
+    expect([
+      ...freezeEntries([
+        '# Editable install with no version control (ckanext-showcase==1.1.0)',
+        '-e /usr/lib/ckan/releases/X/src/ckanext-showcase',
+        '-e git+https://example.org/x.git@abc#egg=ckanext_foo',
+        'Flask_Babel==1.0.0',
+        'pkg @ file:///wheels/pkg-1.whl',
+      ]),
+    ]).toEqual([
+      ['ckanext-showcase', '==1.1.0 (editable)'],
+      ['ckanext-foo', ' (editable)'],
+      ['flask-babel', '==1.0.0'],
+      ['pkg', ' @ file:///wheels/pkg-1.whl'],
+    ]);
   });
 });
 
