@@ -7,6 +7,7 @@
 //
 //   BENCH_PREFIX  sandbox host names are <prefix>1..8 (default "bench")
 //   BENCH_KEEP=1  keep the sandbox hosts and the project directory afterwards
+//   BENCH_SKIP_S3=1  skip the S3 publish row (it starts a radosgw container)
 import { execFileSync, spawn } from 'node:child_process';
 import {
   closeSync,
@@ -27,6 +28,7 @@ import { containerName, freePorts, sandboxDown } from '../src/sandbox/sandbox.js
 import { testDocker } from '../test/support/docker.js';
 import { testProject, type TestProject } from '../test/support/project.js';
 import { restartContrast } from '../bench/restart-contrast.js';
+import { publishDelta } from '../bench/s3-publish.js';
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const BUILD_RUNS = Number(process.env.BENCH_BUILD_RUNS ?? 2);
@@ -368,6 +370,21 @@ async function main(): Promise<void> {
     log(
       `release A ${A}: ${manifestA.files.length} entries, ${(releaseBytes / 1e6).toFixed(0)} MB, archive ${(statSync(archiveA).size / 1e6).toFixed(1)} MB; B ${B}`,
     );
+
+    // ---- publish of a one-extension change to an S3 store (radosgw): bytes uploaded / full artifact
+    if (!process.env.BENCH_SKIP_S3) {
+      const p = await publishDelta(config, A, B);
+      log(`publish ${B} after ${A}: ${p.uploaded} of ${p.archive} bytes uploaded (A alone: ${p.full})`);
+      row(
+        'publish of a one-extension change: bytes uploaded / full artifact',
+        [(100 * p.uploaded) / p.archive],
+        '%',
+        null,
+        '<= 5 %',
+        (v) => v <= 5,
+        { uploaded_bytes: p.uploaded, archive_bytes: p.archive },
+      );
+    }
 
     // ---- hosts
     await cli(config, 'sandbox', 'up');
