@@ -106,9 +106,12 @@ export function s3Server(): Promise<S3Server> {
   return started;
 }
 
-/** Removes the radosgw container (its data lives in its RAM: nothing is left). */
+/**
+ * Removes the radosgw container (its data lives in its RAM: nothing is left), unless
+ * CKAN_RELEASE_TEST_S3_KEEP is set (another process on this machine may be using it).
+ */
 export async function stopS3Server(): Promise<void> {
-  if (!started) return;
+  if (!started || process.env.CKAN_RELEASE_TEST_S3_KEEP) return;
   started = undefined;
   const docker = await testDocker();
   await docker
