@@ -319,6 +319,7 @@ describe('diff, notify and history', () => {
       /^ckanext-showcase v1\.0\.0 -> v1\.1\.0 \(1 commit\); pip: \d+ packages? changed; files: /,
     );
     const text = (await ok(ci.config, 'diff', B, A)).out;
+    process.stderr.write(`[team] diff B A:\n${text}`);
     expect(text).toMatch(
       /ckanext-showcase: v1\.0\.0 \([0-9a-f]{12}\) -> v1\.1\.0 \([0-9a-f]{12}\)\n {4}[0-9a-f]{12} ckanext-showcase 1\.1\.0/,
     );
@@ -408,6 +409,9 @@ describe('diff, notify and history', () => {
       ['ship', A, 'incomplete'],
     ]);
     const text = (await ok(ci.config, 'history', 'staging')).out;
+    process.stderr.write(
+      `[team] history staging:\n${text}[team] history production:\n${(await ok(laptop, 'history', 'production')).out}`,
+    );
     expect(text).toMatch(
       new RegExp(
         `Z  ${who.replace(/[.]/g, '\\.')}\\s+ship\\s+none -> ${B}  healthy [\\d.]+s  \\[tm-staging\\]`,
