@@ -301,6 +301,24 @@ describe('the S3 store', () => {
   });
 });
 
+describe('S3 errors', () => {
+  it('wrong credentials are bad input (exit 2) with a hint, and the secret is not printed', async () => {
+    const good = process.env.AWS_SECRET_ACCESS_KEY!;
+    process.env.AWS_SECRET_ACCESS_KEY = 'wrong-secret-key-0000000000000000000000000';
+    try {
+      const r = await cli('--config', laptop, 'artifacts');
+      expect(r.code).toBe(2);
+      expect(r.err).toMatch(
+        /^ckan-release: s3:\/\/tm-ci\/demo\/: list s3:\/\/tm-ci\/demo\/manifests\/: SignatureDoesNotMatch/m,
+      );
+      expect(r.err).toMatch(/hint: check the credentials and their permissions on the bucket/);
+      expect(r.err).not.toContain('wrong-secret-key');
+    } finally {
+      process.env.AWS_SECRET_ACCESS_KEY = good;
+    }
+  });
+});
+
 describe('diff, notify and history', () => {
   it('diff B A: the extension that changed with its commit subjects, pip freeze, files', async () => {
     const d = JSON.parse((await ok(ci.config, '--json', 'diff', B, A)).out) as {
