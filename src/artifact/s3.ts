@@ -349,7 +349,19 @@ export class S3Store {
     mkdirSync(staging);
     const result = { chunks: chunks.length, downloadedChunks: 0, downloadedBytes: 0 };
     try {
-      const out = createWriteStream(path.join(staging, 'release.tar.gz'));
+      const file = path.join(staging, 'release.tar.gz');
+      const out = createWriteStream(file);
+      // A write that fails (disk full) ends the fetch with the file named, not an unhandled error.
+      let writeError: Error | undefined;
+      const failed = new Promise<void>((resolve) =>
+        out.on('error', (e) => {
+          writeError = e;
+          resolve();
+        }),
+      );
+      const check = () => {
+        if (writeError) throw new OperationError(`cannot write ${file}: ${writeError.message}`);
+      };
       const whole = createHash('sha256');
       const get = async (c: ArchiveChunk, i: number): Promise<Buffer> => {
         const have = local.get(c.sha256);
@@ -395,11 +407,12 @@ export class S3Store {
         const data = await pending.shift()!;
         fill();
         whole.update(data);
-        if (!out.write(data)) await new Promise<void>((r) => out.once('drain', () => r()));
+        if (!out.write(data))
+          await Promise.race([new Promise<void>((r) => out.once('drain', () => r())), failed]);
+        check();
       }
-      await new Promise<void>((resolve, reject) =>
-        out.end((e?: Error | null) => (e ? reject(e) : resolve())),
-      );
+      await Promise.race([new Promise<void>((resolve) => out.end(() => resolve())), failed]);
+      check();
       const got = whole.digest('hex');
       if (got !== m.archive.sha256)
         throw new OperationError(
