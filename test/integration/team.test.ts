@@ -298,6 +298,17 @@ describe('the S3 store', () => {
     expect(
       (JSON.parse((await ok(direct, '--json', 'artifacts')).out) as { id: string }[]).map((x) => x.id),
     ).toEqual([B]);
+    // Published once: again is a no-op; a manifest under the same key with other content is never overwritten.
+    const twice = lastJson((await ok(direct, '--json', 'artifacts', 'publish', B)).out);
+    expect(twice).toMatchObject({ published: false, uploaded_chunks: 0 });
+    const c = s3.client();
+    await c.send(new PutObjectCommand({ Bucket: 'tm-drop', Key: `demo/manifests/${B}.json`, Body: '{}' }));
+    c.destroy();
+    const other = await cli('--config', direct, 'artifacts', 'publish', B);
+    expect(other.code).toBe(1);
+    expect(other.err).toContain(
+      `demo/manifests/${B}.json exists with other content; manifests are never overwritten`,
+    );
   });
 });
 
