@@ -58,6 +58,7 @@ describe.each([
         'set -e; "$CKAN_RELEASE_PYTHON" --version; /opt/ckan-release/bin/make-venv /tmp/v; ' +
           '/tmp/v/bin/python -W ignore -c "import setuptools, pkg_resources; print(setuptools.__version__)"; ' +
           'for t in git patch tar gzip sha256sum find gcc; do command -v $t; done; ' +
+          `"$CKAN_RELEASE_PYTHON" -c "import ctypes.util; print(ctypes.util.find_library('magic'))"; ` +
           'cat /sys/class/net/*/operstate 2>/dev/null | sort | uniq -c | tr -s " "; ls /sys/class/net',
       ],
       { network: 'none' },
@@ -77,6 +78,8 @@ describe.each([
       '/usr/bin/find',
       '/usr/bin/gcc',
     ]);
+    // python-magic loads libmagic through ctypes at import; the build's plugin check imports plugins.
+    expect(lines[9]).toBe('libmagic.so.1');
     // --network none: the container has only a loopback interface.
     expect(lines[lines.length - 1]).toBe('lo');
   });
