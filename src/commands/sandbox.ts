@@ -6,9 +6,11 @@ import { Option, type Command } from 'commander';
 import type { Io } from '../cli.js';
 import { loadConfig } from '../config/load.js';
 import type { Config } from '../config/types.js';
-import { ensureBaseImage, requireEngine } from '../docker/engine.js';
+import { SANDBOX_OSES, type SandboxOs } from '../config/schema.js';
+import { requireEngine } from '../docker/engine.js';
 import { UsageError } from '../errors.js';
 import {
+  DEFAULT_SANDBOX_OS,
   SANDBOX_SERVERS,
   sandboxDown,
   sandboxUp,
@@ -25,8 +27,14 @@ export function sandboxDir(config: Config): string {
 export function sandboxHosts(config: Config): SandboxHostSpec[] {
   const file = path.join(sandboxDir(config), 'ssh_config');
   const out: SandboxHostSpec[] = [];
+  // The host OS: the environment's sandbox_os, else the builder's OS when the sandbox has it (so what
+  // `build` makes runs there), else Debian 12.
+  const builderOs = (SANDBOX_OSES as readonly string[]).includes(config.builder.os)
+    ? (config.builder.os as SandboxOs)
+    : DEFAULT_SANDBOX_OS;
   for (const env of Object.values(config.environments)) {
     if (env.sshConfig !== file) continue;
+    const os = env.sandboxOs ?? builderOs;
     for (const host of env.hosts) {
       const vars = env.hostVars[host] ?? {};
       const sshPort = Number(vars.ssh_port);
@@ -36,7 +44,13 @@ export function sandboxHosts(config: Config): SandboxHostSpec[] {
           `${config.displayFile}: environments.${env.name}.host_vars.${host} needs ssh_port and http_port for a sandbox host`,
         );
       }
-      if (!out.some((h) => h.name === host)) out.push({ name: host, sshPort, httpPort });
+      const same = out.find((h) => h.name === host);
+      if (!same) out.push({ name: host, sshPort, httpPort, os });
+      else if (same.os !== os)
+        throw new UsageError(
+          `${config.displayFile}: host ${host} is a sandbox host of environments with different sandbox_os (${same.os}, ${os} in ${env.name})`,
+          'give the environments that share a host the same sandbox_os',
+        );
     }
   }
   return out;
@@ -72,7 +86,6 @@ export function registerSandbox(program: Command, io: Io): void {
       }
       hosts = hosts.map((h) => ({ ...h, server: opts.server }));
       const docker = await requireEngine();
-      await ensureBaseImage(docker, (l) => io.err(`${l}\n`));
       const up = await sandboxUp(docker, { dir: sandboxDir(config), hosts }, (l) => io.err(`${l}\n`));
       for (const h of up) io.out(`${h.name}: ssh 127.0.0.1:${h.sshPort}, http://127.0.0.1:${h.httpPort}/\n`);
     });

@@ -275,6 +275,7 @@ function resolve(raw: Raw, file: string, display: string, root: Node, ctx: Ctx):
       become: e.become,
       becomeUser: e.become_user,
       parallel: e.parallel,
+      sandboxOs: e.sandbox_os,
     };
   }
 

@@ -16,6 +16,9 @@ import {
 
 export const BUILDER_NETWORKS = ['none', 'default', 'host'] as const;
 export type BuilderNetwork = (typeof BUILDER_NETWORKS)[number];
+/** The OSes `sandbox up` makes hosts of: docker/sandbox-host built FROM the base of docker/<os>. */
+export const SANDBOX_OSES = ['debian11', 'debian12', 'debian13'] as const;
+export type SandboxOs = (typeof SANDBOX_OSES)[number];
 
 const NAME = /^[a-z0-9][a-z0-9._-]*$/;
 const PACKAGE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
@@ -83,6 +86,7 @@ const environment = obj({
   become: optional(bool()),
   become_user: optional(str({ expected: 'a user name', pattern: /^[a-z_][a-z0-9_.-]*$/i })),
   parallel: withDefault(int(1, 256), () => 10),
+  sandbox_os: optional(oneOf(SANDBOX_OSES)),
 });
 
 /** Restart recipes known by name; any other value of deploy.restart is a shell command. */

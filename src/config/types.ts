@@ -1,5 +1,5 @@
 // The validated configuration, with defaults applied and paths resolved against the config's directory.
-import type { BuilderNetwork } from './schema.js';
+import type { BuilderNetwork, SandboxOs } from './schema.js';
 
 export interface GitSource {
   /** As written in the config (a URL, or a path relative to the config). */
@@ -37,6 +37,8 @@ export interface Environment {
   becomeUser?: string;
   /** How many hosts are worked on at once. */
   parallel: number;
+  /** The OS of this environment's sandbox hosts (`sandbox up`); unset: builder.os when the sandbox has it. */
+  sandboxOs?: SandboxOs;
 }
 
 export interface Config {

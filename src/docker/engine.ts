@@ -125,36 +125,55 @@ export async function pullImage(docker: Docker, ref: string): Promise<boolean> {
 
 export type BaseImageSource = 'present' | 'pulled' | 'debootstrapped';
 
-/** debian:bookworm-slim: use it if present, else pull it, else make it with debootstrap and import it. */
-export async function ensureBaseImage(docker: Docker, say: Say): Promise<BaseImageSource> {
-  if (await imageExists(docker, BASE_IMAGE)) {
-    say(`${BASE_IMAGE}: present`);
+/**
+ * The Debian base images debootstrap can make when no registry answers: image reference -> suite.
+ * Every other base is only ever used if present or pulled.
+ */
+export const DEBOOTSTRAP_SUITES: Readonly<Record<string, string>> = {
+  'debian:bullseye-slim': 'bullseye',
+  'debian:bookworm-slim': 'bookworm',
+  'debian:trixie-slim': 'trixie',
+};
+
+/**
+ * A base image (debian:bookworm-slim unless told): use it if present, else pull it, else, for the
+ * Debian suites of DEBOOTSTRAP_SUITES, make it with debootstrap and import it under the same name.
+ */
+export async function ensureBaseImage(docker: Docker, say: Say, ref = BASE_IMAGE): Promise<BaseImageSource> {
+  if (await imageExists(docker, ref)) {
+    say(`${ref}: present`);
     return 'present';
   }
-  if (await pullImage(docker, BASE_IMAGE)) {
-    say(`${BASE_IMAGE}: pulled`);
+  if (await pullImage(docker, ref)) {
+    say(`${ref}: pulled`);
     return 'pulled';
+  }
+  const suite = DEBOOTSTRAP_SUITES[ref];
+  if (!suite) {
+    throw new OperationError(
+      `${ref} is not present and cannot be pulled (no registry answers)`,
+      `pull it where a registry answers and bring it here with \`docker save\` / \`docker load\`; ` +
+        `only ${Object.keys(DEBOOTSTRAP_SUITES).join(', ')} can be made here, with debootstrap`,
+    );
   }
   const debootstrap = onPath('debootstrap');
   if (!debootstrap || process.getuid?.() !== 0) {
     throw new OperationError(
-      `${BASE_IMAGE} is not present, cannot be pulled, and cannot be made here (${debootstrap ? 'not root' : 'debootstrap is not installed'})`,
+      `${ref} is not present, cannot be pulled, and cannot be made here (${debootstrap ? 'not root' : 'debootstrap is not installed'})`,
       'apt-get install debootstrap and run as root, or load the image with `docker load`',
     );
   }
-  say(
-    `${BASE_IMAGE}: no registry answers; making it with debootstrap --variant=minbase bookworm (about 30 s)`,
-  );
+  say(`${ref}: no registry answers; making it with debootstrap --variant=minbase ${suite} (about a minute)`);
   const dir = mkdtempSync(path.join(os.tmpdir(), 'ckan-release-rootfs-'));
   try {
     const mirror = process.env.CKAN_RELEASE_DEBIAN_MIRROR ?? 'http://deb.debian.org/debian';
-    await run(debootstrap, ['--variant=minbase', 'bookworm', dir, mirror], { maxBuffer: 64 * 1024 * 1024 });
+    await run(debootstrap, ['--variant=minbase', suite, dir, mirror], { maxBuffer: 64 * 1024 * 1024 });
     // Trim what a -slim image leaves out anyway.
     rmSync(path.join(dir, 'var/cache/apt/archives'), { recursive: true, force: true });
     const tar = spawn('tar', ['-C', dir, '--numeric-owner', '-c', '.'], {
       stdio: ['ignore', 'pipe', 'inherit'],
     });
-    const [repo, tag] = BASE_IMAGE.split(':') as [string, string];
+    const [repo, tag] = ref.split(':') as [string, string];
     const stream = await docker.importImage(tar.stdout as unknown as string, { repo, tag });
     await new Promise<void>((resolve, reject) => {
       docker.modem.followProgress(stream, (err: Error | null, events: { error?: string }[]) => {
@@ -166,8 +185,38 @@ export async function ensureBaseImage(docker: Docker, say: Say): Promise<BaseIma
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
-  if (!(await imageExists(docker, BASE_IMAGE)))
-    throw new OperationError(`importing ${BASE_IMAGE} did not produce the image`);
-  say(`${BASE_IMAGE}: debootstrapped and imported`);
+  if (!(await imageExists(docker, ref)))
+    throw new OperationError(`importing ${ref} did not produce the image`);
+  say(`${ref}: debootstrapped and imported`);
   return 'debootstrapped';
+}
+
+/**
+ * The default of `ARG BASE=...` in a Dockerfile: the base image a docker/<os>/ directory builds FROM
+ * unless a build arg says otherwise. undefined when the Dockerfile declares no BASE default.
+ */
+export function dockerfileBase(dockerfileText: string): string | undefined {
+  return dockerfileArgs(dockerfileText).BASE;
+}
+
+/** Every image a Dockerfile's stages start FROM through an `ARG NAME=image` default (BASE first). */
+export function dockerfileBases(dockerfileText: string): string[] {
+  const args = dockerfileArgs(dockerfileText);
+  const out: string[] = [];
+  for (const line of dockerfileText.split('\n')) {
+    const m = /^\s*FROM\s+\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?(\s|$)/i.exec(line);
+    const image = m ? args[m[1]!] : undefined;
+    if (image && !out.includes(image)) out.push(image);
+  }
+  const base = args.BASE;
+  return base ? [base, ...out.filter((b) => b !== base)] : out;
+}
+
+function dockerfileArgs(dockerfileText: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const line of dockerfileText.split('\n')) {
+    const m = /^\s*ARG\s+([A-Za-z_][A-Za-z0-9_]*)=(\S+)\s*$/i.exec(line);
+    if (m && !(m[1]! in out)) out[m[1]!] = m[2]!.replace(/^(["'])(.*)\1$/, '$2');
+  }
+  return out;
 }

@@ -29,7 +29,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import type Docker from 'dockerode';
-import type { Say } from '../docker/engine.js';
+import { SANDBOX_OSES, type SandboxOs } from '../config/schema.js';
+import { dockerfileBase, ensureBaseImage, type Say } from '../docker/engine.js';
 import { ensureImage } from '../docker/images.js';
 import { demuxBuffer, execInContainer } from '../docker/run.js';
 import { OperationError, UsageError } from '../errors.js';
@@ -44,6 +45,11 @@ export const SANDBOX_CONTEXT = path.resolve(
 export const LABEL_SANDBOX = 'ckan-release.sandbox';
 export const LABEL_HOST = 'ckan-release.sandbox.host';
 export const LABEL_DIR = 'ckan-release.sandbox.dir';
+export const LABEL_OS = 'ckan-release.sandbox.os';
+/** The shipped builder images: the sandbox host of OS <os> is built FROM the base of docker/<os>. */
+export const TOOL_DOCKER_DIR = path.dirname(SANDBOX_CONTEXT);
+/** Sandbox hosts are Debian 12 unless a spec says otherwise. */
+export const DEFAULT_SANDBOX_OS: SandboxOs = 'debian12';
 export const CONTAINER_PREFIX = 'ckan-release-sandbox-';
 /** The login user on every sandbox host (passwordless sudo). */
 export const SANDBOX_USER = 'deploy';
@@ -61,6 +67,8 @@ export interface SandboxHostSpec {
   /** apache (default): Apache + mod_wsgi with the image's vhost; uwsgi: nginx + supervisord, sites and
    * programs installed by the project's server.files. */
   server?: SandboxServer;
+  /** The host's OS (default debian12): the same Debian release and /usr/bin/python3 as docker/<os>. */
+  os?: SandboxOs;
   /**
    * Optional. 'host' (the default): --network host, listening on the machine's 127.0.0.1.
    * 'private': --network none, a loopback of its own that nothing outside reaches (a bastion's
@@ -166,6 +174,10 @@ function validate(hosts: SandboxHostSpec[]): void {
         `sandbox: host "${h.name}": network "${net}" is not host, private or with:<a host listed before it>`,
       );
     names.add(h.name);
+    if (h.os !== undefined && !(SANDBOX_OSES as readonly string[]).includes(h.os))
+      throw new UsageError(
+        `sandbox: host "${h.name}": os "${String(h.os)}" is not one of ${SANDBOX_OSES.join(', ')}`,
+      );
     for (const [what, port] of [
       ['SSH', h.sshPort],
       ['HTTP', h.httpPort],
@@ -395,11 +407,9 @@ export async function sandboxUp(
       'choose other ports (or stop what uses them)',
     );
 
-  const image = await ensureImage(
-    docker,
-    { context: SANDBOX_CONTEXT, repository: SANDBOX_IMAGE_REPOSITORY, flavour: 'debian12' },
-    say,
-  );
+  const images = new Map<SandboxOs, string>();
+  for (const os of new Set(opts.hosts.map((h) => h.os ?? DEFAULT_SANDBOX_OS)))
+    images.set(os, (await sandboxImage(docker, os, say)).tag);
   const publicKey = await ensureKeyPair(paths, say);
 
   for (const c of replace) {
@@ -425,7 +435,7 @@ export async function sandboxUp(
     for (const h of opts.hosts) {
       const container = await docker.createContainer({
         name: containerName(h.name),
-        Image: image.tag,
+        Image: images.get(h.os ?? DEFAULT_SANDBOX_OS),
         Env: [
           `SSH_PORT=${h.sshPort}`,
           `HTTP_PORT=${h.httpPort}`,
@@ -437,6 +447,7 @@ export async function sandboxUp(
           [LABEL_SANDBOX]: '1',
           [LABEL_HOST]: h.name,
           [LABEL_DIR]: paths.dir,
+          [LABEL_OS]: h.os ?? DEFAULT_SANDBOX_OS,
         },
         HostConfig: {
           NetworkMode: networkMode(h),
@@ -466,7 +477,7 @@ export async function sandboxUp(
           );
       }
       say(
-        `host ${h.name}: container ${containerName(h.name)}, ssh 127.0.0.1:${h.sshPort}, http 127.0.0.1:${h.httpPort} (${h.server ?? 'apache'})`,
+        `host ${h.name}: container ${containerName(h.name)}, ssh 127.0.0.1:${h.sshPort}, http 127.0.0.1:${h.httpPort} (${h.os ?? DEFAULT_SANDBOX_OS}, ${h.server ?? 'apache'})`,
       );
     }
     await Promise.all(started.map((h) => waitReady(docker, h)));
@@ -496,6 +507,29 @@ export async function sandboxUp(
     rmSync(paths.hostsJson, { force: true });
     throw e;
   }
+}
+
+/**
+ * The sandbox host image of an OS: docker/sandbox-host built with BASE = the base image of the builder
+ * docker/<os> (its `ARG BASE=` default), so host and builder run the same Debian release and Python.
+ * The base is made first when absent (pulled, or debootstrapped where no registry answers).
+ */
+export async function sandboxImage(docker: Docker, os: SandboxOs, say: Say) {
+  const dockerfile = path.join(TOOL_DOCKER_DIR, os, 'Dockerfile');
+  const base = dockerfileBase(readFileSync(dockerfile, 'utf8'));
+  if (!base)
+    throw new OperationError(`${dockerfile} declares no ARG BASE=<image>: no sandbox host for ${os}`);
+  await ensureBaseImage(docker, say, base);
+  return ensureImage(
+    docker,
+    {
+      context: SANDBOX_CONTEXT,
+      repository: SANDBOX_IMAGE_REPOSITORY,
+      flavour: os,
+      buildArgs: { BASE: base },
+    },
+    say,
+  );
 }
 
 export function sshConfig(paths: SandboxPaths, hosts: SandboxHostSpec[]): string {

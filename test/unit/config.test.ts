@@ -140,7 +140,7 @@ describe('malformed configs', () => {
     [
       'an unknown builder os',
       edit('  os: debian12', '  os: debian21'),
-      'FILE:7: builder.os: no builder image "debian21": expected one of centos7, debian12; did you mean "debian12"?',
+      'FILE:7: builder.os: no builder image "debian21": expected one of centos7, debian11, debian12, debian13, el8, el9, ubuntu2204, ubuntu2404; did you mean "debian11"?',
     ],
     [
       'a bad builder network',
