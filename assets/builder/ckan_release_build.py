@@ -59,13 +59,18 @@ def log(text):
     sys.stdout.flush()
 
 
-def run(cmd, cwd=None, env=None, capture=False):
-    """Runs cmd (a list); its output goes to the build log, and is returned when capture is set."""
+def run(cmd, cwd=None, env=None, stdout_only=False):
+    """Runs cmd (a list); its output goes to the build log and is returned (with stdout_only, only its
+    stdout: pip freeze's warnings, such as pip 20's Python 2 deprecation notice, are no requirements)."""
     log("$ " + " ".join(cmd))
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    out = proc.communicate()[0].decode("utf-8", "replace")
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE if stdout_only else subprocess.STDOUT)
+    out, err = proc.communicate()
+    out = out.decode("utf-8", "replace")
     if out:
         log(out)
+    if err:
+        log(err.decode("utf-8", "replace"))
     return proc.returncode, out
 
 
@@ -110,7 +115,7 @@ def pip_failure(kind, who, out):
 def installed_constraints(python, path):
     """Pins of everything installed so far (editables aside): an extension may add packages, but never
     silently replace a version that CKAN or an earlier extension asked for."""
-    code, out = run([python, "-m", "pip", "freeze"])
+    code, out = run([python, "-m", "pip", "freeze"], stdout_only=True)
     if code != 0:
         raise BuildFailure("install", "pip freeze failed")
     pins = [l for l in out.splitlines() if "==" in l and not l.startswith(("-e", "#", "$")) and " @ " not in l]
@@ -458,7 +463,7 @@ def cmd_release(spec):
     if code != 0:
         lines = [l.strip() for l in out.splitlines() if l.strip() and not l.startswith("$")]
         raise BuildFailure("verify", "pip check: %s" % "; ".join(lines[:5]))
-    code, freeze = run([python, "-m", "pip", "freeze", "--all"])
+    code, freeze = run([python, "-m", "pip", "freeze", "--all"], stdout_only=True)
     if code != 0:
         raise BuildFailure("verify", "pip freeze failed")
     declared = [p for ext in spec["extensions"] for p in ext["plugins"]]
