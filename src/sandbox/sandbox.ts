@@ -74,6 +74,12 @@ export interface SandboxHostSpec {
    * to the deploy user (owner deploy:www-data, 0755), as /usr/lib/ckan is in the image.
    */
   tmpfs?: Record<string, string>;
+  /**
+   * Optional: an image (already built) to run instead of docker/sandbox-host's, for hosts of another
+   * OS or Python (the test bed's Python 2.7 and 3.6 hosts). It keeps the same contract: SSH_PORT,
+   * HTTP_PORT, AUTHORIZED_KEY; user deploy with passwordless sudo; HTTP answered on HTTP_PORT.
+   */
+  image?: string;
 }
 
 export interface SandboxHost extends SandboxHostSpec {
@@ -425,7 +431,7 @@ export async function sandboxUp(
     for (const h of opts.hosts) {
       const container = await docker.createContainer({
         name: containerName(h.name),
-        Image: image.tag,
+        Image: h.image ?? image.tag,
         Env: [
           `SSH_PORT=${h.sshPort}`,
           `HTTP_PORT=${h.httpPort}`,
