@@ -3,7 +3,7 @@
 // host whose only Python is that one (test/fixtures/python-hosts/), then a second release as a delta,
 // then a rollback. Every step asserts the host's real state: readlink current, the ledger, and what
 // the release's own interpreter serves (wsgiref: no mod_wsgi exists here for these Pythons).
-import { readFileSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import type Docker from 'dockerode';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -166,6 +166,8 @@ beforeAll(async () => {
 afterAll(async () => {
   if (docker && project)
     await sandboxDown(docker, { dir: path.join(project.dir, '.ckan-release/sandbox') }, () => undefined);
+  // The image contexts (the 3.6 one holds a copy of the interpreter, about 130 MB).
+  if (project) rmSync(path.join(project.dir, 'docker'), { recursive: true, force: true });
 });
 
 describe.each(BEDS)('Python $flavour: build, ship, delta, rollback', (bed) => {
