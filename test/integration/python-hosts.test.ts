@@ -254,7 +254,7 @@ describe.each(BEDS)('Python $flavour: build, ship, delta, rollback', (bed) => {
       `healthy ${B}`,
       `activated ${A}`,
       `healthy ${A}`,
-      `rolled_back ${B}`,
+      `bad ${B}`,
     ]);
     const status = JSON.parse(await ok(configs[`${bed.env}-B`]!, '--json', 'status', bed.env)) as {
       hosts: { current: string }[];
