@@ -51,17 +51,26 @@ def emit(event, **fields):
 
 
 def log(text):
-    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    text = text if text.endswith("\n") else text + "\n"
+    if str is bytes and not isinstance(text, bytes):
+        # Python 2: stdout is a byte stream with no encoding (a pipe); pip's output may not be ASCII.
+        text = text.encode("utf-8")
+    sys.stdout.write(text)
     sys.stdout.flush()
 
 
-def run(cmd, cwd=None, env=None, capture=False):
-    """Runs cmd (a list); its output goes to the build log, and is returned when capture is set."""
+def run(cmd, cwd=None, env=None, stdout_only=False):
+    """Runs cmd (a list); its output goes to the build log and is returned (with stdout_only, only its
+    stdout: pip freeze's warnings, such as pip 20's Python 2 deprecation notice, are no requirements)."""
     log("$ " + " ".join(cmd))
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    out = proc.communicate()[0].decode("utf-8", "replace")
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE if stdout_only else subprocess.STDOUT)
+    out, err = proc.communicate()
+    out = out.decode("utf-8", "replace")
     if out:
         log(out)
+    if err:
+        log(err.decode("utf-8", "replace"))
     return proc.returncode, out
 
 
@@ -106,7 +115,7 @@ def pip_failure(kind, who, out):
 def installed_constraints(python, path):
     """Pins of everything installed so far (editables aside): an extension may add packages, but never
     silently replace a version that CKAN or an earlier extension asked for."""
-    code, out = run([python, "-m", "pip", "freeze"])
+    code, out = run([python, "-m", "pip", "freeze"], stdout_only=True)
     if code != 0:
         raise BuildFailure("install", "pip freeze failed")
     pins = [l for l in out.splitlines() if "==" in l and not l.startswith(("-e", "#", "$")) and " @ " not in l]
@@ -269,44 +278,86 @@ def names_path(path, needle):
     return False
 
 
+# compileall file by file, each named by its path under <current>: `compileall -d` names every file of a
+# subdirectory <current>/<file name> on Python 3.6 to 3.8 (fixed in 3.9), and Python 3.6's stops 10
+# directory levels down.
+COMPILE = r'''
+import compileall, os, sys
+top, current, force = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+ok = True
+for dirpath, dirnames, filenames in os.walk(top):
+    dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+    ddir = os.path.normpath(os.path.join(current, os.path.relpath(dirpath, top)))
+    for name in sorted(filenames):
+        if name.endswith(".py"):
+            ok = compileall.compile_file(os.path.join(dirpath, name), ddir=ddir, force=force, quiet=1) and ok
+sys.exit(0 if ok else 1)
+'''
+
+
 def compile_tree(python, top, current, force):
     """Fixed mtimes, then compileall naming sources <current>/... (-d): the .pyc of an unchanged
     source is byte-identical from one release to the next (deltas). Without force, only bytecode whose
     header does not match its source's mtime is made: drop_stale_bytecode() first removes what a
     same-mtime header would hide."""
     run(["find", top, "-exec", "touch", "-h", "-d", "@%d" % FIXED_MTIME, "{}", "+"])
-    code, out = run([python, "-m", "compileall", "-q"] + (["-f"] if force else []) + ["-d", current, top])
+    code, out = run([python, "-c", COMPILE, top, current, "1" if force else "0"])
     if code != 0:
         # Venvs hold files that are not valid for this Python (templates, py2-only tests): not fatal.
         log("compileall reported files it could not compile (see above); they stay uncompiled")
 
 
+def bytecode_of(source):
+    """The bytecode files this interpreter writes for a source: __pycache__/NAME.TAG[.opt-N].pyc on
+    Python 3, NAME.pyc and NAME.pyo beside the source on Python 2 (which has no importlib.util and no
+    sys.implementation)."""
+    try:
+        from importlib.util import cache_from_source
+    except ImportError:
+        return [source + "c", source + "o"]
+    return [cache_from_source(source, optimization=opt) for opt in ("", 1, 2)]
+
+
+def orphan_bytecode(dirpath, filenames):
+    """The bytecode files in dirpath whose source is gone (Python 2's beside it, Python 3's in
+    __pycache__, for this interpreter's cache tag): Python 2 would import them, sourceless."""
+    tag = getattr(getattr(sys, "implementation", None), "cache_tag", None)
+    out = []
+    for name in filenames:
+        parts = name.split(".")
+        if len(parts) < 2 or parts[-1] not in ("pyc", "pyo"):
+            continue
+        if os.path.basename(dirpath) == "__pycache__":
+            if tag is None or len(parts) < 3 or parts[-1] != "pyc":
+                continue
+            stem = parts[:-2] if parts[-2] == tag else parts[:-3] if parts[-3] == tag else None
+            source_dir = os.path.dirname(dirpath)
+        elif tag is None:
+            stem, source_dir = parts[:-1], dirpath
+        else:
+            continue  # Python 3 ignores a .pyc beside its source
+        if stem and not os.path.exists(os.path.join(source_dir, ".".join(stem) + ".py")):
+            out.append(os.path.join(dirpath, name))
+    return out
+
+
 def drop_stale_bytecode(top):
     """Removes the bytecode of every source changed since the base was compiled (its mtime is no longer
     FIXED_MTIME: rewritten, patched, installed) and of sources that are gone. compileall alone would
-    keep it once the mtimes are reset: Python 3.6's compileall compares only the mtime."""
-    import importlib.util
-    tag = sys.implementation.cache_tag
+    keep it once the mtimes are reset: Python 3.6's compileall (and Python 2's) compares only the mtime."""
     removed = 0
     for dirpath, dirnames, filenames in os.walk(top):
         for name in filenames:
             if name.endswith(".py"):
                 path = os.path.join(dirpath, name)
                 if os.lstat(path).st_mtime != FIXED_MTIME:
-                    for opt in ("", 1, 2):
-                        cached = importlib.util.cache_from_source(path, optimization=opt)
+                    for cached in bytecode_of(path):
                         if os.path.lexists(cached):
                             os.unlink(cached)
                             removed += 1
-        if os.path.basename(dirpath) == "__pycache__":
-            for name in filenames:
-                parts = name.split(".")
-                if len(parts) < 3 or parts[-1] != "pyc":
-                    continue
-                stem = parts[:-2] if parts[-2] == tag else parts[:-3] if parts[-3] == tag else None
-                if stem and not os.path.exists(os.path.join(os.path.dirname(dirpath), ".".join(stem) + ".py")):
-                    os.unlink(os.path.join(dirpath, name))
-                    removed += 1
+        for path in orphan_bytecode(dirpath, filenames):
+            os.unlink(path)
+            removed += 1
     return removed
 
 
@@ -412,7 +463,7 @@ def cmd_release(spec):
     if code != 0:
         lines = [l.strip() for l in out.splitlines() if l.strip() and not l.startswith("$")]
         raise BuildFailure("verify", "pip check: %s" % "; ".join(lines[:5]))
-    code, freeze = run([python, "-m", "pip", "freeze", "--all"])
+    code, freeze = run([python, "-m", "pip", "freeze", "--all"], stdout_only=True)
     if code != 0:
         raise BuildFailure("verify", "pip freeze failed")
     declared = [p for ext in spec["extensions"] for p in ext["plugins"]]
@@ -437,7 +488,7 @@ def cmd_release(spec):
     release_json["builder"]["python"] = {"version": facts["python_version"], "path": spec["python_path"]}
     release_json["ckan"]["version"] = facts["ckan_version"]
     with io.open(os.path.join(release, "RELEASE.json"), "w", encoding="utf-8") as f:
-        f.write(json.dumps(release_json, indent=2, sort_keys=True) + u"\n")
+        f.write(json.dumps(release_json, indent=2, sort_keys=True, separators=(",", ": ")) + u"\n")
     run(["touch", "-h", "-d", "@%d" % FIXED_MTIME, os.path.join(release, "RELEASE.json"), release])
 
     emit("step", name="manifest")
@@ -579,6 +630,19 @@ def gzip_member(raw):
     return c.compress(raw) + c.flush()
 
 
+def stream_ended(d):
+    """Whether the zlib decompressor d has seen the end of its stream. Python 2's has no eof: a copy
+    of it is given one more byte, which lands in unused_data only after the end."""
+    if hasattr(d, "eof"):
+        return d.eof
+    probe = d.copy()
+    try:
+        probe.decompress(b"\0")
+    except zlib.error:
+        return False
+    return probe.unused_data == b"\0"
+
+
 def member_holds(data, raw):
     """Whether data is exactly one gzip member whose content is raw: a cached member is never trusted
     for its name alone (a damaged or truncated file, or a disk error, would ship a broken archive)."""
@@ -587,7 +651,7 @@ def member_holds(data, raw):
         out = d.decompress(data)
     except zlib.error:
         return False
-    return d.eof and not d.unused_data and out == raw
+    return not d.unused_data and stream_ended(d) and out == raw
 
 
 class PackCache(object):

@@ -375,6 +375,19 @@ class StdinFd(object):
         return os.read(0, n if n is not None and n >= 0 else 1 << 20)
 
 
+def stream_ended(d):
+    """Whether the zlib decompressor d has seen the end of its stream. Python 2's has no eof: a copy
+    of it is given one more byte, which lands in unused_data only after the end."""
+    if hasattr(d, "eof"):
+        return d.eof
+    probe = d.copy()
+    try:
+        probe.decompress(b"\0")
+    except zlib.error:
+        return False
+    return probe.unused_data == b"\0"
+
+
 class GunzipReader(object):
     """The uncompressed bytes of a gzip stream of one or more members, as `gzip -d` reads it (the build
     packs chunks in parallel, one member each), inflated in a second thread so that inflating overlaps
@@ -413,7 +426,7 @@ class GunzipReader(object):
                         fed = False
                     else:
                         data = d.unconsumed_tail
-            if fed and getattr(d, "eof", True) is False:
+            if fed and not stream_ended(d):
                 raise EOFError("the compressed stream ends inside a gzip member")
         except (zlib.error, EOFError, IOError, OSError) as e:
             self.error = e
@@ -1271,9 +1284,9 @@ def cmd_prune(args):
             os.unlink(doomed)  # an adopted release: the link goes, the old venv stays where it was
         else:
             shutil.rmtree(doomed, ignore_errors=True)
-        for kept in (os.path.join(p["manifests"], "%s.json" % r), seal_path(p, r), tree_seal_path(p, r)):
-            if os.path.exists(kept):
-                os.unlink(kept)
+        for leftover in (os.path.join(p["manifests"], "%s.json" % r), seal_path(p, r), tree_seal_path(p, r)):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
         removed.append({"release": r, "why": reason})
     for d in partials:
         if args["op"] not in d:

@@ -10,7 +10,7 @@ import type { Io } from '../cli.js';
 import { environment, loadConfig } from '../config/load.js';
 import { loadSecrets, secretValues } from '../config/secrets.js';
 import type { Config, Environment } from '../config/types.js';
-import { callAgent, installAgent } from '../deploy/agent.js';
+import { callAgent, HOST_PYTHON, installAgent } from '../deploy/agent.js';
 import { installServerFiles } from '../deploy/server.js';
 import { readFactsReadOnly, readSetupFacts, serverFilePlans } from '../deploy/dry-run.js';
 import {
@@ -31,9 +31,6 @@ import { eventsFor, withEvents, type Events } from '../events.js';
 import { formatDeployPlan, formatSetupPlan, planDeploy, planSetup, setupDirs } from '../plan.js';
 import type { ConnectOptions } from '../remote/ssh.js';
 import { globals } from './common.js';
-
-/** The interpreter the agent uses when no artifact says which: the hosts' python3. */
-const HOST_PYTHON = 'python3';
 
 interface Loaded {
   config: Config;

@@ -1,5 +1,6 @@
 // The host agent (assets/host/ckan_release_host.py): installed once per version under
-// <root>/.ckan-release/agent/, run with the release's interpreter, one JSON answer per call.
+// <root>/.ckan-release/agent/, run with the release's interpreter (or the host's first python3, python2
+// or python when no release says which), one JSON answer per call.
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
@@ -20,9 +21,27 @@ const agentDigest = createHash('sha256').update(agentText).digest('hex').slice(0
 export interface AgentHost {
   remote: Remote;
   root: string;
-  /** The interpreter the agent runs with: the artifact's python (or python3 before there is one). */
+  /** The interpreter the agent runs with: the artifact's python, or HOST_PYTHON when none is known. */
   python: string;
   sudo: Become;
+}
+
+/**
+ * The interpreters tried, in this order, when no artifact names one (setup, status, unlock, rollback's
+ * first look): the agent runs on any Python from 2.7 on, and a CentOS 7 host may have only python2.
+ */
+export const HOST_PYTHONS = ['python3', 'python2', 'python'] as const;
+/** AgentHost.python for "the first of HOST_PYTHONS this host has". */
+export const HOST_PYTHON = HOST_PYTHONS.join('|');
+
+/** Looks for the interpreter in the same shell that runs the agent: no extra round trip. */
+const PYTHON_PROBE =
+  `for p in ${HOST_PYTHONS.join(' ')}; do if command -v "$p" >/dev/null 2>&1; then exec "$p" "$@"; fi; done; ` +
+  `echo "ckan-release: this host has none of ${HOST_PYTHONS.join(', ')} on its PATH: the host agent needs Python 2.7 or later" >&2; exit 127`;
+
+/** argv that runs `python args...`: HOST_PYTHON picks the host's first HOST_PYTHONS in one `sh -c`. */
+export function pythonArgv(python: string, args: string[]): string[] {
+  return python === HOST_PYTHON ? ['sh', '-c', PYTHON_PROBE, 'sh', ...args] : [python, ...args];
 }
 
 /** The host refused an operation (locked, bad artifact, unhealthy...): `kind` says which. */
@@ -68,7 +87,7 @@ export function agentCommand(
   command: string,
   args: Record<string, unknown>,
 ): string {
-  return cmd(maybeSudo([h.python, agentPath(h.root), command, JSON.stringify(args)], h.sudo));
+  return cmd(maybeSudo(pythonArgv(h.python, [agentPath(h.root), command, JSON.stringify(args)]), h.sudo));
 }
 
 /** Writes the agent to the host unless this version is already there. */

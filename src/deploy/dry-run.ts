@@ -5,7 +5,7 @@ import { readFileSync } from 'node:fs';
 import type { Manifest } from '../artifact/manifest.js';
 import type { PlanFacts, ServerFilePlan, SetupHostFacts } from '../plan.js';
 import { commandError } from '../remote/ssh.js';
-import { AGENT_SCRIPT, agentPath, callAgent } from './agent.js';
+import { AGENT_SCRIPT, agentPath, callAgent, pythonArgv } from './agent.js';
 import { agentFor, type HostSession, type Session } from './deploy.js';
 import { installServerFiles } from './server.js';
 import { cmd, maybeSudo } from './shell.js';
@@ -21,7 +21,7 @@ export async function readFactsReadOnly(s: Session, h: HostSession, python: stri
     return callAgent<PlanFacts>(agentFor(s, h, python), 'read host facts', 'facts', args);
   const script = readFileSync(AGENT_SCRIPT, 'utf8');
   const r = await h.remote.exec(
-    cmd(maybeSudo([python, '-c', script, 'facts', JSON.stringify(args)], h.sudo)),
+    cmd(maybeSudo(pythonArgv(python, ['-c', script, 'facts', JSON.stringify(args)]), h.sudo)),
   );
   const last = r.stdout.trim().split('\n').pop() ?? '';
   if (r.code !== 0 || !last.startsWith('{')) throw commandError(h.name, 'read host facts', r);

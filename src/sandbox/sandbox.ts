@@ -82,6 +82,12 @@ export interface SandboxHostSpec {
    * to the deploy user (owner deploy:www-data, 0755), as /usr/lib/ckan is in the image.
    */
   tmpfs?: Record<string, string>;
+  /**
+   * Optional: an image (already built) to run instead of docker/sandbox-host's, for hosts of another
+   * OS or Python (the test bed's Python 2.7 and 3.6 hosts). It keeps the same contract: SSH_PORT,
+   * HTTP_PORT, AUTHORIZED_KEY; user deploy with passwordless sudo; HTTP answered on HTTP_PORT.
+   */
+  image?: string;
 }
 
 export interface SandboxHost extends SandboxHostSpec {
@@ -408,7 +414,7 @@ export async function sandboxUp(
     );
 
   const images = new Map<SandboxOs, string>();
-  for (const os of new Set(opts.hosts.map((h) => h.os ?? DEFAULT_SANDBOX_OS)))
+  for (const os of new Set(opts.hosts.filter((h) => !h.image).map((h) => h.os ?? DEFAULT_SANDBOX_OS)))
     images.set(os, (await sandboxImage(docker, os, say)).tag);
   const publicKey = await ensureKeyPair(paths, say);
 
@@ -435,7 +441,7 @@ export async function sandboxUp(
     for (const h of opts.hosts) {
       const container = await docker.createContainer({
         name: containerName(h.name),
-        Image: images.get(h.os ?? DEFAULT_SANDBOX_OS),
+        Image: h.image ?? images.get(h.os ?? DEFAULT_SANDBOX_OS),
         Env: [
           `SSH_PORT=${h.sshPort}`,
           `HTTP_PORT=${h.httpPort}`,

@@ -1,10 +1,12 @@
-// The host agent's archive reader (assets/host/ckan_release_host.py GunzipReader), run by python3: an
+// The host agent's archive reader (assets/host/ckan_release_host.py GunzipReader), run by Python 2.7,
+// 3.6 and python3 (Python 2's zlib has no eof: a cut stream must still be an error there): an
 // archive of several gzip members (the parallel pack writes one per chunk) reads back whole, as
 // `gzip -d` reads it; a cut stream and garbage after a member are errors, not a quiet short read.
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { AGENT_SCRIPT } from '../../src/deploy/agent.js';
+import { requirePython, TEST_PYTHONS } from '../support/pythons.js';
 
 const CHECK = String.raw`
 import hashlib, io, json, sys, zlib
@@ -46,9 +48,12 @@ result["garbage-after"] = read_all(archive(3) + b"not gzip")
 print(json.dumps(result))
 `;
 
-describe('the host agent reads multi-member gzip archives', () => {
+describe.each(TEST_PYTHONS)('the host agent reads multi-member gzip archives (Python $label)', (py) => {
   it('whole, cut and followed by garbage', () => {
-    const out = execFileSync('python3', ['-c', CHECK, path.dirname(AGENT_SCRIPT)], { encoding: 'utf8' });
+    const out = execFileSync(requirePython(py), ['-c', CHECK, path.dirname(AGENT_SCRIPT)], {
+      encoding: 'utf8',
+      env: { ...process.env, PYTHONDONTWRITEBYTECODE: '1' },
+    });
     const r = JSON.parse(out) as Record<string, [boolean, string | null]>;
     for (const parts of [1, 3, 40]) {
       expect(r[`whole-${parts}`]).toEqual([true, null]);

@@ -1,7 +1,10 @@
 // Remote command builders: every value reaches the host's shell as one literal argument.
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { chmodSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { agentCommand, agentPath } from '../../src/deploy/agent.js';
+import { agentCommand, agentPath, HOST_PYTHON } from '../../src/deploy/agent.js';
 import { cmd, maybeSudo, shq } from '../../src/deploy/shell.js';
 
 const HOSTILE = [
@@ -61,6 +64,43 @@ describe('agent commands', () => {
     });
     expect(argv.split('\n').slice(0, 1)).toEqual(['ledger']);
     expect(JSON.parse(argv.slice('ledger\n'.length, -1))).toEqual(args);
+  });
+});
+
+describe("the agent without an artifact runs with the host's first python3, python2 or python", () => {
+  /** Runs the command line in sh with PATH holding only fake interpreters that print how they ran. */
+  function runWith(names: string[]) {
+    const bin = mkdtempSync(path.join(os.tmpdir(), 'ckan-release-pythons-'));
+    try {
+      for (const name of names) {
+        writeFileSync(path.join(bin, name), `#!/bin/sh\nprintf '%s\\n' ${name} "$@"\n`);
+        chmodSync(path.join(bin, name), 0o755);
+      }
+      symlinkSync('/bin/sh', path.join(bin, 'sh'));
+      const line = agentCommand({ root: '/r', python: HOST_PYTHON, sudo: false }, 'facts', { root: "/it's" });
+      // Only sh, the fakes and the shell's own builtins on PATH.
+      return spawnSync('/bin/sh', ['-c', line], { encoding: 'utf8', env: { PATH: bin } });
+    } finally {
+      rmSync(bin, { recursive: true, force: true });
+    }
+  }
+
+  it.each([
+    [['python3', 'python2', 'python'], 'python3'],
+    [['python2', 'python'], 'python2'],
+    [['python'], 'python'],
+  ])('on a host with %j it is %s, in the one shell that runs the agent', (names, chosen) => {
+    const r = runWith(names);
+    expect(r.status).toBe(0);
+    expect(r.stdout.split('\n').slice(0, 4)).toEqual([chosen, agentPath('/r'), 'facts', `{"root":"/it's"}`]);
+  });
+
+  it('a host with none says so and exits 127', () => {
+    const r = runWith([]);
+    expect(r.status).toBe(127);
+    expect(r.stderr).toMatch(
+      /none of python3, python2, python on its PATH: the host agent needs Python 2\.7/,
+    );
   });
 });
 
