@@ -3,16 +3,12 @@
 // name them (extensions[].requirements, or found), and CKAN 2.9's who.ini beside the config.
 // Real engine, debian12 builder, the fixture repositories.
 import { cpSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { mkdtempSync } from 'node:fs';
 import type Docker from 'dockerode';
-import tar from 'tar-fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Manifest } from '../../src/artifact/manifest.js';
-import { demuxBuffer } from '../../src/docker/run.js';
 import { commitFile } from '../support/fixtures.js';
-import { builderImage, testDocker } from '../support/docker.js';
+import { inFreshContainer, testDocker } from '../support/docker.js';
 import { testProject, type TestProject } from '../support/project.js';
 
 let docker: Docker;
@@ -242,26 +238,3 @@ describe("CKAN 2.9's who.ini", () => {
     );
   });
 });
-
-/** Runs a shell script in a fresh container of the debian12 image with the artifact's tarball at /in. */
-async function inFreshContainer(artifactDir: string, script: string): Promise<{ code: number; out: string }> {
-  const image = (await builderImage('debian12')).tag;
-  const container = await docker.createContainer({
-    Image: image,
-    Cmd: ['sh', '-c', script],
-    HostConfig: { NetworkMode: 'none' },
-    Labels: { 'ckan-release': '1' },
-  });
-  try {
-    const stage = mkdtempSync(path.join(os.tmpdir(), 'ckan-release-in-'));
-    mkdirSync(path.join(stage, 'in'));
-    cpSync(path.join(artifactDir, 'release.tar.gz'), path.join(stage, 'in/release.tar.gz'));
-    await container.putArchive(tar.pack(stage) as unknown as NodeJS.ReadableStream, { path: '/' });
-    await container.start();
-    const { StatusCode } = (await container.wait()) as { StatusCode: number };
-    const logs = (await container.logs({ stdout: true, stderr: true })) as Buffer;
-    return { code: StatusCode, out: demuxBuffer(logs) };
-  } finally {
-    await container.remove({ force: true });
-  }
-}
