@@ -174,8 +174,11 @@ def pip_failure(kind, who, out):
     """Turns pip's output into a message that names the culprit."""
     missing = re.findall(r"No matching distribution found for ([^\s]+)", out)
     if missing:
-        return BuildFailure(kind, "%s: requirement %s is not available (not in any index or find-links)" % (who, missing[0]),
-                            requirement=missing[0])
+        # In the base, the pin is CKAN's own (markdown==3.4.1 of CKAN 2.9.6-2.9.11 needs Python >= 3.7).
+        fix = ("; if no version of it fits this Python, override the pin (builder.pip.overrides) or patch "
+               "CKAN's requirements (patches/ckan/)" if kind == "base" else "")
+        return BuildFailure(kind, "%s: requirement %s is not available (not in any index or find-links)%s"
+                            % (who, missing[0], fix), requirement=missing[0])
     wanted = re.findall(r"The user requested (?!\(constraint\))(.+)", out)
     installed = re.findall(r"The user requested \(constraint\) (.+)", out)
     if (wanted or installed or "ResolutionImpossible" in out) and kind == "base":

@@ -209,6 +209,26 @@ describe('requirements files as extensions name them', () => {
   });
 });
 
+describe('a core pin no index has', () => {
+  it('names the pin and says how to replace it', async () => {
+    const r = await project.cli(
+      '--config',
+      project.variant('pin-missing', (t) =>
+        withBuilder(t, [
+          'pip:',
+          '    find_links: [./.fixtures/wheelhouse]',
+          '    overrides: [fixturelib-markup==9.9]',
+        ]).replace('  pip:\n    find_links: [./.fixtures/wheelhouse]\n\nextensions', '\nextensions'),
+      ),
+      'build',
+    );
+    expect(r.code).toBe(1);
+    expect(r.err).toMatch(
+      /^ckan-release: build failed \(base\): ckan requirements\.txt: requirement fixturelib-markup==9\.9 is not available \(not in any index or find-links\); if no version of it fits this Python, override the pin \(builder\.pip\.overrides\) or patch CKAN's requirements \(patches\/ckan\/\)$/m,
+    );
+  });
+});
+
 describe("CKAN 2.9's who.ini", () => {
   it('is linked beside the config in the release, so an app whose config says %(here)s/who.ini starts', async () => {
     const link = patched.manifest.files.find((f) => f.path === 'who.ini');
