@@ -530,7 +530,12 @@ def needed_libraries(release, files):
     for entry in files:
         if entry["type"] != "file":
             continue
-        provided.add(os.path.basename(entry["path"]))
+        name = os.path.basename(entry["path"])
+        provided.add(name)
+        # Only what can be loaded or run: shared objects by name, executables by mode (not opening
+        # the other thousands of files: .py, .pyc, data).
+        if ".so" not in name and not int(entry["mode"], 8) & 0o111:
+            continue
         names = elf_needed(os.path.join(release, entry["path"]))
         if names:
             needed.update(names)
