@@ -12,8 +12,75 @@ export interface PlanFacts {
   partials: string[];
   lock: Record<string, unknown> | null;
   lock_expired: boolean;
-  python: { path: string; version: string };
+  python: { path: string; version: string; implementation?: string };
+  /** /etc/os-release ID and VERSION_ID (absent from agents before this field). */
+  os?: { id: string | null; version_id: string | null };
+  /** Of the libraries asked about (the manifest's), those the host's dynamic linker would not find. */
+  missing_libraries?: string[];
   ledger: { event: string; release?: string }[];
+}
+
+/** The Debian/Ubuntu and RPM packages of the sonames CKAN's compiled requirements need. */
+const LIBRARY_PACKAGES: Record<string, [apt: string, rpm: string]> = {
+  'libpq.so.5': ['libpq5', 'libpq'],
+  'libxml2.so.2': ['libxml2', 'libxml2'],
+  'libxslt.so.1': ['libxslt1.1', 'libxslt'],
+  'libexslt.so.0': ['libxslt1.1', 'libxslt'],
+  'libyaml-0.so.2': ['libyaml-0-2', 'libyaml'],
+  'libmagic.so.1': ['libmagic1', 'file-libs'],
+  'libffi.so.8': ['libffi8', 'libffi'],
+  'libssl.so.3': ['libssl3', 'openssl-libs'],
+  'libcrypto.so.3': ['libssl3', 'openssl-libs'],
+  'libz.so.1': ['zlib1g', 'zlib'],
+  'libgeos_c.so.1': ['libgeos-c1v5', 'geos'],
+};
+
+const RHEL_LIKE = new Set(['rhel', 'centos', 'rocky', 'almalinux', 'ol', 'fedora']);
+
+/** Same OS release: the same ID and VERSION_ID; for RHEL and its rebuilds the major version (9.3 = 9.4). */
+function sameOs(a: { id: string | null; version_id: string | null }, b: typeof a): boolean {
+  if (a.id !== b.id) return false;
+  const v = (x: string | null) => (x && RHEL_LIKE.has(a.id ?? '') ? x.split('.')[0]! : x);
+  return v(a.version_id) === v(b.version_id);
+}
+
+function majorMinor(version: string): string {
+  return version.split('.').slice(0, 2).join('.');
+}
+
+/**
+ * Whether a host can run the artifact: the OS release the builder ran, the Python (major.minor and
+ * implementation: the binary interface; the patch level does not matter) and every shared library
+ * the release's ELF files need. The one rule for the preflight of ship, promote and rollback, and for
+ * their --dry-run plans. Facts of older agents or manifests without a field are not judged on it.
+ */
+export function hostCompatibility(m: Manifest, f: PlanFacts): string[] {
+  const problems: string[] = [];
+  const built = m.builder.os_release;
+  if (built && f.os && !sameOs(built, f.os))
+    problems.push(
+      `the host runs ${f.os.id ?? '?'} ${f.os.version_id ?? '?'}, the artifact was built on ${built.id ?? '?'} ${built.version_id ?? '?'} (builder ${m.builder.os})`,
+    );
+  const want = m.builder.python;
+  const wrongImpl = !!(
+    want.implementation &&
+    f.python.implementation &&
+    want.implementation !== f.python.implementation
+  );
+  if (majorMinor(f.python.version) !== majorMinor(want.version) || wrongImpl)
+    problems.push(
+      `the host's ${want.path} is ${f.python.implementation ?? ''}${f.python.implementation ? ' ' : ''}Python ${f.python.version}, the artifact was built for ${want.implementation ?? ''}${want.implementation ? ' ' : ''}Python ${majorMinor(want.version)} (builder ${m.builder.os})`,
+    );
+  const missing = f.missing_libraries ?? [];
+  if (missing.length) {
+    const apt = ['debian', 'ubuntu'].includes(f.os?.id ?? '');
+    const packages = [
+      ...new Set(missing.map((l) => LIBRARY_PACKAGES[l]?.[apt ? 0 : 1]).filter((p): p is string => !!p)),
+    ];
+    const hint = packages.length ? ` (${apt ? 'apt-get install' : 'yum install'} ${packages.join(' ')})` : '';
+    problems.push(`releases need ${missing.join(', ')}, which this host lacks${hint}`);
+  }
+  return problems;
 }
 
 export interface ServerFilePlan {
@@ -143,10 +210,7 @@ export function planDeploy(
       const target = rollbackTarget(after, m.id);
       const problems: string[] = [];
       if (!f.layout) problems.push(`not set up: run \`ckan-release setup ${environment}\` first`);
-      else if (f.python.version !== m.builder.python.version)
-        problems.push(
-          `the host's ${m.builder.python.path} is Python ${f.python.version}, the artifact was built for ${m.builder.python.version}`,
-        );
+      else problems.push(...hostCompatibility(m, f));
       if (f.lock && !f.lock_expired) problems.push(`locked by ${describeLock(f.lock)}`);
       if (!has && m.files.length === 0)
         problems.push(`${m.id} is neither on the host nor in the local store: it cannot be sent`);

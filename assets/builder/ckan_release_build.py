@@ -83,7 +83,91 @@ def pip_args(spec):
         args += ["--find-links", link]
     # setuptools and wheel for PEP 517 builds with isolation, without a network.
     args += ["--find-links", "/opt/ckan-release/wheels"]
+    if pip.get("constraints"):
+        # builder.pip.constraints: for every pip run, the base install's as the release's.
+        path = "/tmp/ckan-release-user-constraints.txt"
+        if not os.path.exists(path):
+            with io.open(path, "w", encoding="utf-8") as f:
+                f.write(u"\n".join(pip["constraints"]) + u"\n")
+        args += ["-c", path]
     return args + list(pip.get("extra_args", []))
+
+
+def package_name(line):
+    """The normalised project name a requirements line names (PEP 503), or None for options,
+    comments, URLs and paths."""
+    m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(\[|[<>=!~;@]|$)", line)
+    return re.sub(r"[-_.]+", "-", m.group(1)).lower() if m else None
+
+
+def apply_overrides(spec, requirements, used):
+    """requirements (a list of lines) with builder.pip.overrides: a line that names an overridden
+    package is replaced by the override (markers and all: the override says what is wanted)."""
+    overrides = dict((package_name(o), o) for o in spec["pip"].get("overrides", []))
+    out = []
+    for line in requirements:
+        name = package_name(line.split("#", 1)[0])
+        if name in overrides:
+            log("override: %s -> %s" % (line.strip(), overrides[name]))
+            used.add(name)
+            out.append(overrides[name])
+        else:
+            out.append(line)
+    return out
+
+
+_rewritten = {}
+
+
+def requirements_arg(spec, path, used=None):
+    """The path pip reads for the requirements file `path`: the file itself, or, when builder.pip.overrides
+    are set, a copy with the overrides applied (its -r/-c includes rewritten in turn, made absolute)."""
+    if not spec["pip"].get("overrides"):
+        return path
+    used = _overrides_used if used is None else used
+    if path in _rewritten:
+        return _rewritten[path]
+    with io.open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    here = os.path.dirname(path)
+    out = []
+    for line in apply_overrides(spec, lines, used):
+        m = re.match(r"\s*(-r|--requirement|-c|--constraint)[\s=]+(\S+)", line)
+        if m and "://" not in m.group(2):
+            include = os.path.join(here, m.group(2))
+            if m.group(1) in ("-r", "--requirement"):
+                include = requirements_arg(spec, include, used)
+            line = "%s %s" % (m.group(1), include)
+        out.append(line)
+    copy = "/tmp/ckan-release-requirements-%d.txt" % len(_rewritten)
+    with io.open(copy, "w", encoding="utf-8") as f:
+        f.write(u"\n".join(out) + u"\n")
+    _rewritten[path] = copy
+    return copy
+
+
+_overrides_used = set()
+
+
+def requirement_files(ext, src):
+    """The requirements files of an extension, relative to its tree: the ones extensions[].requirements
+    names, or the first that exists of requirements-py2.txt (Python 2 only), requirements.txt and
+    pip-requirements.txt (ckanext-harvest < 1.4.1, ckanext-spatial 0.x); none when it has only setup.py
+    or pyproject.toml (ckanext-scheming 3.1.0)."""
+    named = ext.get("requirements", "auto")
+    if named != "auto":
+        for name in named:
+            if not os.path.isfile(os.path.join(src, name)):
+                raise BuildFailure("install", "%s: requirements file %s does not exist (extensions[].requirements)"
+                                   % (ext["name"], name))
+        return list(named)
+    candidates = ["requirements.txt", "pip-requirements.txt"]
+    if sys.version_info[0] == 2:
+        candidates.insert(0, "requirements-py2.txt")
+    for name in candidates:
+        if os.path.isfile(os.path.join(src, name)):
+            return [name]
+    return []
 
 
 def pip_env(spec):
@@ -99,10 +183,18 @@ def pip_failure(kind, who, out):
     """Turns pip's output into a message that names the culprit."""
     missing = re.findall(r"No matching distribution found for ([^\s]+)", out)
     if missing:
-        return BuildFailure(kind, "%s: requirement %s is not available (not in any index or find-links)" % (who, missing[0]),
-                            requirement=missing[0])
+        # In the base, the pin is CKAN's own (markdown==3.4.1 of CKAN 2.9.6-2.9.11 needs Python >= 3.7).
+        fix = ("; if no version of it fits this Python, override the pin (builder.pip.overrides) or patch "
+               "CKAN's requirements (patches/ckan/)" if kind == "base" else "")
+        return BuildFailure(kind, "%s: requirement %s is not available (not in any index or find-links)%s"
+                            % (who, missing[0], fix), requirement=missing[0])
     wanted = re.findall(r"The user requested (?!\(constraint\))(.+)", out)
     installed = re.findall(r"The user requested \(constraint\) (.+)", out)
+    if (wanted or installed or "ResolutionImpossible" in out) and kind == "base":
+        # The base has installed nothing yet: the other side is builder.pip.constraints.
+        return BuildFailure(kind, "%s: conflicting requirements: needs %s, but builder.pip.constraints ask for %s"
+                            % (who, " and ".join(w.strip() for w in wanted) or "?",
+                               " and ".join(i.strip() for i in installed) or "?"))
     if wanted or installed or "ResolutionImpossible" in out:
         return BuildFailure(kind, "%s: conflicting requirements: needs %s, but %s is already installed (by ckan or an "
                             "earlier extension); align the pins, or patch the other requirements.txt"
@@ -133,26 +225,27 @@ def install_extensions(spec, python, release):
     pip = [python, "-m", "pip", "install"] + pip_args(spec)
     constraints = ["-c", installed_constraints(python, "/tmp/ckan-release-constraints.txt")]
     args = []
+    used = {}
     for ext in spec["extensions"]:
         src = os.path.join(release, "src", ext["name"])
-        req = os.path.join(src, "requirements.txt")
-        if os.path.exists(req):
-            args += ["-r", req]
+        used[ext["name"]] = requirement_files(ext, src)
+        for name in used[ext["name"]]:
+            args += ["-r", requirements_arg(spec, os.path.join(src, name))]
         args += ["-e", src]
     if not args:
-        return
+        return used
     code, out = run(pip + constraints + args, cwd=release, env=pip_env(spec))
     if code == 0:
-        return
+        return used
     log("installing the extensions together failed; installing them one at a time to find the culprit")
     for ext in spec["extensions"]:
         src = os.path.join(release, "src", ext["name"])
-        req = os.path.join(src, "requirements.txt")
         constraints = ["-c", installed_constraints(python, "/tmp/ckan-release-constraints.txt")]
-        if os.path.exists(req):
-            code, one = run(pip + constraints + ["-r", req], cwd=src, env=pip_env(spec))
+        for name in used[ext["name"]]:
+            code, one = run(pip + constraints + ["-r", requirements_arg(spec, os.path.join(src, name))],
+                            cwd=src, env=pip_env(spec))
             if code != 0:
-                raise pip_failure("install", "%s requirements.txt" % ext["name"], one)
+                raise pip_failure("install", "%s %s" % (ext["name"], name), one)
         code, one = run(pip + constraints + ["-e", src], cwd=src, env=pip_env(spec))
         if code != 0:
             raise pip_failure("install", ext["name"], one)
@@ -160,6 +253,7 @@ def install_extensions(spec, python, release):
     # the venv now holds every extension, installed as the one-at-a-time runs resolved them.
     log("the extensions installed one at a time; their combined install failed with: %s"
         % pip_failure("install", "extensions", out).message)
+    return used
 
 
 # ---------------------------------------------------------------------------------------------- base
@@ -175,12 +269,25 @@ def cmd_base(spec):
     code, _ = run(["cp", "-a", spec["ckan_source"], src])
     if code != 0:
         raise BuildFailure("base", "copying CKAN's source into %s failed" % src)
+    # Core patches before the install: a patch to CKAN's requirements.txt (or setup.py) is what installs.
+    for patch in spec.get("patches", []):
+        apply_patch(patch, src)
+        log("applied %s" % patch["file"])
     pip = [os.path.join(base, "bin", "python"), "-m", "pip", "install"] + pip_args(spec)
-    req = os.path.join(src, "requirements.txt")
-    if os.path.exists(req):
-        code, out = run(pip + ["-r", req], cwd=src, env=pip_env(spec))
+    req = os.path.join(src, "requirements-py2.txt" if sys.version_info[0] == 2 else "requirements.txt")
+    if not os.path.exists(req):
+        req = os.path.join(src, "requirements.txt")
+    args = ["-r", requirements_arg(spec, req)] if os.path.exists(req) else []
+    # builder.extra_requirements (uwsgi, ...): resolved together with CKAN's pins.
+    args += apply_overrides(spec, list(spec.get("extra_requirements", [])), _overrides_used)
+    if args:
+        code, out = run(pip + args, cwd=src, env=pip_env(spec))
         if code != 0:
-            raise pip_failure("base", "ckan requirements.txt", out)
+            raise pip_failure("base", "ckan %s%s" % (os.path.basename(req), " and builder.extra_requirements"
+                                                    if spec.get("extra_requirements") else ""), out)
+    unused = [o for o in spec["pip"].get("overrides", []) if package_name(o) not in _overrides_used]
+    if unused:
+        log("builder.pip.overrides that no requirements line of ckan named: %s" % ", ".join(unused))
     code, out = run(pip + ["-e", src], cwd=src, env=pip_env(spec))
     if code != 0:
         raise pip_failure("base", "ckan", out)
@@ -414,8 +521,110 @@ for name in names:
 import ckan
 result["ckan_version"] = getattr(ckan, "__version__", None)
 result["python_version"] = "%d.%d.%d" % sys.version_info[:3]
+import platform
+result["python_implementation"] = platform.python_implementation().lower()
 print(json.dumps(result))
 '''
+
+
+def elf_needed(path):
+    """The DT_NEEDED sonames of an ELF file (None when it is not one), read from its .dynamic section
+    and the string table that section links to: no ldd, objdump or readelf needed in the image."""
+    import struct
+    with open(path, "rb") as f:
+        head = f.read(64)
+        if len(head) < 52 or head[:4] != b"\x7fELF":
+            return None
+        bits64 = head[4:5] == b"\x02"
+        end = "<" if head[5:6] == b"\x01" else ">"
+        if bits64:
+            shoff, = struct.unpack(end + "Q", head[40:48])
+            shentsize, shnum = struct.unpack(end + "HH", head[58:62])
+        else:
+            shoff, = struct.unpack(end + "I", head[32:36])
+            shentsize, shnum = struct.unpack(end + "HH", head[46:50])
+        if not shoff or not shnum:
+            return []
+        f.seek(shoff)
+        table = f.read(shentsize * shnum)
+        sections = []
+        for i in range(shnum):
+            raw = table[i * shentsize:(i + 1) * shentsize]
+            if bits64:
+                _, kind, _, _, offset, size, link, _, _, entsize = struct.unpack(end + "IIQQQQIIQQ", raw[:64])
+            else:
+                _, kind, _, _, offset, size, link, _, _, entsize = struct.unpack(end + "IIIIIIIIII", raw[:40])
+            sections.append((kind, offset, size, link, entsize))
+        needed = []
+        for kind, offset, size, link, entsize in sections:
+            if kind != 6 or link >= len(sections):  # SHT_DYNAMIC
+                continue
+            f.seek(sections[link][1])
+            strings = f.read(sections[link][2])
+            f.seek(offset)
+            dynamic = f.read(size)
+            step = 16 if bits64 else 8
+            for at in range(0, len(dynamic) - step + 1, step):
+                tag, value = struct.unpack(end + ("qQ" if bits64 else "iI"), dynamic[at:at + step])
+                if tag == 0:
+                    break
+                if tag == 1:  # DT_NEEDED
+                    name = strings[value:strings.find(b"\0", value)]
+                    needed.append(name.decode("utf-8", "replace"))
+        return needed
+
+
+def needed_libraries(release, files):
+    """Every shared library the release's ELF files need that the release does not bring itself
+    (wheels' vendored .libs): what a host must have (checked before any change, at ship)."""
+    needed, provided = set(), set()
+    for entry in files:
+        if entry["type"] != "file":
+            continue
+        name = os.path.basename(entry["path"])
+        provided.add(name)
+        # Only what can be loaded or run: shared objects by name, executables by mode (not opening
+        # the other thousands of files: .py, .pyc, data).
+        if ".so" not in name and not int(entry["mode"], 8) & 0o111:
+            continue
+        names = elf_needed(os.path.join(release, entry["path"]))
+        if names:
+            needed.update(names)
+    return sorted(needed - provided)
+
+
+def os_release():
+    """ID and VERSION_ID of the builder's /etc/os-release: the hosts must run the same."""
+    facts = {"id": None, "version_id": None}
+    try:
+        with io.open("/etc/os-release", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.strip().partition("=")
+                if key in ("ID", "VERSION_ID"):
+                    facts[key.lower()] = value.strip().strip("\"'")
+    except (IOError, OSError):
+        pass
+    return facts
+
+
+def link_who_ini(release, version):
+    """CKAN 2.7-2.9 read repoze.who's config from who.config_file, %(here)s/who.ini in their config
+    template: beside the config, which is rendered into the release. CKAN ships it in its tree
+    (ckan/config/who.ini; who.ini at the top before 2.9); the release gets a relative link to it.
+    CKAN 2.10 dropped repoze.who (Flask-Login)."""
+    m = re.match(r"(\d+)\.(\d+)", version or "")
+    if not m or (int(m.group(1)), int(m.group(2))) > (2, 9):
+        return None
+    link = os.path.join(release, "who.ini")
+    if os.path.lexists(link):
+        return None
+    for rel in (os.path.join("src", "ckan", "ckan", "config", "who.ini"), os.path.join("src", "ckan", "who.ini")):
+        if os.path.isfile(os.path.join(release, rel)):
+            os.symlink(rel, link)
+            log("CKAN %s reads who.ini beside its config: linked who.ini -> %s" % (version, rel))
+            return rel
+    log("CKAN %s reads who.ini beside its config, but its tree has none (ckan/config/who.ini)" % version)
+    return None
 
 
 def cmd_release(spec):
@@ -452,7 +661,7 @@ def cmd_release(spec):
         log("applied %s" % patch["file"])
 
     emit("step", name="install")
-    install_extensions(spec, python, release)
+    requirements_used = install_extensions(spec, python, release) or {}
 
     emit("step", name="compile")
     log("removed %d stale .pyc files" % drop_stale_bytecode(release))
@@ -483,6 +692,7 @@ def cmd_release(spec):
                 raise BuildFailure("verify", "%s: plugin %s does not load: %s" % (ext["name"], name, facts["errors"][name]),
                                    plugin=name)
 
+    link_who_ini(release, facts["ckan_version"])
     freeze_lines = [l for l in freeze.splitlines() if l and not l.startswith("$ ")]
     release_json = dict(spec["release_json"])
     release_json["builder"]["python"] = {"version": facts["python_version"], "path": spec["python_path"]}
@@ -496,6 +706,8 @@ def cmd_release(spec):
     if offenders:
         raise BuildFailure("verify", "files still name the base venv path %s: %s" % (base, ", ".join(offenders[:10])),
                            files=offenders)
+    libraries = needed_libraries(release, files)
+    log("shared libraries the release needs from the host: %s" % (", ".join(libraries) or "none"))
     out_dir = spec["output"]
     with io.open(os.path.join(out_dir, "files.json"), "w", encoding="utf-8") as f:
         f.write(json.dumps(files, sort_keys=True) + u"\n")
@@ -509,7 +721,8 @@ def cmd_release(spec):
             stats["bytes"] / 1e6))
     emit("result", plugins=facts["plugins"], freeze=freeze_lines, python_version=facts["python_version"],
          ckan_version=facts["ckan_version"], archive_bytes=stats["bytes"], archive_sha256=stats["sha256"],
-         archive_chunks=stats["members"], files=len(files))
+         archive_chunks=stats["members"], files=len(files), requirements=requirements_used,
+         libraries=libraries, os_release=os_release(), python_implementation=facts["python_implementation"])
 
 
 # ---------------------------------------------------------------------------------------------- pack

@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import os
+import platform
 import shutil
 import socket
 import stat
@@ -196,6 +197,47 @@ def read_lock(p):
         return None
 
 
+def os_release():
+    """ID and VERSION_ID of /etc/os-release (the builder records its own in the manifest)."""
+    facts = {"id": None, "version_id": None}
+    try:
+        with io.open("/etc/os-release", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.strip().partition("=")
+                if key in ("ID", "VERSION_ID"):
+                    facts[key.lower()] = value.strip().strip("\"'")
+    except (IOError, OSError):
+        pass
+    return facts
+
+
+LIBRARY_DIRS = ("/lib64", "/usr/lib64", "/lib", "/usr/lib", "/usr/local/lib", "/lib/x86_64-linux-gnu",
+                "/usr/lib/x86_64-linux-gnu", "/lib/aarch64-linux-gnu", "/usr/lib/aarch64-linux-gnu")
+
+
+def missing_libraries(sonames):
+    """Which of the sonames the dynamic linker would not find: not in ldconfig's cache
+    (`ldconfig -p`) nor in the standard library directories."""
+    if not sonames:
+        return []
+    cached = set()
+    import subprocess
+    for ldconfig in ("/sbin/ldconfig", "/usr/sbin/ldconfig", "ldconfig"):
+        try:
+            proc = subprocess.Popen([ldconfig, "-p"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        except OSError:
+            continue
+        listing = proc.communicate()[0].decode("utf-8", "replace")
+        if proc.returncode == 0:
+            for line in listing.splitlines()[1:]:
+                name = line.strip().split(" ", 1)[0]
+                if name:
+                    cached.add(name)
+            break
+    return [name for name in sonames if name not in cached
+            and not any(os.path.exists(os.path.join(d, name)) for d in LIBRARY_DIRS)]
+
+
 def cmd_facts(args):
     p = paths(args["root"])
     entries = ledger_read(p)
@@ -205,7 +247,12 @@ def cmd_facts(args):
     st = os.statvfs(args["root"]) if os.path.isdir(args["root"]) else None
     lock = read_lock(p)
     out({
-        "python": {"path": sys.executable, "version": "%d.%d.%d" % sys.version_info[:3]},
+        "python": {"path": sys.executable, "version": "%d.%d.%d" % sys.version_info[:3],
+                   "implementation": platform.python_implementation().lower()},
+        "os": os_release(),
+        # The libraries the artifact's ELF files need (args "libraries", from its manifest) that this
+        # host lacks: the preflight refuses before any change.
+        "missing_libraries": missing_libraries(args.get("libraries") or []),
         "layout": all(os.path.isdir(p[k]) for k in ("releases", "shared", "meta")),
         "current": current,
         "rollback_target": rollback_target(entries, current),

@@ -30,14 +30,36 @@ export interface Manifest {
     image_id: string;
     base_image: string;
     base_venv: string;
-    python: { version: string; path: string };
+    /** implementation: "cpython" (absent in older artifacts). */
+    python: { version: string; path: string; implementation?: string };
+    /** The builder's /etc/os-release ID and VERSION_ID: the hosts must run the same (absent in older artifacts). */
+    os_release?: { id: string | null; version_id: string | null };
   };
+  /** Sonames the release's ELF files need and do not bring (DT_NEEDED): the hosts must have them. */
+  libraries?: string[];
   ckan: { source: string; ref: string; commit: string; version: string | null };
-  extensions: { name: string; source: string; ref: string; commit: string; plugins: string[] }[];
+  extensions: {
+    name: string;
+    source: string;
+    ref: string;
+    commit: string;
+    plugins: string[];
+    /** The requirements files pip installed (-r), relative to the extension's tree; [] for none. */
+    requirements?: string[];
+  }[];
   /** Every ckan.plugins entry point in the release: name -> distribution and object. */
   plugins: Record<string, { dist: string; target: string }>;
   patches: { file: string; target: string; sha256: string }[];
-  pip: { index_url: string | null; find_links: string[]; extra_args: string[]; freeze: string[] };
+  pip: {
+    index_url: string | null;
+    find_links: string[];
+    extra_args: string[];
+    /** builder.pip.constraints, .overrides and builder.extra_requirements (absent in older artifacts). */
+    constraints?: string[];
+    overrides?: string[];
+    extra_requirements?: string[];
+    freeze: string[];
+  };
   archive: {
     file: 'release.tar.gz';
     bytes: number;

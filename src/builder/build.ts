@@ -161,7 +161,12 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
       index_url: config.builder.pip.indexUrl ?? null,
       find_links: config.builder.pip.findLinks,
       extra_args: config.builder.pip.extraArgs,
+      constraints: config.builder.pip.constraints,
+      overrides: config.builder.pip.overrides,
     };
+    // Core patches go into the base: applied to CKAN's tree before its requirements are installed.
+    const corePatches = inputs.patches.filter((p) => p.target === 'ckan');
+    const extensionPatches = inputs.patches.filter((p) => p.target !== 'ckan');
     const pipDigestPart = { ...pipSettings, find_links: findLinksListing(config.builder.pip.findLinks) };
 
     emit({ kind: 'step', step: 'base venv' });
@@ -170,7 +175,9 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
       image: image.id,
       root: config.root,
       ckan: inputs.ckan.commit,
+      patches: corePatches.map((p) => ({ file: p.file, sha256: p.sha256 })),
       pip: pipDigestPart,
+      extra_requirements: config.builder.extraRequirements,
       script: digest(scriptText.toString()),
     });
     const baseTag = `ckan-release-base:${config.builder.os}-${baseDigest.slice(0, 16)}`;
@@ -195,6 +202,8 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
           current: path.posix.join(config.root, 'current'),
           ckan_source: '/input/ckan',
           pip: { ...pipSettings, find_links: findLinks },
+          extra_requirements: config.builder.extraRequirements,
+          patches: stagePatches(corePatches, input),
         }),
       );
       writeFileSync(path.join(input, 'build.py'), scriptText);
@@ -208,11 +217,18 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
     }
 
     const inputsDigest = digest({
+      // Everything the base is made of (core patches, pins, extra requirements), then the rest.
+      base: baseDigest,
       image: image.id,
       root: config.root,
       python: config.builder.python,
       ckan: inputs.ckan.commit,
-      extensions: inputs.extensions.map((x) => ({ name: x.name, commit: x.commit, plugins: x.plugins })),
+      extensions: inputs.extensions.map((x) => ({
+        name: x.name,
+        commit: x.commit,
+        plugins: x.plugins,
+        requirements: x.requirements,
+      })),
       patches: inputs.patches.map((p) => ({ target: p.target, file: p.file, sha256: p.sha256 })),
       pip: pipDigestPart,
       script: digest(scriptText.toString()),
@@ -226,8 +242,7 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
     await Promise.all(
       inputs.extensions.map((x) => exportTree(x.mirror, x.commit, path.join(input, 'src', x.name))),
     );
-    for (const p of inputs.patches)
-      cpSync(p.abs, path.join(input, 'patches', p.target, path.basename(p.abs)));
+    const releasePatches = stagePatches(extensionPatches, input);
     const findLinks = stageFindLinks(config.builder.pip.findLinks, input);
     const created = now().toISOString();
     const releaseJson = releaseHeader(
@@ -253,13 +268,10 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
         extensions: inputs.extensions.map((x) => ({
           name: x.name,
           plugins: x.plugins,
+          requirements: x.requirements,
           path: `/input/src/${x.name}`,
         })),
-        patches: inputs.patches.map((p) => ({
-          target: p.target,
-          file: p.file,
-          path: `/input/patches/${p.target}/${path.basename(p.abs)}`,
-        })),
+        patches: releasePatches,
         // RELEASE.json on the host: the manifest's header. Not the base venv's path: no file may name it.
         release_json: { ...releaseJson, builder: { ...releaseJson.builder, base_venv: undefined } },
       }),
@@ -295,9 +307,19 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
       ...releaseJson,
       builder: {
         ...releaseJson.builder,
-        python: { version: String(result.python_version), path: pythonPath },
+        python: {
+          version: String(result.python_version),
+          path: pythonPath,
+          implementation: String(result.python_implementation),
+        },
+        os_release: result.os_release as NonNullable<Manifest['builder']['os_release']>,
       },
+      libraries: result.libraries as string[],
       ckan: { ...releaseJson.ckan, version: (result.ckan_version as string | null) ?? null },
+      extensions: releaseJson.extensions.map((x) => ({
+        ...x,
+        requirements: (result.requirements as Record<string, string[]> | undefined)?.[x.name] ?? [],
+      })),
       plugins: result.plugins as Manifest['plugins'],
       pip: { ...releaseJson.pip, freeze: result.freeze as string[] },
       archive: {
@@ -388,9 +410,23 @@ function releaseHeader(
       index_url: config.builder.pip.indexUrl ? redactUrls(config.builder.pip.indexUrl) : null,
       find_links: config.builder.pip.findLinks.map(redactUrls),
       extra_args: config.builder.pip.extraArgs.map(redactUrls),
+      constraints: config.builder.pip.constraints,
+      overrides: config.builder.pip.overrides,
+      extra_requirements: config.builder.extraRequirements,
       freeze: [],
     },
   };
+}
+
+/** Copies the patches into the container input; returns what the script's spec says of them. */
+function stagePatches(
+  patches: BuildInputs['patches'],
+  input: string,
+): { target: string; file: string; path: string }[] {
+  return patches.map((p) => {
+    cpSync(p.abs, path.join(input, 'patches', p.target, path.basename(p.abs)));
+    return { target: p.target, file: p.file, path: `/input/patches/${p.target}/${path.basename(p.abs)}` };
+  });
 }
 
 /** Copies local find-links directories into the container input; URLs pass through. */

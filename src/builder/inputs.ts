@@ -4,7 +4,8 @@ import { createHash } from 'node:crypto';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import type { Config } from '../config/types.js';
-import { pin, type Pinned } from './git.js';
+import { UsageError } from '../errors.js';
+import { git, pin, type Pinned } from './git.js';
 
 export interface PinnedSource {
   name: string;
@@ -18,6 +19,7 @@ export interface PinnedSource {
 
 export interface PinnedExtension extends PinnedSource {
   plugins: string[];
+  requirements: string[] | 'auto';
 }
 
 export interface PatchInput {
@@ -45,9 +47,27 @@ export async function resolveInputs(config: Config, gitCache: string): Promise<B
   };
   const [ckan, ...extensions] = await Promise.all([
     pinOne('ckan', config.ckan),
-    ...config.extensions.map(async (x) => ({ ...(await pinOne(x.name, x)), plugins: x.plugins })),
+    ...config.extensions.map(async (x) => ({
+      ...(await pinOne(x.name, x)),
+      plugins: x.plugins,
+      requirements: x.requirements,
+    })),
   ]);
+  await Promise.all((extensions as PinnedExtension[]).map(checkRequirementFiles));
   return { ckan: ckan!, extensions: extensions as PinnedExtension[], patches: readPatches(config) };
+}
+
+/** Requirements files named in extensions[].requirements exist at the pinned commit (before any build). */
+async function checkRequirementFiles(x: PinnedExtension): Promise<void> {
+  if (x.requirements === 'auto') return;
+  for (const file of x.requirements) {
+    const r = await git(['--git-dir', x.mirror, 'cat-file', '-e', `${x.commit}:${file}`]);
+    if (r.code !== 0)
+      throw new UsageError(
+        `extension ${x.name}: requirements file ${file} (extensions[].requirements) is not in ${x.ref} (${x.commit.slice(0, 12)})`,
+        'name a file of the extension, or leave requirements out to have it found (requirements.txt, pip-requirements.txt), or none',
+      );
+  }
 }
 
 /** patches/<target>/*.patch, targets and files in sorted order (the order they are applied in). */

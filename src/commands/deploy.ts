@@ -82,9 +82,14 @@ async function withSession<T>(
 }
 
 /** Every host's facts; `readOnly` (dry runs): without installing the agent either. */
-async function allFacts(s: Session, python = HOST_PYTHON, readOnly = false): Promise<HostFacts[]> {
+async function allFacts(
+  s: Session,
+  python = HOST_PYTHON,
+  readOnly = false,
+  libraries: string[] = [],
+): Promise<HostFacts[]> {
   const results = await settleAll(s.hosts, s.env.parallel, (h) =>
-    readOnly ? (readFactsReadOnly(s, h, python) as Promise<HostFacts>) : readFacts(s, h, python),
+    readOnly ? (readFactsReadOnly(s, h, python, libraries) as Promise<HostFacts>) : readFacts(s, h, python),
   );
   const failed = results.flatMap((r, i) =>
     r.status === 'rejected' ? [`  ${s.hosts[i]!.name}: ${(r.reason as Error).message}`] : [],
@@ -126,7 +131,7 @@ async function shipArtifact(
   const m = artifact.manifest;
   if (dryRun) {
     const python = m.builder.python.path;
-    const facts = await allFacts(s, python, true);
+    const facts = await allFacts(s, python, true, m.libraries ?? []);
     const serverFiles = await Promise.all(s.hosts.map((h) => serverFilePlans(s, h, python, m)));
     const d = s.config.deploy;
     const plan = planDeploy(

@@ -19,6 +19,7 @@ import { ConfigError, UsageError } from '../errors.js';
 import { globals } from './common.js';
 
 export const STARTER_CONFIG = `# ckan-release.yml: how this CKAN site is built and deployed. Reference: ckan-release's README.
+# As written it builds CKAN 2.11 on Debian 12 from PyPI and GitHub: \`ckan-release build\`.
 project: my-portal
 # releases/, current, shared/ and .ckan-release/ live here, on every host.
 root: /usr/lib/ckan
@@ -26,25 +27,38 @@ root: /usr/lib/ckan
 
 ckan:
   source: https://github.com/ckan/ckan.git
-  ref: ckan-2.9.11                      # tag, branch or commit: pinned to a commit at build
+  # Tag, branch or commit: pinned to a commit at build. CKAN supports 2.10 and 2.11; for another
+  # version change the tag (ckan-2.10.x; ckan-2.9.x on centos7 or debian11) and the migration hook
+  # below, and see README "Builder images" for which builder runs which CKAN.
+  ref: ckan-2.11.5
 
 builder:
-  os: centos7                           # docker/<os>/Dockerfile; must match the hosts (centos7, debian12)
-  python: python3                       # centos7: python3 (3.6, CKAN <= 2.9) or python2 (CKAN 2.7/2.8)
-  network: none                         # none | default | host: the release build's network
+  # docker/<os>/Dockerfile; it must match the hosts' OS and Python: debian12 (Python 3.11) here.
+  # Others: README "Builder images" (centos7 is for CKAN <= 2.9 sites only).
+  os: debian12
+  python: python3
+  # The build's network: host (the machine's own network, as pip on it would use), default (Docker's
+  # bridge) or none (offline: pip.find_links with local wheel directories only).
+  network: host
   pip:
+    index_url: https://pypi.org/simple  # needs network: default or host
     find_links: []                      # local directories of wheels (copied into the build)
-    # index_url: https://pypi.org/simple  # needs network: default or host
     extra_args: []
+    # constraints: []                   # pip -c lines for every install, CKAN's requirements too
+    # overrides: []                     # replace a pin in CKAN's or an extension's requirements,
+                                        # e.g. [markdown==3.3.7] for CKAN 2.9.6-2.9.11 on Python 3.6
+  # extra_requirements: [uwsgi]         # installed into every release (uwsgi for the uwsgi recipes)
 
 extensions:
   - name: ckanext-scheming
     source: https://github.com/ckan/ckanext-scheming.git   # public, fork, or private (git@...) alike
-    ref: release-3.0.0
+    ref: release-3.1.0
     plugins: [scheming_datasets]
+    # requirements: requirements.txt    # default: found (requirements.txt, pip-requirements.txt);
+                                        # a name, a list, or none (only setup.py / pyproject.toml)
 
 # patches: patches/                     # patches/<ckan or extension name>/*.patch, applied with -p1, sorted
-                                        # (patches/ is used when it exists)
+                                        # (patches/ is used when it exists; ckan's before its requirements)
 
 config:
   template: templates/ckan.ini.j2       # Jinja2, as the old Ansible templates
@@ -56,13 +70,17 @@ shared:
 deploy:
   keep_releases: 5
   owner: ckan
-  group: apache
+  group: www-data
   restart: sudo -n /usr/sbin/apachectl graceful
   healthcheck:
     url: http://127.0.0.1/api/3/action/status_show
     timeout: 60
   hooks:
     before_switch:
+      # The database migration, once per ship, for CKAN 2.11 (core and every enabled plugin). Others:
+      #   2.9, 2.10: core only; each plugin with migrations needs its own -p, e.g.
+      #     "{{ release }}/bin/ckan -c {{ config_file }} db upgrade && {{ release }}/bin/ckan -c {{ config_file }} db upgrade -p harvest"
+      #   2.7, 2.8:  "{{ release }}/bin/paster --plugin=ckan db upgrade -c {{ config_file }}"
       - { run: "{{ release }}/bin/ckan -c {{ config_file }} db upgrade", once: true }
     after_switch: []
 

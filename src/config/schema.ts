@@ -1,7 +1,10 @@
 // The ckan-release.yml schema: every key of the design, its type, default and the checks that need
 // only the key itself. Checks that relate keys to each other or to the file system are in load.ts.
+import { isScalar, isSeq, type Node } from 'yaml';
 import {
   bool,
+  fail,
+  type Validator,
   int,
   list,
   mapOf,
@@ -49,6 +52,28 @@ const innerPath = str({
       ? `expected a relative path without "..", ".", empty parts, spaces or shell characters, got "${v}"`
       : undefined,
 });
+
+/** A pip requirement specifier such as "markdown==3.3.7" or "uwsgi>=2.0" (no options, no URLs). */
+const requirement = str({
+  expected: 'a pip requirement such as "markdown==3.3.7"',
+  pattern:
+    /^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._,-]+\])?\s*([<>=!~]=?[^\s;,]+(\s*,\s*[<>=!~]=?[^\s;,]+)*)?$/,
+});
+
+/**
+ * extensions[].requirements: which of the extension's files pip installs with -r. A file name, a list
+ * of them, or none/false (only setup.py or pyproject.toml); absent: found by the builder (README).
+ */
+const requirementFiles: Validator<string[] | 'auto'> = (node: Node, ctx) => {
+  if (isScalar(node) && (node.value === false || node.value === 'none')) return [];
+  if (isSeq(node)) return list(innerPath)(node, ctx);
+  if (isScalar(node) && typeof node.value === 'string') return [innerPath(node, ctx)];
+  return fail(
+    ctx,
+    node,
+    'expected a requirements file name (such as pip-requirements.txt), a list of them, or none',
+  );
+};
 
 const hook = obj({
   run: required(str({ expected: 'a shell command' })),
@@ -168,15 +193,21 @@ export const configSchema = obj({
           index_url: optional(str({ expected: 'a URL', pattern: /^(https?|file):\/\/\S+$/ })),
           find_links: withDefault(list(str({ expected: 'a directory or URL' })), () => []),
           extra_args: withDefault(list(str({ expected: 'a pip argument' })), () => []),
+          // Both reach the base install (CKAN's requirements) and the release's: constraints as pip -c,
+          // overrides replace the same package's line in every requirements file read.
+          constraints: withDefault(list(requirement), () => []),
+          overrides: withDefault(list(requirement), () => []),
         }),
-        () => ({ index_url: undefined, find_links: [], extra_args: [] }),
+        () => ({ index_url: undefined, find_links: [], extra_args: [], constraints: [], overrides: [] }),
       ),
+      extra_requirements: withDefault(list(requirement), () => []),
     }),
     () => ({
       os: 'centos7',
       python: 'python3',
       network: 'none' as const,
-      pip: { index_url: undefined, find_links: [], extra_args: [] },
+      pip: { index_url: undefined, find_links: [], extra_args: [], constraints: [], overrides: [] },
+      extra_requirements: [],
     }),
   ),
   extensions: withDefault(
@@ -188,6 +219,7 @@ export const configSchema = obj({
         source: required(str({ expected: 'a git URL or a local path' })),
         ref: required(str({ expected: 'a git tag, branch or commit' })),
         plugins: withDefault(list(str({ expected: 'a CKAN plugin name', pattern: PLUGIN })), () => []),
+        requirements: withDefault(requirementFiles, () => 'auto' as const),
       }),
       { what: 'extensions' },
     ),

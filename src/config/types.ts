@@ -12,6 +12,8 @@ export interface GitSource {
 export interface Extension extends GitSource {
   name: string;
   plugins: string[];
+  /** The files installed with pip -r: named, none ([]), or 'auto' (found by the builder script). */
+  requirements: string[] | 'auto';
 }
 
 export interface Hook {
@@ -61,7 +63,17 @@ export interface Config {
     dockerfile: string;
     python: string;
     network: BuilderNetwork;
-    pip: { indexUrl: string | undefined; findLinks: string[]; extraArgs: string[] };
+    pip: {
+      indexUrl: string | undefined;
+      findLinks: string[];
+      extraArgs: string[];
+      /** pip -c lines, for the base install and the release's. */
+      constraints: string[];
+      /** Requirement lines that replace the same package's line in every requirements file read. */
+      overrides: string[];
+    };
+    /** Packages installed into every release (e.g. uwsgi), with CKAN's requirements. */
+    extraRequirements: string[];
   };
   extensions: Extension[];
   /** Absolute path of the patches directory, or undefined when the project has none. */

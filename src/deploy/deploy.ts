@@ -13,6 +13,7 @@ import type { StoredArtifact } from '../artifact/store.js';
 import type { Config, Environment, Hook } from '../config/types.js';
 import { CkanReleaseError, OperationError, UsageError } from '../errors.js';
 import type { Events } from '../events.js';
+import { hostCompatibility } from '../plan.js';
 import { renderFile, renderString } from '../render/template.js';
 import { SshRemote, SudoPasswordError, type ConnectOptions, type Remote } from '../remote/ssh.js';
 import { resolveTarget } from '../remote/target.js';
@@ -22,7 +23,9 @@ import { installServerFiles, restartHost, restoreServerFiles, type ServerFileCha
 import { cmd, maybeSudo, shq, type Become } from './shell.js';
 
 export interface HostFacts {
-  python: { path: string; version: string };
+  python: { path: string; version: string; implementation?: string };
+  os?: { id: string | null; version_id: string | null };
+  missing_libraries?: string[];
   layout: boolean;
   current: string | null;
   rollback_target: string | null;
@@ -298,7 +301,10 @@ async function stageOnHost(
   s.events?.emit({ type: 'phase', host: h.name, phase: 'preflight' });
   try {
     await installAgent(agent);
-    facts = await callAgent<HostFacts>(agent, 'read host facts', 'facts', { root: s.config.root });
+    facts = await callAgent<HostFacts>(agent, 'read host facts', 'facts', {
+      root: s.config.root,
+      libraries: m.libraries ?? [],
+    });
   } catch (e) {
     // A refusal, or a sudo that wants a password, says what it is; anything else is the interpreter.
     if (e instanceof AgentRefusal || e instanceof SudoPasswordError) throw e;
@@ -311,11 +317,13 @@ async function stageOnHost(
       `${h.name}: ${s.config.root} is not set up`,
       `run \`ckan-release setup ${s.env.name}\` first`,
     );
-  if (facts.python.version !== m.builder.python.version) {
-    throw new OperationError(
-      `${h.name}: preflight: the host's ${python} is Python ${facts.python.version}, the artifact was built for ${m.builder.python.version} (builder ${m.builder.os})`,
+  // Before the lock and any change: the host must be able to run the artifact (plan.ts, the one rule).
+  const incompatible = hostCompatibility(m, facts);
+  if (incompatible.length)
+    throw new UsageError(
+      `${h.name}: ${incompatible.join('; ')}`,
+      'build on the builder that matches the hosts (builder.os), or bring the host to it; nothing was changed',
     );
-  }
   s.events?.emit({ type: 'phase', host: h.name, phase: 'lock' });
   await lockHost(s, h, python, operation, facts.lock);
   const existing = facts.releases.find((r) => r.id === m.id);

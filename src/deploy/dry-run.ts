@@ -15,8 +15,13 @@ async function agentInstalled(s: Session, h: HostSession): Promise<boolean> {
 }
 
 /** The host's facts (the agent's `facts`, which only reads), with nothing written to the host. */
-export async function readFactsReadOnly(s: Session, h: HostSession, python: string): Promise<PlanFacts> {
-  const args = { root: s.config.root };
+export async function readFactsReadOnly(
+  s: Session,
+  h: HostSession,
+  python: string,
+  libraries: string[] = [],
+): Promise<PlanFacts> {
+  const args = { root: s.config.root, libraries };
   if (await agentInstalled(s, h))
     return callAgent<PlanFacts>(agentFor(s, h, python), 'read host facts', 'facts', args);
   const script = readFileSync(AGENT_SCRIPT, 'utf8');

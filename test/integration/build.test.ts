@@ -16,7 +16,6 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import type Docker from 'dockerode';
-import tar from 'tar-fs';
 import tarStream from 'tar-stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Manifest } from '../../src/artifact/manifest.js';
@@ -25,7 +24,7 @@ import { BASE_VENV } from '../../src/builder/build.js';
 import { makeDeltaArchive } from '../../src/deploy/delta.js';
 import { demuxBuffer } from '../../src/docker/run.js';
 import { commitFile } from '../support/fixtures.js';
-import { builderImage, testDocker } from '../support/docker.js';
+import { builderImage, inFreshContainer, testDocker } from '../support/docker.js';
 import { testProject, type TestProject } from '../support/project.js';
 
 let docker: Docker;
@@ -142,33 +141,6 @@ function expectArchiveMatches(dir: string, manifest: Manifest): void {
   walk('');
   expect(onDisk.filter((p) => !listed.has(p))).toEqual([]);
   expect(onDisk.length).toBe(manifest.files.length);
-}
-
-/** Runs a shell script in a fresh container of the debian12 image with the artifact's tarball at /in. */
-async function inFreshContainer(artifactDir: string, script: string): Promise<{ code: number; out: string }> {
-  const image = (await builderImage('debian12')).tag;
-  const container = await docker.createContainer({
-    Image: image,
-    Cmd: ['sh', '-c', script],
-    HostConfig: { NetworkMode: 'none' },
-    Labels: { 'ckan-release': '1' },
-  });
-  try {
-    const stage = mkdtempSync(path.join(os.tmpdir(), 'ckan-release-in-'));
-    mkdirSync(path.join(stage, 'in'));
-    writeFileSync(
-      path.join(stage, 'in/release.tar.gz'),
-      readFileSync(path.join(artifactDir, 'release.tar.gz')),
-    );
-    await container.putArchive(tar.pack(stage) as unknown as NodeJS.ReadableStream, { path: '/' });
-    await container.start();
-    const { StatusCode } = (await container.wait()) as { StatusCode: number };
-    const logs = (await container.logs({ stdout: true, stderr: true })) as Buffer;
-    const out = demuxBuffer(logs);
-    return { code: StatusCode, out };
-  } finally {
-    await container.remove({ force: true });
-  }
 }
 
 function sha256(file: string): string {

@@ -1,6 +1,14 @@
 // The command line: commands, exit codes and messages, through main() and through bin/ckan-release.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { copyFileSync, cpSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import {
+  copyFileSync,
+  cpSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  writeFileSync,
+} from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -104,7 +112,25 @@ describe('main()', () => {
     expect(r.code).toBe(0);
     expect(r.out).toBe(`wrote ${file}\nwrote ${path.join(dir, 'templates/ckan.ini.j2')}\n`);
     const config = loadConfig(file);
-    expect(config.builder.os).toBe('centos7');
+    // The newest supported CKAN on a builder that exists, online from PyPI, as written.
+    expect(config.builder).toMatchObject({
+      os: 'debian12',
+      python: 'python3',
+      network: 'host',
+      pip: { indexUrl: 'https://pypi.org/simple' },
+    });
+    expect(existsSync(config.builder.dockerfile)).toBe(true);
+    expect(config.ckan).toMatchObject({ source: 'https://github.com/ckan/ckan.git', ref: 'ckan-2.11.5' });
+    expect(config.extensions.map((x) => [x.name, x.ref, x.requirements])).toEqual([
+      ['ckanext-scheming', 'release-3.1.0', 'auto'],
+    ]);
+    // CKAN 2.11's hook migrates core and plugins; the comments give 2.7-2.10's.
+    expect(config.deploy.hooks.beforeSwitch).toEqual([
+      { run: '{{ release }}/bin/ckan -c {{ config_file }} db upgrade', once: true },
+    ]);
+    const text = readFileSync(file, 'utf8');
+    expect(text).toContain('db upgrade -p harvest');
+    expect(text).toContain('paster --plugin=ckan db upgrade -c {{ config_file }}');
     expect(Object.keys(config.environments)).toEqual(['staging', 'production']);
     const again = await cli('--config', file, 'init');
     expect(again.code).toBe(2);

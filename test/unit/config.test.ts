@@ -100,6 +100,44 @@ describe('a valid config', () => {
   });
 });
 
+describe('build inputs', () => {
+  it('extensions[].requirements: a name, a list, none or false; absent: found by the builder', () => {
+    const reqs = (value: string | undefined) =>
+      parseConfig(
+        edit(
+          '    plugins: [scheming_datasets]',
+          `    plugins: [scheming_datasets]${value === undefined ? '' : `\n    requirements: ${value}`}`,
+        ),
+        file,
+        { env: {} },
+      ).extensions[0]!.requirements;
+    expect(reqs(undefined)).toBe('auto');
+    expect(reqs('pip-requirements.txt')).toEqual(['pip-requirements.txt']);
+    expect(reqs('[requirements.txt, requirements/extra.txt]')).toEqual([
+      'requirements.txt',
+      'requirements/extra.txt',
+    ]);
+    expect(reqs('none')).toEqual([]);
+    expect(reqs('false')).toEqual([]);
+  });
+
+  it('builder.pip.constraints, .overrides and builder.extra_requirements default to none', () => {
+    const c = parseConfig(VALID, file, { env: {} });
+    expect(c.builder.pip).toMatchObject({ constraints: [], overrides: [] });
+    expect(c.builder.extraRequirements).toEqual([]);
+    const d = parseConfig(
+      edit(
+        '  os: debian12',
+        '  os: debian12\n  extra_requirements: [uwsgi, "pyuwsgi[x]>=2.0,<3"]\n  pip:\n    constraints: [markdown==3.3.7]\n    overrides: [markdown==3.3.7]',
+      ),
+      file,
+      { env: {} },
+    );
+    expect(d.builder.extraRequirements).toEqual(['uwsgi', 'pyuwsgi[x]>=2.0,<3']);
+    expect(d.builder.pip).toMatchObject({ constraints: ['markdown==3.3.7'], overrides: ['markdown==3.3.7'] });
+  });
+});
+
 describe('malformed configs', () => {
   const cases: [string, string, string][] = [
     [
@@ -348,6 +386,29 @@ describe('malformed configs', () => {
       'a restart that is neither a recipe nor a command',
       edit('  restart: sudo systemctl reload httpd', '  restart: [apache-graceful]'),
       'FILE:16: deploy.restart: expected a restart recipe (apache-graceful, uwsgi-reload) or a shell command that restarts the web server, got a list',
+    ],
+    [
+      'a requirements entry that is not a file name',
+      edit('    plugins: [scheming_datasets]', '    plugins: [scheming_datasets]\n    requirements: 3'),
+      'FILE:13: extensions[0].requirements: expected a requirements file name (such as pip-requirements.txt), a list of them, or none',
+    ],
+    [
+      'a requirements file outside the extension',
+      edit(
+        '    plugins: [scheming_datasets]',
+        '    plugins: [scheming_datasets]\n    requirements: [../reqs.txt]',
+      ),
+      'FILE:13: extensions[0].requirements[0]: expected a relative path without "..", ".", empty parts, spaces or shell characters, got "../reqs.txt"',
+    ],
+    [
+      'an extra requirement that is a pip option',
+      edit('  os: debian12', '  os: debian12\n  extra_requirements: [--pre]'),
+      'FILE:8: builder.extra_requirements[0]: expected a pip requirement such as "markdown==3.3.7", got "--pre"',
+    ],
+    [
+      'a pip override that is no requirement',
+      edit('  os: debian12', '  os: debian12\n  pip:\n    overrides: ["markdown 3.3.7"]'),
+      'FILE:9: builder.pip.overrides[0]: expected a pip requirement such as "markdown==3.3.7", got "markdown 3.3.7"',
     ],
   ];
 

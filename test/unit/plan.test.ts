@@ -5,6 +5,7 @@ import type { Manifest } from '../../src/artifact/manifest.js';
 import {
   formatDeployPlan,
   formatSetupPlan,
+  hostCompatibility,
   planDeploy,
   planSetup,
   prunePlan,
@@ -186,11 +187,102 @@ describe('planDeploy', () => {
       `${R1} is neither on the host nor in the local store: it cannot be sent`,
     ]);
     expect(p.hosts[1]!.problems[0]).toBe(
-      "the host's /usr/bin/python3 is Python 3.9.2, the artifact was built for 3.11.2",
+      "the host's /usr/bin/python3 is Python 3.9.2, the artifact was built for Python 3.11 (builder debian12)",
     );
     expect(p.hosts[1]!.problems[1]).toBe('locked by alice@laptop (pid 1, ship, since 2023-11-14T22:13:20Z)');
     expect(formatDeployPlan(p)).toContain(
       '    WOULD FAIL: not set up: run `ckan-release setup prod` first\n',
+    );
+  });
+});
+
+describe('hostCompatibility: the preflight rule of ship, promote, rollback and their plans', () => {
+  const built = (over: Partial<Manifest['builder']> = {}, libraries?: string[]): Manifest =>
+    ({
+      ...manifest(R1),
+      builder: {
+        os: 'debian12',
+        python: { path: '/usr/bin/python3', version: '3.11.2', implementation: 'cpython' },
+        os_release: { id: 'debian', version_id: '12' },
+        ...over,
+      },
+      libraries,
+    }) as unknown as Manifest;
+  const host = (over: Partial<PlanFacts> = {}) =>
+    facts({
+      python: { path: '/usr/bin/python3', version: '3.11.2', implementation: 'cpython' },
+      os: { id: 'debian', version_id: '12' },
+      missing_libraries: [],
+      ...over,
+    });
+
+  it('accepts another patch level of the same Python: binary compatibility is major.minor', () => {
+    expect(
+      hostCompatibility(
+        built(),
+        host({ python: { path: '/usr/bin/python3', version: '3.11.9', implementation: 'cpython' } }),
+      ),
+    ).toEqual([]);
+  });
+
+  it('refuses another minor version or another implementation', () => {
+    expect(
+      hostCompatibility(
+        built(),
+        host({ python: { path: '/usr/bin/python3', version: '3.12.1', implementation: 'cpython' } }),
+      ),
+    ).toEqual([
+      "the host's /usr/bin/python3 is cpython Python 3.12.1, the artifact was built for cpython Python 3.11 (builder debian12)",
+    ]);
+    expect(
+      hostCompatibility(
+        built(),
+        host({ python: { path: '/usr/bin/python3', version: '3.11.2', implementation: 'pypy' } }),
+      ),
+    ).toEqual([
+      "the host's /usr/bin/python3 is pypy Python 3.11.2, the artifact was built for cpython Python 3.11 (builder debian12)",
+    ]);
+  });
+
+  it("refuses another OS release than the builder's; RHEL rebuilds compare the major version", () => {
+    expect(hostCompatibility(built(), host({ os: { id: 'debian', version_id: '11' } }))).toEqual([
+      'the host runs debian 11, the artifact was built on debian 12 (builder debian12)',
+    ]);
+    expect(hostCompatibility(built(), host({ os: { id: 'ubuntu', version_id: '24.04' } }))[0]).toMatch(
+      /^the host runs ubuntu 24\.04/,
+    );
+    const el9 = built({ os: 'el9', os_release: { id: 'rocky', version_id: '9.3' } });
+    expect(hostCompatibility(el9, host({ os: { id: 'rocky', version_id: '9.5' } }))).toEqual([]);
+  });
+
+  it('names the libraries the host lacks, with the package that brings them', () => {
+    const m = built({}, ['libc.so.6', 'libpq.so.5', 'libxslt.so.1']);
+    expect(hostCompatibility(m, host({ missing_libraries: ['libpq.so.5', 'libxslt.so.1'] }))).toEqual([
+      'releases need libpq.so.5, libxslt.so.1, which this host lacks (apt-get install libpq5 libxslt1.1)',
+    ]);
+    const el = built({ os: 'centos7', os_release: { id: 'centos', version_id: '7' } });
+    expect(
+      hostCompatibility(
+        el,
+        host({ os: { id: 'centos', version_id: '7' }, missing_libraries: ['libpq.so.5', 'libfoo.so.1'] }),
+      ),
+    ).toEqual(['releases need libpq.so.5, libfoo.so.1, which this host lacks (yum install libpq)']);
+  });
+
+  it('does not judge what an older manifest or agent does not say', () => {
+    expect(hostCompatibility(manifest(R1), facts({}))).toEqual([]);
+  });
+
+  it('is what the dry-run plan says would fail', () => {
+    const p = planDeploy(
+      'ship',
+      'prod',
+      built({}, ['libpq.so.5']),
+      [{ name: 'web1', facts: host({ missing_libraries: ['libpq.so.5'] }), serverFiles: [] }],
+      settings,
+    );
+    expect(formatDeployPlan(p)).toContain(
+      '    WOULD FAIL: releases need libpq.so.5, which this host lacks (apt-get install libpq5)\n',
     );
   });
 });
