@@ -59,7 +59,12 @@ async function ok(...argv: string[]): Promise<{ out: string; err: string; second
   if (r.code !== 0) throw new Error(`ckan-release ${argv.join(' ')} exited ${r.code}:\n${r.err}`);
   const seconds = (Date.now() - t0) / 1000;
   // Figures for README "Real CKAN" (measured, never asserted).
-  process.stderr.write(`[real-ckan] ${argv.join(' ')}: ${seconds.toFixed(1)} s\n`);
+  const figures = r.err
+    .split('\n')
+    .filter((l) => /: (built|steps|upload 100%|received|delta: sent) /.test(l));
+  process.stderr.write(
+    `[real-ckan] ${argv.join(' ')}: ${seconds.toFixed(1)} s\n${figures.map((l) => `[real-ckan]   ${l}\n`).join('')}`,
+  );
   return { out: r.out, err: r.err, seconds };
 }
 
