@@ -61,7 +61,7 @@ async function ok(...argv: string[]): Promise<{ out: string; err: string; second
   // Figures for README "Real CKAN" (measured, never asserted).
   const figures = r.err
     .split('\n')
-    .filter((l) => /: (built|steps|upload 100%|received|delta: sent) /.test(l));
+    .filter((l) => /(Z built |Z steps: |: upload 100% |: received |: delta: sent )/.test(l));
   process.stderr.write(
     `[real-ckan] ${argv.join(' ')}: ${seconds.toFixed(1)} s\n${figures.map((l) => `[real-ckan]   ${l}\n`).join('')}`,
   );
