@@ -10,7 +10,8 @@
 //   ssh_config                  one `Host <name>` block per host (StrictHostKeyChecking yes)
 //   hosts.json                  [{name, sshPort, httpPort, container}] of the running hosts
 //
-// Containers are named ckan-release-sandbox-<name> and labelled ckan-release.sandbox=1,
+// Containers are named ckan-release-sandbox-<name> (a PostgreSQL beside them:
+// ckan-release-sandbox-postgresql-<port>) and labelled ckan-release.sandbox=1,
 // ckan-release.sandbox.host=<name> and ckan-release.sandbox.dir=<dir, absolute>. sandboxUp makes the
 // set of hosts of a dir exactly the given one; sandboxDown removes only the containers of its own dir
 // (by the dir label), so a test's sandbox and the demo's can run side by side.
