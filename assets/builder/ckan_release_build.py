@@ -204,6 +204,20 @@ def pip_failure(kind, who, out):
     return BuildFailure(kind, "%s: pip install failed: %s" % (who, errors[-1] if errors else out.strip().splitlines()[-1:]))
 
 
+def editable_style(python):
+    """Every editable install of a build in one style: PEP 660 (`--use-pep517`) where pip has it
+    (21.3+). Left to itself, pip makes a pyproject.toml project (CKAN 2.10+) a PEP 660 editable (a
+    finder module) and a setup.py-only extension a `setup.py develop` egg-link; with `ckanext` a
+    pkg_resources namespace in both, `import ckanext.<name>` then fails. A backend without PEP 660
+    (setuptools < 64) makes pip fall back to `setup.py develop` for every project alike. Older pip
+    (Python 2's 20.3) has only `setup.py develop`: one style already."""
+    code, out = run([python, "-m", "pip", "--version"])
+    m = re.search(r"pip (\d+)\.(\d+)", out)
+    if code == 0 and m and (int(m.group(1)), int(m.group(2))) >= (21, 3):
+        return ["--use-pep517"]
+    return []
+
+
 def installed_constraints(python, path):
     """Pins of everything installed so far (editables aside): an extension may add packages, but never
     silently replace a version that CKAN or an earlier extension asked for."""
@@ -222,7 +236,7 @@ def install_extensions(spec, python, release):
     Each pip run scans the whole venv (seconds for a big one), so one run instead of three per
     extension. When it fails, the extensions are installed one at a time, as one resolver run each,
     to name the one that fails (and the earlier extensions' pins then constrain the later ones)."""
-    pip = [python, "-m", "pip", "install"] + pip_args(spec)
+    pip = [python, "-m", "pip", "install"] + pip_args(spec) + editable_style(python)
     constraints = ["-c", installed_constraints(python, "/tmp/ckan-release-constraints.txt")]
     args = []
     used = {}
@@ -288,7 +302,7 @@ def cmd_base(spec):
     unused = [o for o in spec["pip"].get("overrides", []) if package_name(o) not in _overrides_used]
     if unused:
         log("builder.pip.overrides that no requirements line of ckan named: %s" % ", ".join(unused))
-    code, out = run(pip + ["-e", src], cwd=src, env=pip_env(spec))
+    code, out = run(pip + editable_style(pip[0]) + ["-e", src], cwd=src, env=pip_env(spec))
     if code != 0:
         raise pip_failure("base", "ckan", out)
     # The base's bytecode, made exactly as the release step would make it (fixed mtimes, sources named

@@ -23,7 +23,7 @@ import type { ArchiveChunk, Manifest, ManifestFile } from '../artifact/manifest.
 import type { Config } from '../config/types.js';
 import { imageExists } from '../docker/engine.js';
 import { ensureImage } from '../docker/images.js';
-import { OperationError } from '../errors.js';
+import { CkanReleaseError, OperationError } from '../errors.js';
 import { redactUrls } from '../redact.js';
 import { exportTree } from './git.js';
 import { artifactId, digest, findLinksListing, resolveInputs, type BuildInputs } from './inputs.js';
@@ -193,8 +193,10 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
         message: `base venv: building ${baseTag} (ckan ${inputs.ckan.commit.slice(0, 12)} and its requirements)`,
       });
       const input = path.join(work, 'base', 'input');
-      await exportTree(inputs.ckan.mirror, inputs.ckan.commit, path.join(input, 'ckan'));
-      const findLinks = stageFindLinks(config.builder.pip.findLinks, input);
+      await exportTree(inputs.ckan.mirror, inputs.ckan.commit, path.join(input, 'ckan'), 'ckan');
+      const findLinks = await moving(`copying builder.pip.find_links into ${input}`, () =>
+        stageFindLinks(config.builder.pip.findLinks, input),
+      );
       writeFileSync(
         path.join(input, 'spec.json'),
         JSON.stringify({
@@ -203,7 +205,7 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
           ckan_source: '/input/ckan',
           pip: { ...pipSettings, find_links: findLinks },
           extra_requirements: config.builder.extraRequirements,
-          patches: stagePatches(corePatches, input),
+          patches: await moving(`copying the patches into ${input}`, () => stagePatches(corePatches, input)),
         }),
       );
       writeFileSync(path.join(input, 'build.py'), scriptText);
@@ -240,10 +242,16 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
     // The release step's input: extension trees, patches, find-links, the spec and the script.
     const input = path.join(work, 'release', 'input');
     await Promise.all(
-      inputs.extensions.map((x) => exportTree(x.mirror, x.commit, path.join(input, 'src', x.name))),
+      inputs.extensions.map((x) =>
+        exportTree(x.mirror, x.commit, path.join(input, 'src', x.name), `extensions.${x.name}`),
+      ),
     );
-    const releasePatches = stagePatches(extensionPatches, input);
-    const findLinks = stageFindLinks(config.builder.pip.findLinks, input);
+    const releasePatches = await moving(`copying the patches into ${input}`, () =>
+      stagePatches(extensionPatches, input),
+    );
+    const findLinks = await moving(`copying builder.pip.find_links into ${input}`, () =>
+      stageFindLinks(config.builder.pip.findLinks, input),
+    );
     const created = now().toISOString();
     const releaseJson = releaseHeader(
       config,
@@ -348,6 +356,9 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
     };
   } catch (e) {
     if (!log.closed) await new Promise<void>((r) => log.end(r));
+    // A file system error anywhere on this machine's side (a full disk, a permission): say what it was.
+    if (!(e instanceof CkanReleaseError) && (e as NodeJS.ErrnoException).syscall)
+      throw new BuildFailedError(`build: ${(e as Error).message}`, logFile, '');
     if (e instanceof OperationError && !(e instanceof BuildFailedError) && existsSync(logFile)) {
       throw new BuildFailedError(e.message, logFile, '');
     }
@@ -355,6 +366,19 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
   } finally {
     rmSync(work, { recursive: true, force: true });
     if (staging) rmSync(staging, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Runs one step of moving files between this machine and a container; a failure (a disk, a tar
+ * stream, the engine) becomes an OperationError saying what was being done, never an unexpected one.
+ */
+async function moving<T>(what: string, fn: () => T | Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (e) {
+    if (e instanceof CkanReleaseError) throw e;
+    throw new OperationError(`${what} failed: ${(e as Error).message}`);
   }
 }
 
@@ -492,8 +516,17 @@ async function runStep(
   let failure: ScriptEvent | undefined;
   let result: ScriptEvent | undefined;
   try {
-    const pack = tar.pack(workDir, { map: (h) => ({ ...h, uid: 0, gid: 0, uname: 'root', gname: 'root' }) });
-    await container.putArchive(pack as unknown as NodeJS.ReadableStream, { path: '/' });
+    await moving(`sending ${workDir} into the build container`, async () => {
+      const pack = tar.pack(workDir, {
+        map: (h) => ({ ...h, uid: 0, gid: 0, uname: 'root', gname: 'root' }),
+      });
+      // A read error in the pack (a file gone, a disk error) must fail the upload, not hang it.
+      const failed = new Promise<never>((_r, reject) => pack.on('error', reject));
+      await Promise.race([
+        container.putArchive(pack as unknown as NodeJS.ReadableStream, { path: '/' }),
+        failed,
+      ]);
+    });
     const stream = await container.attach({ stream: true, stdout: true, stderr: true });
     let pending = '';
     const onText = (text: string) => {
@@ -542,16 +575,20 @@ async function runStep(
       await container.commit({ repo, tag, comment: 'ckan-release base venv' });
     }
     if (opts.fetchOutputTo) {
-      mkdirSync(opts.fetchOutputTo, { recursive: true });
-      const archive = await container.getArchive({ path: '/output' });
-      await new Promise<void>((resolve, reject) => {
-        const extract = tar.extract(opts.fetchOutputTo!, {
-          map: (h) => ({ ...h, name: h.name.replace(/^output\/?/, '') }),
-          ignore: (_name, h) => h?.name === 'output' || h?.name === 'output/',
+      const to = opts.fetchOutputTo;
+      await moving(`copying the artifact out of the build container into ${to}`, async () => {
+        mkdirSync(to, { recursive: true });
+        const archive = (await container.getArchive({ path: '/output' })) as NodeJS.ReadableStream;
+        await new Promise<void>((resolve, reject) => {
+          const extract = tar.extract(to, {
+            map: (h) => ({ ...h, name: h.name.replace(/^output\/?/, '') }),
+            ignore: (_name, h) => h?.name === 'output' || h?.name === 'output/',
+          });
+          extract.on('finish', resolve);
+          extract.on('error', reject);
+          archive.on('error', reject);
+          archive.pipe(extract);
         });
-        extract.on('finish', resolve);
-        extract.on('error', reject);
-        (archive as NodeJS.ReadableStream).pipe(extract);
       });
     }
     return result ?? { event: 'done' };

@@ -109,25 +109,94 @@ async function hasCommit(mirror: string, sha: string): Promise<boolean> {
   return (await git(['--git-dir', mirror, 'cat-file', '-e', `${sha}^{commit}`])).code === 0;
 }
 
-/** Writes the tree of `commit` into `dest` (which must not exist). */
-export async function exportTree(mirror: string, commit: string, dest: string): Promise<void> {
+/**
+ * Where a symlink of a source tree leads: 'inside' (its target, followed through the tree's other
+ * links as the kernel would, stays in the tree; dangling or looping links count as inside: they can
+ * reach nothing outside), or 'outside' (an absolute target, or ".." above the tree's top at any step).
+ * `links` maps every symlink's path (relative to the tree, "/"-separated) to its target.
+ */
+export function symlinkLeads(links: ReadonlyMap<string, string>, link: string): 'inside' | 'outside' {
+  const first = links.get(link);
+  if (first === undefined) return 'inside';
+  const at = link.split('/').slice(0, -1);
+  if (first.startsWith('/')) return 'outside';
+  let queue = first.split('/');
+  let hops = 0;
+  for (;;) {
+    const part = queue.shift();
+    if (part === undefined) return 'inside';
+    if (part === '' || part === '.') continue;
+    if (part === '..') {
+      if (at.length === 0) return 'outside';
+      at.pop();
+      continue;
+    }
+    at.push(part);
+    const target = links.get(at.join('/'));
+    if (target === undefined) continue;
+    if (++hops > 40) return 'inside'; // a loop (ELOOP for the kernel too)
+    if (target.startsWith('/')) return 'outside';
+    at.pop();
+    queue = [...target.split('/'), ...queue];
+  }
+}
+
+/**
+ * Writes the tree of `commit` into `dest` (which must not exist), exactly as git holds it: relative
+ * symlinks, also links to links (CKAN's own tree has 40), go through unchanged. A symlink whose
+ * target leads outside the tree is refused (a UsageError naming `who`, the link and its target):
+ * nothing outside the tree may enter a release through a source. Any other failure (git, the disk)
+ * is an OperationError naming the source and `dest`.
+ */
+export async function exportTree(mirror: string, commit: string, dest: string, who: string): Promise<void> {
   mkdirSync(dest, { recursive: true });
   const child = spawn('git', ['--git-dir', mirror, 'archive', '--format=tar', commit], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let stderr = '';
   child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-  const extract = tar.extract(dest);
+  const links = new Map<string, string>();
+  // tar-fs's own link check refuses a link to another link; the check below replaces it. tar-fs
+  // still never writes through a link (an entry under a link path fails as "not a valid path").
+  // (@types/tar-fs describes tar-fs 2, which had neither validateSymlinks nor linkname in its types.)
+  const extract = tar.extract(dest, {
+    validateSymlinks: false,
+    ignore: (_name: string, header?: { name: string; type?: string | null; linkname?: string | null }) => {
+      if (header?.type === 'symlink') links.set(header.name.replace(/\/$/, ''), header.linkname ?? '');
+      return false;
+    },
+  } as tar.ExtractOptions);
   child.stdout.pipe(extract);
-  const [code] = await Promise.all([
-    new Promise<number>((resolve) => child.on('close', (c) => resolve(c ?? 1))),
-    new Promise<void>((resolve, reject) => {
+  const exited = new Promise<number>((resolve) => {
+    child.on('close', (c) => resolve(c ?? 1));
+    child.on('error', () => resolve(127));
+  });
+  try {
+    await new Promise<void>((resolve, reject) => {
       extract.on('finish', resolve);
       extract.on('error', reject);
-    }),
-  ]);
+    });
+  } catch (e) {
+    child.kill();
+    await exited;
+    rmSync(dest, { recursive: true, force: true });
+    throw new OperationError(
+      `${who}: writing its tree (commit ${commit.slice(0, 12)}) into ${dest} failed: ${(e as Error).message}`,
+    );
+  }
+  const code = await exited;
   if (code !== 0)
-    throw new OperationError(`git archive ${commit} from ${mirror} failed: ${lastLine(stderr)}`);
+    throw new OperationError(`${who}: git archive ${commit} from ${mirror} failed: ${lastLine(stderr)}`);
+  const outside = [...links.keys()].filter((l) => symlinkLeads(links, l) === 'outside');
+  if (outside.length) {
+    rmSync(dest, { recursive: true, force: true });
+    const shown = outside.slice(0, 5).map((l) => `${l} -> ${links.get(l)}`);
+    throw new UsageError(
+      `${who} (commit ${commit.slice(0, 12)}): ${outside.length === 1 ? 'a symlink leads' : `${outside.length} symlinks lead`} ` +
+        `outside the source tree: ${shown.join(', ')}${outside.length > 5 ? ', ...' : ''}`,
+      'a release holds only what its sources contain: make the link relative and inside the repository, or remove it (a patch cannot: sources are checked as fetched)',
+    );
+  }
 }
 
 function lastLine(text: string): string {

@@ -5,8 +5,9 @@ import path from 'node:path';
 import { Option, type Command } from 'commander';
 import type { Io } from '../cli.js';
 import { loadConfig } from '../config/load.js';
-import type { Config } from '../config/types.js';
 import { SANDBOX_OSES, type SandboxOs } from '../config/schema.js';
+import { loadSecrets } from '../config/secrets.js';
+import type { Config, Environment } from '../config/types.js';
 import { requireEngine } from '../docker/engine.js';
 import { UsageError } from '../errors.js';
 import {
@@ -15,6 +16,7 @@ import {
   sandboxDown,
   sandboxUp,
   type SandboxHostSpec,
+  type SandboxPostgresSpec,
   type SandboxServer,
 } from '../sandbox/sandbox.js';
 import { globals } from './common.js';
@@ -56,6 +58,52 @@ export function sandboxHosts(config: Config): SandboxHostSpec[] {
   return out;
 }
 
+/**
+ * The PostgreSQL servers the sandbox environments ask for: an environment whose vars set
+ * `postgres_port` gets one on that 127.0.0.1 port, with database `postgres_db` and login role
+ * `postgres_user` (both default `ckan`) whose password is `postgres_password` (from the secrets, or
+ * vars). The config template reads the same variables, so the two cannot disagree. Environments may
+ * share one server if they agree on all four.
+ */
+export function sandboxPostgres(
+  config: Config,
+  secretsOf: (env: Environment) => Record<string, unknown>,
+  hosts: SandboxHostSpec[] = sandboxHosts(config),
+): SandboxPostgresSpec[] {
+  const file = path.join(sandboxDir(config), 'ssh_config');
+  const out: SandboxPostgresSpec[] = [];
+  for (const env of Object.values(config.environments)) {
+    if (env.sshConfig !== file || env.vars.postgres_port === undefined) continue;
+    if (!env.hosts.some((h) => hosts.some((s) => s.name === h))) continue;
+    const where = `${config.displayFile}: environments.${env.name}.vars`;
+    const port = Number(env.vars.postgres_port);
+    if (!Number.isInteger(port) || port < 1 || port > 65535)
+      throw new UsageError(
+        `${where}.postgres_port: expected a TCP port number, got ${String(env.vars.postgres_port)}`,
+      );
+    const name = (key: string): string => {
+      const v = env.vars[key] ?? 'ckan';
+      if (typeof v !== 'string') throw new UsageError(`${where}.${key}: expected a string`);
+      return v;
+    };
+    const password = env.vars.postgres_password ?? secretsOf(env).postgres_password;
+    if (typeof password !== 'string' || !password)
+      throw new UsageError(
+        `${config.displayFile}: environments.${env.name}: postgres_port is set, but no postgres_password`,
+        `put postgres_password in the environment's secrets file${env.secrets ? ` (${path.relative(config.dir, env.secrets)})` : ''}`,
+      );
+    const spec = { port, database: name('postgres_db'), user: name('postgres_user'), password };
+    const same = out.find((p) => p.port === port);
+    if (!same) out.push(spec);
+    else if (same.database !== spec.database || same.user !== spec.user || same.password !== spec.password)
+      throw new UsageError(
+        `${where}.postgres_port: ${port} is another environment's PostgreSQL, with another database, user or password`,
+        'give each environment its own postgres_port, or the same postgres_db, postgres_user and postgres_password',
+      );
+  }
+  return out;
+}
+
 export function registerSandbox(program: Command, io: Io): void {
   const sandbox = program
     .command('sandbox')
@@ -85,9 +133,22 @@ export function registerSandbox(program: Command, io: Io): void {
         hosts = hosts.filter((h) => wanted.includes(h.name));
       }
       hosts = hosts.map((h) => ({ ...h, server: opts.server }));
+      const g = globals(c);
+      const postgres = sandboxPostgres(
+        config,
+        (env) =>
+          env.secrets
+            ? loadSecrets(env.secrets, { vaultPasswordFile: g.vaultPasswordFile, env: process.env })
+            : {},
+        hosts,
+      );
       const docker = await requireEngine();
-      const up = await sandboxUp(docker, { dir: sandboxDir(config), hosts }, (l) => io.err(`${l}\n`));
+      const up = await sandboxUp(docker, { dir: sandboxDir(config), hosts, postgres }, (l) =>
+        io.err(`${l}\n`),
+      );
       for (const h of up) io.out(`${h.name}: ssh 127.0.0.1:${h.sshPort}, http://127.0.0.1:${h.httpPort}/\n`);
+      for (const p of postgres)
+        io.out(`postgresql: 127.0.0.1:${p.port}, database ${p.database}, user ${p.user}\n`);
     });
   sandbox
     .command('down')

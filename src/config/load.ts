@@ -341,7 +341,8 @@ export function builderOses(projectDir: string): string[] {
   for (const base of [path.join(projectDir, 'docker'), TOOL_DOCKER_DIR]) {
     if (!isDir(base)) continue;
     for (const os of readdirSync(base))
-      if (isFile(path.join(base, os, 'Dockerfile')) && os !== 'sandbox-host') found.add(os);
+      // docker/sandbox-*: the sandbox's host and service images, never builders.
+      if (isFile(path.join(base, os, 'Dockerfile')) && !os.startsWith('sandbox-')) found.add(os);
   }
   return [...found].sort();
 }

@@ -10,7 +10,8 @@
 //   ssh_config                  one `Host <name>` block per host (StrictHostKeyChecking yes)
 //   hosts.json                  [{name, sshPort, httpPort, container}] of the running hosts
 //
-// Containers are named ckan-release-sandbox-<name> and labelled ckan-release.sandbox=1,
+// Containers are named ckan-release-sandbox-<name> (a PostgreSQL beside them:
+// ckan-release-sandbox-postgresql-<port>) and labelled ckan-release.sandbox=1,
 // ckan-release.sandbox.host=<name> and ckan-release.sandbox.dir=<dir, absolute>. sandboxUp makes the
 // set of hosts of a dir exactly the given one; sandboxDown removes only the containers of its own dir
 // (by the dir label), so a test's sandbox and the demo's can run side by side.
@@ -29,6 +30,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import type Docker from 'dockerode';
+import tarStream from 'tar-stream';
 import { SANDBOX_OSES, type SandboxOs } from '../config/schema.js';
 import { dockerfileBase, ensureBaseImage, type Say } from '../docker/engine.js';
 import { ensureImage } from '../docker/images.js';
@@ -90,6 +92,31 @@ export interface SandboxHostSpec {
   image?: string;
 }
 
+/**
+ * A PostgreSQL beside the sandbox hosts (docker/sandbox-postgresql: Debian's postgresql 15, --network
+ * host, listening on 127.0.0.1:port), with one database owned by one login role. Its container is
+ * ckan-release-sandbox-postgresql-<port>, labelled as the hosts are, so `sandbox down` removes it and
+ * `sandbox up` starts it afresh (a throwaway database, as the hosts are throwaway hosts).
+ */
+export interface SandboxPostgresSpec {
+  port: number;
+  database: string;
+  user: string;
+  /** The role's password: written into the container as a file before it starts, never logged. */
+  password: string;
+}
+
+export const POSTGRES_IMAGE_REPOSITORY = 'ckan-release-sandbox-postgresql';
+export const POSTGRES_CONTEXT = path.resolve(
+  path.dirname(fileURLToPath(import.meta.url)),
+  '../../docker/sandbox-postgresql',
+);
+const SQL_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
+
+export function postgresContainerName(port: number): string {
+  return `${CONTAINER_PREFIX}postgresql-${port}`;
+}
+
 export interface SandboxHost extends SandboxHostSpec {
   /** Container id. */
   container: string;
@@ -138,7 +165,7 @@ async function listSandboxContainers(docker: Docker): Promise<ListedContainer[]>
     try {
       const info = await docker.getContainer(c.Id).inspect();
       ports = (info.Config.Env ?? [])
-        .filter((e) => e.startsWith('SSH_PORT=') || e.startsWith('HTTP_PORT='))
+        .filter((e) => e.startsWith('SSH_PORT=') || e.startsWith('HTTP_PORT=') || e.startsWith('PG_PORT='))
         .map((e) => Number(e.slice(e.indexOf('=') + 1)));
     } catch {
       // removed meanwhile
@@ -163,10 +190,26 @@ function readHostsJson(file: string): SandboxHost[] | undefined {
   }
 }
 
-function validate(hosts: SandboxHostSpec[]): void {
+function validate(hosts: SandboxHostSpec[], postgres: SandboxPostgresSpec[]): void {
   if (hosts.length === 0) throw new UsageError('sandbox: at least one host is needed');
   const names = new Set<string>();
   const ports = new Map<number, string>();
+  for (const pg of postgres) {
+    for (const [what, name] of [
+      ['database', pg.database],
+      ['user', pg.user],
+    ] as const)
+      if (!SQL_NAME.test(name))
+        throw new UsageError(
+          `sandbox: PostgreSQL on port ${pg.port}: bad ${what} name "${name}"`,
+          'use lower case letters, digits and "_", starting with a letter or "_" (at most 63)',
+        );
+    if (!pg.password) throw new UsageError(`sandbox: PostgreSQL on port ${pg.port}: the password is empty`);
+    if (!Number.isInteger(pg.port) || pg.port < 1 || pg.port > 65535)
+      throw new UsageError(`sandbox: PostgreSQL port ${pg.port} is not a TCP port number`);
+    if (ports.has(pg.port)) throw new UsageError(`sandbox: PostgreSQL port ${pg.port} is given twice`);
+    ports.set(pg.port, `PostgreSQL`);
+  }
   for (const h of hosts) {
     if (!HOST_NAME.test(h.name))
       throw new UsageError(
@@ -360,15 +403,19 @@ function writeAtomic(file: string, content: string, mode = 0o644): void {
  */
 export async function sandboxUp(
   docker: Docker,
-  opts: { dir: string; hosts: SandboxHostSpec[] },
+  opts: { dir: string; hosts: SandboxHostSpec[]; postgres?: SandboxPostgresSpec[] },
   say: Say,
 ): Promise<SandboxHost[]> {
-  validate(opts.hosts);
+  const postgres = opts.postgres ?? [];
+  validate(opts.hosts, postgres);
   mkdirSync(opts.dir, { recursive: true, mode: 0o700 });
   const paths = sandboxPaths(realpathSync(opts.dir));
 
   const existing = await listSandboxContainers(docker);
-  const wanted = new Set(opts.hosts.map((h) => containerName(h.name)));
+  const wanted = new Set([
+    ...opts.hosts.map((h) => containerName(h.name)),
+    ...postgres.map((p) => postgresContainerName(p.port)),
+  ]);
   const replace: ListedContainer[] = [];
   for (const c of existing) {
     if (c.dir === paths.dir) {
@@ -378,7 +425,9 @@ export async function sandboxUp(
     if (!wanted.has(c.name)) continue;
     // Same name in another sandbox: take it over only when that sandbox no longer knows it.
     const owner = c.dir ? readHostsJson(sandboxPaths(c.dir).hostsJson) : undefined;
-    if (owner?.some((h) => h.container === c.id))
+    // A PostgreSQL belongs to its sandbox as long as that sandbox has hosts up.
+    const pgOf = c.name.startsWith(`${CONTAINER_PREFIX}postgresql-`);
+    if (pgOf ? owner !== undefined : owner?.some((h) => h.container === c.id))
       throw new UsageError(
         `sandbox: host "${c.host}" (container ${c.name}) belongs to the sandbox in ${c.dir}`,
         `run \`sandbox down\` for that one, or choose other host names`,
@@ -416,6 +465,15 @@ export async function sandboxUp(
   const images = new Map<SandboxOs, string>();
   for (const os of new Set(opts.hosts.filter((h) => !h.image).map((h) => h.os ?? DEFAULT_SANDBOX_OS)))
     images.set(os, (await sandboxImage(docker, os, say)).tag);
+  const pgImage = postgres.length
+    ? await ensureBaseImage(docker, say).then(() =>
+        ensureImage(
+          docker,
+          { context: POSTGRES_CONTEXT, repository: POSTGRES_IMAGE_REPOSITORY, flavour: 'debian12' },
+          say,
+        ),
+      )
+    : undefined;
   const publicKey = await ensureKeyPair(paths, say);
 
   for (const c of replace) {
@@ -427,7 +485,11 @@ export async function sandboxUp(
   }
   // The removed containers' sockets are gone at once; still, say which port is the problem if not.
   for (const port of freed) {
-    if (!opts.hosts.some((h) => h.sshPort === port || h.httpPort === port)) continue;
+    if (
+      !opts.hosts.some((h) => h.sshPort === port || h.httpPort === port) &&
+      !postgres.some((p) => p.port === port)
+    )
+      continue;
     let free = false;
     for (let i = 0; i < 20 && !free; i++) {
       free = await portIsFree(port);
@@ -437,7 +499,15 @@ export async function sandboxUp(
   }
 
   const started: SandboxHost[] = [];
+  const services: string[] = [];
   try {
+    for (const pg of postgres) {
+      const id = await startPostgres(docker, pgImage!.tag, pg, paths.dir);
+      services.push(id);
+      say(
+        `PostgreSQL: container ${postgresContainerName(pg.port)}, 127.0.0.1:${pg.port}, database ${pg.database}, user ${pg.user}`,
+      );
+    }
     for (const h of opts.hosts) {
       const container = await docker.createContainer({
         name: containerName(h.name),
@@ -486,7 +556,10 @@ export async function sandboxUp(
         `host ${h.name}: container ${containerName(h.name)}, ssh 127.0.0.1:${h.sshPort}, http 127.0.0.1:${h.httpPort} (${h.os ?? DEFAULT_SANDBOX_OS}, ${h.server ?? 'apache'})`,
       );
     }
-    await Promise.all(started.map((h) => waitReady(docker, h)));
+    await Promise.all([
+      ...started.map((h) => waitReady(docker, h)),
+      ...postgres.map((pg, i) => waitPostgres(docker, pg, services[i]!)),
+    ]);
 
     const knownHosts: string[] = [];
     for (const h of started) {
@@ -505,9 +578,9 @@ export async function sandboxUp(
     return started;
   } catch (e) {
     // No half sandbox: remove what this call started (the error carries the logs).
-    for (const h of started)
+    for (const id of [...started.map((h) => h.container), ...services])
       await docker
-        .getContainer(h.container)
+        .getContainer(id)
         .remove({ force: true })
         .catch(() => undefined);
     rmSync(paths.hostsJson, { force: true });
@@ -535,6 +608,61 @@ export async function sandboxImage(docker: Docker, os: SandboxOs, say: Say) {
       buildArgs: { BASE: base },
     },
     say,
+  );
+}
+
+/** Creates and starts a PostgreSQL container; its password goes in as a file before the start. */
+async function startPostgres(
+  docker: Docker,
+  image: string,
+  pg: SandboxPostgresSpec,
+  dir: string,
+): Promise<string> {
+  const container = await docker.createContainer({
+    name: postgresContainerName(pg.port),
+    Image: image,
+    Env: [`PG_PORT=${pg.port}`, `PG_DATABASE=${pg.database}`, `PG_USER=${pg.user}`],
+    Labels: {
+      'ckan-release': '1',
+      [LABEL_SANDBOX]: '1',
+      [LABEL_HOST]: `postgresql-${pg.port}`,
+      [LABEL_DIR]: dir,
+    },
+    HostConfig: { NetworkMode: 'host', RestartPolicy: { Name: 'no' }, Init: true },
+  });
+  const pack = tarStream.pack();
+  pack.entry({ name: 'run/ckan-sandbox/', type: 'directory', mode: 0o700 });
+  pack.entry({ name: 'run/ckan-sandbox/postgres-password', mode: 0o600 }, pg.password);
+  pack.finalize();
+  await container.putArchive(pack as unknown as NodeJS.ReadableStream, { path: '/' });
+  await container.start();
+  return container.id;
+}
+
+/** Waits until the PostgreSQL answers on its TCP port (the entrypoint opens it once the database exists). */
+async function waitPostgres(docker: Docker, pg: SandboxPostgresSpec, id: string): Promise<void> {
+  const deadline = Date.now() + READY_TIMEOUT_MS;
+  while (Date.now() < deadline) {
+    const r = await execInContainer(docker, id, [
+      'pg_isready',
+      '-q',
+      '-h',
+      '127.0.0.1',
+      '-p',
+      String(pg.port),
+    ]).catch(() => ({ code: 1 }));
+    if (r.code === 0) return;
+    const state = (await docker.getContainer(id).inspect()).State;
+    if (!state.Running)
+      throw new OperationError(
+        `sandbox PostgreSQL on port ${pg.port}: its container stopped (exit code ${state.ExitCode})\n` +
+          (await containerLogs(docker, id)),
+      );
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  throw new OperationError(
+    `sandbox PostgreSQL on 127.0.0.1:${pg.port} did not answer within ${READY_TIMEOUT_MS / 1000} s\n` +
+      (await containerLogs(docker, id)),
   );
 }
 
