@@ -1,11 +1,9 @@
 // Reading what a --dry-run plan needs from the hosts without changing anything on them: the host
 // agent runs from where it is installed, or, when this version is not installed, from the command line
 // (`python -c <agent> facts ...`), so that not even the agent file is written.
-import { readFileSync } from 'node:fs';
 import type { Manifest } from '../artifact/manifest.js';
 import type { PlanFacts, ServerFilePlan, SetupHostFacts } from '../plan.js';
-import { commandError } from '../remote/ssh.js';
-import { AGENT_SCRIPT, agentPath, callAgent } from './agent.js';
+import { agentPath, callAgentReadOnly } from './agent.js';
 import { agentFor, type HostSession, type Session } from './deploy.js';
 import { installServerFiles } from './server.js';
 import { cmd, maybeSudo } from './shell.js';
@@ -16,16 +14,9 @@ async function agentInstalled(s: Session, h: HostSession): Promise<boolean> {
 
 /** The host's facts (the agent's `facts`, which only reads), with nothing written to the host. */
 export async function readFactsReadOnly(s: Session, h: HostSession, python: string): Promise<PlanFacts> {
-  const args = { root: s.config.root };
-  if (await agentInstalled(s, h))
-    return callAgent<PlanFacts>(agentFor(s, h, python), 'read host facts', 'facts', args);
-  const script = readFileSync(AGENT_SCRIPT, 'utf8');
-  const r = await h.remote.exec(
-    cmd(maybeSudo([python, '-c', script, 'facts', JSON.stringify(args)], h.sudo)),
-  );
-  const last = r.stdout.trim().split('\n').pop() ?? '';
-  if (r.code !== 0 || !last.startsWith('{')) throw commandError(h.name, 'read host facts', r);
-  return JSON.parse(last) as PlanFacts;
+  return callAgentReadOnly<PlanFacts>(agentFor(s, h, python), 'read host facts', 'facts', {
+    root: s.config.root,
+  });
 }
 
 /** Which server files would change: compared by the agent (check mode) when it is installed. */
