@@ -3,6 +3,8 @@
 // mod_wsgi 3.4) passes a real `apachectl -t`; a host whose Apache loads no mod_wsgi (a real state:
 // `a2dismod wsgi`) is refused by apache-graceful, in the dry run and with exit 2 before anything changes;
 // and a distribution's default site on CKAN's port can neither fail nor pass the health check for CKAN.
+// On a host of the uwsgi flavour: nginx (builtin:nginx-ckan.conf) retries a GET whose uWSGI worker
+// died without answering, on the same socket, and does not retry a POST.
 // Not run here: a real CentOS 7 host (no CentOS image can be made on this machine).
 import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -19,6 +21,7 @@ import { testProject, type TestProject } from '../support/project.js';
 const ROOT = '/usr/lib/ckan';
 // This file's own ports and host name (README "Development": sv- hosts, 2330-2339 / 8330-8339).
 const HOST: SandboxHostSpec = { name: 'sv-web', sshPort: 2330, httpPort: 8330, server: 'apache' };
+const UWSGI: SandboxHostSpec = { name: 'sv-uwsgi', sshPort: 2331, httpPort: 8331, server: 'uwsgi' };
 const VHOST = '/etc/apache2/sites-available/ckan.conf';
 
 let docker: Docker;
@@ -58,9 +61,9 @@ async function ok(...argv: string[]): Promise<string> {
   return r.out + r.err;
 }
 
-async function sh(script: string): Promise<string> {
-  const r = await onHost(docker, HOST.name, script);
-  if (r.code !== 0) throw new Error(`on ${HOST.name}: ${script}\nexited ${r.code}: ${r.out}`);
+async function sh(script: string, host = HOST.name): Promise<string> {
+  const r = await onHost(docker, host, script);
+  if (r.code !== 0) throw new Error(`on ${host}: ${script}\nexited ${r.code}: ${r.out}`);
   return r.out;
 }
 
@@ -78,7 +81,7 @@ beforeAll(async () => {
   A = a.out.trim().split('\n').pop()!;
   await sandboxUp(
     docker,
-    { dir: path.join(project.dir, '.ckan-release/sandbox'), hosts: [HOST] },
+    { dir: path.join(project.dir, '.ckan-release/sandbox'), hosts: [HOST, UWSGI] },
     () => undefined,
   );
 }, 900_000);
@@ -254,4 +257,72 @@ apache2ctl graceful`;
       `${ROOT}/releases/${A}/src/ckan/ckan`,
     );
   }, 300_000);
+});
+
+describe('nginx in front of uWSGI (builtin:nginx-ckan.conf, builtin:uwsgi.ini)', () => {
+  it('a GET whose worker dies without answering is retried on the same socket; a POST is not', async () => {
+    const app = '/srv/sv';
+    const render = (name: string) =>
+      renderFile(
+        path.join(BUILTIN_TEMPLATES_DIR, `${name}.j2`),
+        {
+          current: app,
+          project: 'sv',
+          host: UWSGI.name,
+          deploy_owner: 'ckan',
+          deploy_group: 'www-data',
+          uwsgi_pidfile: '/tmp/sv-uwsgi.pid',
+          uwsgi_plugin: 'python3',
+          uwsgi_binary: '/usr/bin/uwsgi',
+          uwsgi_socket: '/tmp/sv-uwsgi.sock',
+          wsgi_script: `${app}/wsgi.py`,
+          http_listen: `127.0.0.1:${UWSGI.httpPort}`,
+        },
+        `builtin:${name}`,
+      );
+    // The worker that takes a request while /tmp/sv-die exists dies without answering (once): as a
+    // worker leaving at a reload's edge with a connection accepted (nginx: "upstream prematurely closed").
+    const wsgi = `import os
+def application(environ, start_response):
+    try:
+        os.unlink('/tmp/sv-die')
+        os._exit(1)
+    except OSError:
+        pass
+    start_response('200 OK', [('Content-Type', 'text/plain')])
+    return [b'pid %d' % os.getpid()]
+`;
+    await sh(
+      `set -e; python3 -m venv ${app}
+cat > ${app}/wsgi.py <<'EOF'\n${wsgi}EOF
+cat > ${app}/uwsgi.ini <<'EOF'\n${render('uwsgi.ini')}\nEOF
+cat > /etc/nginx/sites-enabled/sv.conf <<'EOF'\n${render('nginx-ckan.conf')}\nEOF
+chown -R ckan ${app}
+su -s /bin/sh ckan -c 'uwsgi --ini ${app}/uwsgi.ini --daemonize /tmp/sv-uwsgi.log'
+nginx -t 2>&1 && nginx -s reload`,
+      UWSGI.name,
+    );
+    const request = (method: string) =>
+      sh(
+        `for i in $(seq 1 50); do test -S /tmp/sv-uwsgi.sock && break; sleep 0.2; done
+su -s /bin/sh ckan -c 'touch /tmp/sv-die'
+curl -s -o /dev/null -w '%{http_code}' -X ${method} http://127.0.0.1:${UWSGI.httpPort}/
+test ! -e /tmp/sv-die`,
+        UWSGI.name,
+      );
+    // Until nginx has the new site and uWSGI its workers, a plain GET may not answer yet.
+    for (let i = 0; i < 50; i++) {
+      if ((await onHost(docker, UWSGI.name, `curl -sf http://127.0.0.1:${UWSGI.httpPort}/`)).code === 0)
+        break;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    expect(await request('GET')).toBe('200');
+    expect(await request('POST')).toBe('502');
+    // Both times a worker really died before answering.
+    const log = await sh(
+      'grep -c "upstream prematurely closed connection" /var/log/nginx/error.log',
+      UWSGI.name,
+    );
+    expect(log.trim()).toBe('2');
+  }, 120_000);
 });
