@@ -17,6 +17,7 @@ import { sandboxDown, sandboxUp, type SandboxHostSpec } from '../../src/sandbox/
 import { testDocker } from '../support/docker.js';
 import { currentOf, onHost } from '../support/hosts.js';
 import { testProject, type TestProject } from '../support/project.js';
+import { CENTOS7_FACTS } from '../support/server-facts.js';
 
 const ROOT = '/usr/lib/ckan';
 // This file's own ports and host name (README "Development": sv- hosts, 2330-2339 / 8330-8339).
@@ -147,20 +148,8 @@ describe('the facts, read from the real Apache', () => {
     // log directory and users that exist here. It proves the syntax on httpd 2.4.68 + mod_wsgi 4.9 only:
     // no CentOS 7 host exists on this machine.
     const c7: ServerFacts = {
-      apache: {
-        command: 'apachectl',
-        version: '2.4.6',
-        config: '/etc/httpd/conf/httpd.conf',
-        log_dir: '/var/log/apache2',
-        mod_wsgi: {
-          module: '/etc/httpd/modules/mod_wsgi.so',
-          version: '3.4',
-          source: 'package mod_wsgi 3.4',
-          python: '2.7',
-        },
-      },
-      apache_tried: ['apachectl'],
-      paths: {},
+      ...CENTOS7_FACTS,
+      apache: { ...CENTOS7_FACTS.apache!, log_dir: '/var/log/apache2' },
     };
     const text = renderFile(
       path.join(BUILTIN_TEMPLATES_DIR, 'apache-vhost.conf.j2'),

@@ -9,6 +9,7 @@ import { describe, expect, it } from 'vitest';
 import { BUILTIN_TEMPLATES_DIR, builtinTemplates } from '../../src/config/load.js';
 import { serverFactVars, type ServerFacts } from '../../src/deploy/server-facts.js';
 import { renderFile } from '../../src/render/template.js';
+import { CENTOS7_FACTS } from '../support/server-facts.js';
 
 const VARS = {
   site_url: 'https://data.example.org',
@@ -82,22 +83,7 @@ describe('built-in server templates', () => {
   // The facts the agent reads (`server-facts`), as a CentOS 7 host (httpd 2.4.6, base mod_wsgi 3.4 for
   // Python 2.7: `rpm -qf` names the package) and a Debian 12 host (read for real from the sandbox host
   // image by test/integration/server-facts.test.ts) report them.
-  const CENTOS7: ServerFacts = {
-    apache: {
-      command: 'apachectl',
-      version: '2.4.6',
-      config: '/etc/httpd/conf/httpd.conf',
-      log_dir: 'logs',
-      mod_wsgi: {
-        module: '/etc/httpd/modules/mod_wsgi.so',
-        version: '3.4',
-        source: 'package mod_wsgi 3.4',
-        python: '2.7',
-      },
-    },
-    apache_tried: ['apachectl'],
-    paths: {},
-  };
+  const CENTOS7 = CENTOS7_FACTS;
   const DEBIAN12: ServerFacts = {
     apache: {
       command: 'apachectl',
