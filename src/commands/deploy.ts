@@ -30,6 +30,11 @@ import { formatDeployPlan, formatSetupPlan, planDeploy, planSetup, setupDirs } f
 import type { ConnectOptions } from '../remote/ssh.js';
 import { globals } from './common.js';
 
+/** A dry run's WOULD FAIL lines from the web server checks (server.ts serverChecks). */
+function planProblems(c: { problems: string[]; unread?: string }): string[] {
+  return [...c.problems, ...(c.unread ? [`cannot read the web server facts: ${c.unread}`] : [])];
+}
+
 /** The interpreter the agent uses when no artifact says which: the hosts' python3. */
 const HOST_PYTHON = 'python3';
 
@@ -145,7 +150,7 @@ async function shipArtifact(
         name: h.name,
         facts: facts[i]!,
         serverFiles: serverFiles[i]!,
-        serverProblems: checks[i]!.problems,
+        serverProblems: planProblems(checks[i]!),
         healthHost: healthcheckFor(s, h.name, m).host,
       })),
       {
@@ -270,7 +275,7 @@ export function registerDeploy(program: Command, io: Io, dryRun: () => import('c
                 name: h.name,
                 facts: await readSetupFacts(s, h, dirs),
                 serverFiles: await serverFilePlans(s, h, HOST_PYTHON, null),
-                serverProblems: checks[i]!.problems,
+                serverProblems: planProblems(checks[i]!),
               }));
               const failed = hosts.flatMap((r, i) =>
                 r.status === 'rejected' ? [`  ${s.hosts[i]!.name}: ${(r.reason as Error).message}`] : [],

@@ -90,10 +90,23 @@ export async function serverChecks(
   s: Session,
   python: string,
   m: Manifest | null,
-): Promise<{ host: string; facts: ServerFacts | null; problems: string[] }[]> {
+): Promise<{ host: string; facts: ServerFacts | null; problems: string[]; unread?: string }[]> {
   return Promise.all(
     s.hosts.map(async (h) => {
-      const facts = await readServerFacts(s, h, python);
+      let facts: ServerFacts | null;
+      try {
+        facts = await readServerFacts(s, h, python);
+      } catch (e) {
+        // Not a verdict on the web server (the host may lack the artifact's python, say): the
+        // preflight names such a problem; a later read tries again.
+        factsCache.delete(h);
+        return {
+          host: h.name,
+          facts: null,
+          problems: [],
+          unread: e instanceof Error ? e.message : String(e),
+        };
+      }
       if (!facts) return { host: h.name, facts, problems: [] };
       const problems = serverProblems({
         restart: s.config.deploy.restart,
