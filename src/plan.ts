@@ -186,7 +186,15 @@ export function planDeploy(
   operation: string,
   environment: string,
   m: Manifest,
-  hosts: { name: string; facts: PlanFacts; serverFiles: ServerFilePlan[] }[],
+  hosts: {
+    name: string;
+    facts: PlanFacts;
+    serverFiles: ServerFilePlan[];
+    /** Why the web server recipe or templates cannot work on the host (server-facts.ts). */
+    serverProblems?: string[];
+    /** The Host header the health check sends. */
+    healthHost?: string;
+  }[],
   settings: PlanSettings,
   opts: { markPreviousBad?: boolean } = {},
 ): DeployPlan {
@@ -195,7 +203,7 @@ export function planDeploy(
     environment,
     release: m.id,
     dry_run: true,
-    hosts: hosts.map(({ name, facts: f, serverFiles }, i) => {
+    hosts: hosts.map(({ name, facts: f, serverFiles, serverProblems, healthHost }, i) => {
       const has = f.releases.some((r) => r.id === m.id);
       const previous = f.current;
       // The ledger as it would be after success: the release healthy, and for a rollback the release
@@ -214,6 +222,7 @@ export function planDeploy(
       if (f.lock && !f.lock_expired) problems.push(`locked by ${describeLock(f.lock)}`);
       if (!has && m.files.length === 0)
         problems.push(`${m.id} is neither on the host nor in the local store: it cannot be sent`);
+      problems.push(...(serverProblems ?? []));
       return {
         host: name,
         current: previous,
@@ -238,7 +247,7 @@ export function planDeploy(
         },
         server_files: serverFiles,
         restart: settings.restart,
-        healthcheck: settings.healthcheck,
+        healthcheck: healthHost ? `${settings.healthcheck} (Host: ${healthHost})` : settings.healthcheck,
         prune: prunePlan(
           [...f.releases.map((r) => r.id), m.id],
           f.partials,
@@ -313,6 +322,8 @@ export interface SetupPlan {
     adopt_why: string;
     chown: string | null;
     server_files: ServerFilePlan[];
+    /** What would make setup refuse on this host. */
+    problems: string[];
   }[];
 }
 
@@ -334,14 +345,14 @@ export function planSetup(
   root: string,
   shared: string[],
   owner: string | null,
-  hosts: { name: string; facts: SetupHostFacts; serverFiles: ServerFilePlan[] }[],
+  hosts: { name: string; facts: SetupHostFacts; serverFiles: ServerFilePlan[]; serverProblems?: string[] }[],
 ): SetupPlan {
   const dirs = setupDirs(root, shared);
   return {
     operation: 'setup',
     environment,
     dry_run: true,
-    hosts: hosts.map(({ name, facts, serverFiles }) => {
+    hosts: hosts.map(({ name, facts, serverFiles, serverProblems }) => {
       const adopt = !facts.current && facts.default_python ? `${root}/default` : null;
       return {
         host: name,
@@ -354,6 +365,7 @@ export function planSetup(
             : `nothing to adopt: no ${root}/default/bin/python`,
         chown: owner && shared.length ? owner : null,
         server_files: serverFiles,
+        problems: serverProblems ?? [],
       };
     }),
   };
@@ -365,6 +377,7 @@ export function formatSetupPlan(p: SetupPlan, root: string): string {
     lines.push(
       `  ${h.host}: ${h.make.length ? `would make ${h.make.join(', ')}` : `${root} is already set up`}`,
     );
+    for (const x of h.problems) lines.push(`    WOULD FAIL: ${x}`);
     lines.push(`    adopt: ${h.adopt ? `${h.adopt} as the first release (${h.adopt_why})` : h.adopt_why}`);
     if (h.chown) lines.push(`    chown ${h.chown}: the shared directories`);
     for (const f of h.server_files)

@@ -1648,20 +1648,172 @@ def cmd_restart(args):
     out(r)
 
 
+# ----------------------------------------------------------------------------------- server facts
+
+
+def command_output(argv):
+    """(exit code, stdout+stderr) of a command, or None when it cannot be run (not installed)."""
+    import subprocess
+    try:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    except (IOError, OSError):
+        return None
+    output = proc.communicate()[0].decode("utf-8", "replace")
+    return proc.returncode, output
+
+
+def apache_compiled(command):
+    """`<command> -V` of the first Apache control command or binary that answers: its version, its
+    compiled-in HTTPD_ROOT, SERVER_CONFIG_FILE and DEFAULT_ERRORLOG."""
+    import re
+    tried = []
+    for c in (command, "apachectl", "httpd", "apache2", "/usr/sbin/apachectl", "/usr/sbin/httpd", "/usr/sbin/apache2"):
+        if c in tried:
+            continue
+        tried.append(c)
+        r = command_output([c, "-V"])
+        if r is None:
+            continue
+        m = re.search(r"Server version:\s*Apache/(\d+\.\d+\.\d+)", r[1])
+        if not m:
+            continue
+        defs = dict(re.findall(r'-D\s+(\w+)="([^"]*)"', r[1]))
+        return {"command": c, "version": m.group(1), "root": defs.get("HTTPD_ROOT"),
+                "config_file": defs.get("SERVER_CONFIG_FILE"), "default_errorlog": defs.get("DEFAULT_ERRORLOG")}, tried
+    return None, tried
+
+
+def apache_load_modules(root, config_file):
+    """{module name: file} of the LoadModule lines in Apache's config and the files it includes
+    (Include / IncludeOptional, with wildcards and directories), relative paths against ServerRoot.
+    <IfModule>/<IfDefine> are not evaluated: a LoadModule anywhere counts."""
+    import glob
+    import re
+    found = {}
+    seen = set()
+    server_root = [root or "/"]
+
+    def absolute(p):
+        p = p.strip().strip('"')
+        return p if os.path.isabs(p) else os.path.join(server_root[0], p)
+
+    def read(path, depth):
+        if depth > 20 or path in seen:
+            return
+        seen.add(path)
+        if os.path.isdir(path):
+            for f in sorted(os.listdir(path)):
+                read(os.path.join(path, f), depth + 1)
+            return
+        try:
+            with open(path, "rb") as f:
+                text = f.read().decode("utf-8", "replace")
+        except (IOError, OSError):
+            return
+        for line in text.splitlines():
+            words = line.strip().split(None, 2)
+            if not words or words[0].startswith("#"):
+                continue
+            key = words[0].lower()
+            if key == "serverroot" and len(words) > 1:
+                server_root[0] = words[1].strip('"')
+            elif key == "loadmodule" and len(words) > 2:
+                found.setdefault(words[1], absolute(words[2]))
+            elif key in ("include", "includeoptional") and len(words) > 1:
+                pattern = absolute(" ".join(words[1:]))
+                if "${" in pattern:
+                    continue  # an environment variable of the init script: not known here
+                for p in sorted(glob.glob(pattern)):
+                    read(p, depth + 1)
+
+    if config_file:
+        read(absolute(config_file), 0)
+    return found
+
+
+def package_version(path):
+    """(package, upstream version) of the dpkg or rpm package that owns `path`, or (None, None)."""
+    import re
+    for p in (path, os.path.realpath(path)):
+        r = command_output(["dpkg-query", "-S", p])
+        if r and r[0] == 0 and ":" in r[1]:
+            pkg = r[1].split(":")[0].split(",")[0].strip()
+            v = command_output(["dpkg-query", "-W", "-f", "${Version}", pkg])
+            if v and v[0] == 0 and v[1].strip():
+                # [epoch:]upstream[-debian revision]
+                return pkg, re.sub(r"-[^-]*$", "", v[1].strip().split(":")[-1])
+        r = command_output(["rpm", "-qf", "--qf", "%{NAME} %{VERSION}\\n", p])
+        if r and r[0] == 0 and len(r[1].split()) == 2:
+            name, version = r[1].split()
+            return name, version
+    return None, None
+
+
+def mod_wsgi_facts(module):
+    """What the mod_wsgi module file says: its version (the owning package's, else mod_wsgi 3.x's
+    "mod_wsgi/X.Y" banner string in the file; None when neither tells) and the Python it links."""
+    import re
+    try:
+        with open(module, "rb") as f:
+            data = f.read()
+    except (IOError, OSError) as e:
+        return {"module": module, "version": None, "source": "unreadable: %s" % e, "python": None}
+    pkg, version = package_version(module)
+    source = "package %s %s" % (pkg, version) if pkg else None
+    if not version:
+        m = re.search(br"mod_wsgi/(\d+\.\d+(?:\.\d+)?)", data)
+        if m:
+            version = m.group(1).decode("ascii")
+            source = "the module's banner string"
+    py = re.search(br"libpython(\d+\.\d+)", data)
+    return {"module": module, "version": version, "source": source,
+            "python": py.group(1).decode("ascii") if py else None}
+
+
+def cmd_server_facts(args):
+    """What the web server recipes and templates depend on (README "Web servers"): Apache's version, where
+    its logs go, the mod_wsgi it loads (version, Python); and whether each of `paths` is an executable."""
+    apache, tried = apache_compiled(args.get("command") or "apachectl")
+    if apache:
+        root = apache["root"] or "/"
+        config = apache["config_file"] or ""
+        config_path = config if os.path.isabs(config) else os.path.join(root, config)
+        modules = apache_load_modules(root, config_path)
+        envvars = os.path.join(os.path.dirname(config_path), "envvars")
+        try:
+            with open(envvars) as f:
+                debian_logs = "APACHE_LOG_DIR" in f.read()
+        except (IOError, OSError):
+            debian_logs = False
+        errorlog = apache["default_errorlog"] or "logs/error_log"
+        apache = {
+            "command": apache["command"],
+            "version": apache["version"],
+            "config": config_path,
+            # Debian/Ubuntu define APACHE_LOG_DIR in envvars; elsewhere the compiled-in log directory.
+            "log_dir": "${APACHE_LOG_DIR}" if debian_logs else (os.path.dirname(errorlog) or "logs"),
+            "mod_wsgi": mod_wsgi_facts(modules["wsgi_module"]) if "wsgi_module" in modules else None,
+        }
+    out({"apache": apache, "apache_tried": tried,
+         "paths": dict((p, os.path.isfile(p) and os.access(p, os.X_OK)) for p in args.get("paths", []))})
+
+
 # ------------------------------------------------------------------------------------- healthcheck
 
 
 def cmd_health(args):
     """Polls CKAN's status_show until it answers 200 with every configured plugin, or the timeout."""
     try:
-        from urllib.request import urlopen
+        from urllib.request import Request, urlopen
     except ImportError:
-        from urllib2 import urlopen
+        from urllib2 import Request, urlopen
+    # The site's Host header: on a port a distribution's default site shares, only it reaches CKAN's vhost.
+    headers = {"Host": args["host"]} if args.get("host") else {}
     deadline = time.time() + args["timeout"]
     last = "no answer"
     while True:
         try:
-            resp = urlopen(args["url"], timeout=10)
+            resp = urlopen(Request(args["url"], headers=headers), timeout=10)
             body = resp.read().decode("utf-8", "replace")
             code = resp.getcode()
             if code == 200:
@@ -1680,7 +1832,8 @@ def cmd_health(args):
             code = getattr(e, "code", None)
             last = "HTTP %s" % code if code else "%s: %s" % (type(e).__name__, e)
         if time.time() > deadline:
-            raise Refused("unhealthy", "%s did not become healthy within %ss: %s" % (args["url"], args["timeout"], last))
+            via = " (Host: %s)" % args["host"] if args.get("host") else ""
+            raise Refused("unhealthy", "%s%s did not become healthy within %ss: %s" % (args["url"], via, args["timeout"], last))
         time.sleep(0.5)
 
 
@@ -1707,6 +1860,7 @@ COMMANDS = {
     "install-file": cmd_install_file,
     "restore-file": cmd_restore_file,
     "restart": cmd_restart,
+    "server-facts": cmd_server_facts,
 }
 
 

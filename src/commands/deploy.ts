@@ -11,13 +11,14 @@ import { environment, loadConfig } from '../config/load.js';
 import { loadSecrets, secretValues } from '../config/secrets.js';
 import type { Config, Environment } from '../config/types.js';
 import { callAgent, HOST_PYTHON, installAgent } from '../deploy/agent.js';
-import { installServerFiles } from '../deploy/server.js';
+import { installServerFiles, refuseUnfitServers, serverChecks } from '../deploy/server.js';
 import { readFactsReadOnly, readSetupFacts, serverFilePlans } from '../deploy/dry-run.js';
 import {
   closeSession,
   deadLocalHolder,
   deploy,
   describeHolder,
+  healthcheckFor,
   openSession,
   readFacts,
   settleAll,
@@ -31,6 +32,11 @@ import { eventsFor, withEvents, type Events } from '../events.js';
 import { formatDeployPlan, formatSetupPlan, planDeploy, planSetup, setupDirs } from '../plan.js';
 import type { ConnectOptions } from '../remote/ssh.js';
 import { globals } from './common.js';
+
+/** A dry run's WOULD FAIL lines from the web server checks (server.ts serverChecks). */
+function planProblems(c: { problems: string[]; unread?: string }): string[] {
+  return [...c.problems, ...(c.unread ? [`cannot read the web server facts: ${c.unread}`] : [])];
+}
 
 interface Loaded {
   config: Config;
@@ -133,12 +139,19 @@ async function shipArtifact(
     const python = m.builder.python.path;
     const facts = await allFacts(s, python, true, m.libraries ?? []);
     const serverFiles = await Promise.all(s.hosts.map((h) => serverFilePlans(s, h, python, m)));
+    const checks = await serverChecks(s, python, m);
     const d = s.config.deploy;
     const plan = planDeploy(
       operation,
       s.env.name,
       m,
-      s.hosts.map((h, i) => ({ name: h.name, facts: facts[i]!, serverFiles: serverFiles[i]! })),
+      s.hosts.map((h, i) => ({
+        name: h.name,
+        facts: facts[i]!,
+        serverFiles: serverFiles[i]!,
+        serverProblems: planProblems(checks[i]!),
+        healthHost: healthcheckFor(s, h.name, m).host,
+      })),
       {
         keepReleases: d.keepReleases,
         beforeSwitch: d.hooks.beforeSwitch.map((x) => ({ run: x.run, once: !!x.once })),
@@ -289,10 +302,12 @@ export function registerDeploy(program: Command, io: Io, dryRun: () => import('c
             if (opts.dryRun) {
               const shared = l.config.shared.map((x) => x.path);
               const dirs = setupDirs(l.config.root, shared);
-              const hosts = await settleAll(s.hosts, s.env.parallel, async (h) => ({
+              const checks = await serverChecks(s, HOST_PYTHON, null);
+              const hosts = await settleAll(s.hosts, s.env.parallel, async (h, i) => ({
                 name: h.name,
                 facts: await readSetupFacts(s, h, dirs),
                 serverFiles: await serverFilePlans(s, h, HOST_PYTHON, null),
+                serverProblems: planProblems(checks[i]!),
               }));
               const failed = hosts.flatMap((r, i) =>
                 r.status === 'rejected' ? [`  ${s.hosts[i]!.name}: ${(r.reason as Error).message}`] : [],
@@ -316,6 +331,7 @@ export function registerDeploy(program: Command, io: Io, dryRun: () => import('c
               if (!json) ev.print(formatSetupPlan(plan, l.config.root));
               return;
             }
+            await refuseUnfitServers(s, HOST_PYTHON, null, 'setup');
             const done: Record<string, unknown>[] = [];
             await settleAll(s.hosts, s.env.parallel, async (h) => {
               // <root> and .ckan-release stay owned by whoever runs the agent (root with sudo): the

@@ -258,6 +258,9 @@ export const configSchema = obj({
             () => 'http://127.0.0.1/api/3/action/status_show',
           ),
           timeout: withDefault(int(1, 3600), () => 60),
+          host: optional(
+            str({ expected: 'the Host header to send, e.g. data.example.org (may use template variables)' }),
+          ),
         }),
         () => ({ url: 'http://127.0.0.1/api/3/action/status_show', timeout: 60 }),
       ),

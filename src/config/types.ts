@@ -89,7 +89,8 @@ export interface Config {
     /** The user sudo runs them as (default root). */
     becomeUser?: string;
     restart: string;
-    healthcheck: { url: string; timeout: number };
+    /** host: the Host header sent (a template; default: site_url's host; "" sends the URL's own). */
+    healthcheck: { url: string; timeout: number; host?: string };
     hooks: { beforeSwitch: Hook[]; afterSwitch: Hook[] };
   };
   server: {

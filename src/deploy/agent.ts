@@ -131,3 +131,29 @@ export async function callAgent<T = Record<string, unknown>>(
   if (r.code !== 0 || !parsed) throw commandError(h.remote.name, step, r);
   return parsed as T;
 }
+
+/**
+ * An agent command that only reads, with nothing written to the host (dry runs, and the checks made
+ * before anything changes): from the installed agent, or, when this version is not installed, from the
+ * command line (`python -c <agent> COMMAND ARGS`), so that not even the agent file is written.
+ */
+export async function callAgentReadOnly<T = Record<string, unknown>>(
+  h: AgentHost,
+  step: string,
+  command: string,
+  args: Record<string, unknown>,
+): Promise<T> {
+  const installed = await h.remote.exec(cmd(maybeSudo(['test', '-f', agentPath(h.root)], h.sudo)));
+  if (installed.code === 0) return callAgent<T>(h, step, command, args);
+  const r = await h.remote.exec(
+    cmd(
+      maybeSudo(
+        pythonArgv(h.python, ['-c', agentText.toString('utf8'), command, JSON.stringify(args)]),
+        h.sudo,
+      ),
+    ),
+  );
+  const last = r.stdout.trim().split('\n').pop() ?? '';
+  if (r.code !== 0 || !last.startsWith('{')) throw commandError(h.remote.name, step, r);
+  return JSON.parse(last) as T;
+}

@@ -19,7 +19,14 @@ import { SshRemote, SudoPasswordError, type ConnectOptions, type Remote } from '
 import { resolveTarget } from '../remote/target.js';
 import { AgentRefusal, callAgent, installAgent, type AgentHost } from './agent.js';
 import { DeltaCache } from './delta.js';
-import { installServerFiles, restartHost, restoreServerFiles, type ServerFileChange } from './server.js';
+import { healthcheckHost } from './server-facts.js';
+import {
+  installServerFiles,
+  refuseUnfitServers,
+  restartHost,
+  restoreServerFiles,
+  type ServerFileChange,
+} from './server.js';
 import { cmd, maybeSudo, shq, type Become } from './shell.js';
 
 export interface HostFacts {
@@ -597,14 +604,28 @@ async function switchHost(
   });
 }
 
+/** The health check of one host: its URL and the Host header it is sent with (healthcheckHost). */
+export function healthcheckFor(
+  s: Pick<Session, 'config' | 'env' | 'secrets'>,
+  host: string,
+  m: Pick<Manifest, 'id' | 'extensions'>,
+): { url: string; host: string | undefined } {
+  const vars = templateVars(s, host, m);
+  const hc = s.config.deploy.healthcheck;
+  return {
+    url: renderString(hc.url, vars, 'deploy.healthcheck.url'),
+    host: healthcheckHost(
+      hc.host === undefined ? undefined : renderString(hc.host, vars, 'deploy.healthcheck.host'),
+      vars,
+    ),
+  };
+}
+
 async function healthOnHost(s: Session, h: HostSession, m: Manifest): Promise<Record<string, unknown>> {
-  const url = renderString(
-    s.config.deploy.healthcheck.url,
-    templateVars(s, h.name, m),
-    'deploy.healthcheck.url',
-  );
+  const { url, host } = healthcheckFor(s, h.name, m);
   return callAgent(agentFor(s, h, pythonOf(m)), 'health check', 'health', {
     url,
+    ...(host ? { host } : {}),
     plugins: m.extensions.flatMap((x) => x.plugins),
     timeout: s.config.deploy.healthcheck.timeout,
   });
@@ -646,6 +667,9 @@ export async function deploy(
   // On the operation's last ledger entries, for `history` (who, and how long the whole operation took).
   const started = new Date().toISOString();
   const by = lockOwner(s, opts.operation);
+  // A restart recipe or server template the host's web server cannot run: refused before anything
+  // changes anywhere (the dry run prints the same problems).
+  await refuseUnfitServers(s, python, m, opts.operation.split(' ')[0] ?? opts.operation);
   try {
     // Phase 1.
     const staged = await settleAll(s.hosts, limit, (h, i) =>

@@ -1,11 +1,9 @@
 // Reading what a --dry-run plan needs from the hosts without changing anything on them: the host
 // agent runs from where it is installed, or, when this version is not installed, from the command line
 // (`python -c <agent> facts ...`), so that not even the agent file is written.
-import { readFileSync } from 'node:fs';
 import type { Manifest } from '../artifact/manifest.js';
 import type { PlanFacts, ServerFilePlan, SetupHostFacts } from '../plan.js';
-import { commandError } from '../remote/ssh.js';
-import { AGENT_SCRIPT, agentPath, callAgent, pythonArgv } from './agent.js';
+import { agentPath, callAgentReadOnly } from './agent.js';
 import { agentFor, type HostSession, type Session } from './deploy.js';
 import { installServerFiles } from './server.js';
 import { cmd, maybeSudo } from './shell.js';
@@ -21,16 +19,10 @@ export async function readFactsReadOnly(
   python: string,
   libraries: string[] = [],
 ): Promise<PlanFacts> {
-  const args = { root: s.config.root, libraries };
-  if (await agentInstalled(s, h))
-    return callAgent<PlanFacts>(agentFor(s, h, python), 'read host facts', 'facts', args);
-  const script = readFileSync(AGENT_SCRIPT, 'utf8');
-  const r = await h.remote.exec(
-    cmd(maybeSudo(pythonArgv(python, ['-c', script, 'facts', JSON.stringify(args)]), h.sudo)),
-  );
-  const last = r.stdout.trim().split('\n').pop() ?? '';
-  if (r.code !== 0 || !last.startsWith('{')) throw commandError(h.name, 'read host facts', r);
-  return JSON.parse(last) as PlanFacts;
+  return callAgentReadOnly<PlanFacts>(agentFor(s, h, python), 'read host facts', 'facts', {
+    root: s.config.root,
+    libraries,
+  });
 }
 
 /** Which server files would change: compared by the agent (check mode) when it is installed. */

@@ -6,10 +6,11 @@ import { Readable } from 'node:stream';
 import type { Manifest } from '../artifact/manifest.js';
 import { RESTART_RECIPES, type RestartRecipe } from '../config/schema.js';
 import type { ServerFile } from '../config/types.js';
-import { OperationError } from '../errors.js';
+import { OperationError, UsageError } from '../errors.js';
 import { renderFile, renderString } from '../render/template.js';
-import { callAgent } from './agent.js';
+import { callAgent, callAgentReadOnly } from './agent.js';
 import { agentFor, shellVars, templateVars, type HostSession, type Session } from './deploy.js';
+import { pathsToCheck, serverFactVars, serverProblems, type ServerFacts } from './server-facts.js';
 import { cmd } from './shell.js';
 
 /** A server file as this run found or left it on one host. */
@@ -25,21 +26,121 @@ export interface ServerFileChange {
 /**
  * Template variables for server files. With a manifest, the same as the CKAN config's; without one
  * (setup, before any release is known), the release variables name <root>/current and the release's
- * lists are empty, so a server file that names only `current` renders the same both ways.
+ * lists are empty, so a server file that names only `current` renders the same both ways. Over them,
+ * under the host's own variables: what the host's web server supports (serverFactVars), from `facts`.
  */
 export function serverVars(
   s: Pick<Session, 'config' | 'env' | 'secrets'>,
   host: string,
   m: Manifest | null,
+  facts: ServerFacts | null = null,
 ): Record<string, unknown> {
-  if (m) return templateVars(s, host, m);
   const current = path.posix.join(s.config.root, 'current');
-  return {
-    ...templateVars(s, host, { id: '', extensions: [] }),
-    release: current,
-    release_id: '',
-    config_file: path.posix.join(current, s.config.config.file),
-  };
+  const vars = m
+    ? templateVars(s, host, m)
+    : {
+        ...templateVars(s, host, { id: '', extensions: [] }),
+        release: current,
+        release_id: '',
+        config_file: path.posix.join(current, s.config.config.file),
+      };
+  return serverFactVars(facts, vars);
+}
+
+/** The host's variables as the server checks see them (no secrets: they are not needed there). */
+function hostVars(s: Pick<Session, 'env'>, host: string): Record<string, unknown> {
+  return { ...s.env.vars, ...(s.env.hostVars[host] ?? {}) };
+}
+
+/** Whether this config depends on the host's web server facts at all. */
+function needsServerFacts(s: Pick<Session, 'config'>): boolean {
+  return s.config.server.files.length > 0 || restartRecipe(s.config.deploy.restart) !== undefined;
+}
+
+const factsCache = new WeakMap<HostSession, Promise<ServerFacts | null>>();
+
+/**
+ * The host's web server facts (the agent's `server-facts`), read once per session and host, without
+ * writing anything to the host; null when this config uses no recipe and no server file.
+ */
+export function readServerFacts(s: Session, h: HostSession, python: string): Promise<ServerFacts | null> {
+  let p = factsCache.get(h);
+  if (!p) {
+    p = needsServerFacts(s)
+      ? callAgentReadOnly<ServerFacts>(agentFor(s, h, python), 'read the web server facts', 'server-facts', {
+          command: s.config.server.apache.command,
+          paths: pathsToCheck({
+            restart: s.config.deploy.restart,
+            templates: s.config.server.files.map((f) => f.source),
+            vars: hostVars(s, h.name),
+            current: path.posix.join(s.config.root, 'current'),
+          }),
+        })
+      : Promise.resolve(null);
+    factsCache.set(h, p);
+  }
+  return p;
+}
+
+/**
+ * Per host, why the restart recipe or the shipped server templates cannot work there (serverProblems),
+ * for the release of `m` (null: setup, no release known). Read-only: plans and refusals alike.
+ */
+export async function serverChecks(
+  s: Session,
+  python: string,
+  m: Manifest | null,
+): Promise<{ host: string; facts: ServerFacts | null; problems: string[]; unread?: string }[]> {
+  return Promise.all(
+    s.hosts.map(async (h) => {
+      let facts: ServerFacts | null;
+      try {
+        facts = await readServerFacts(s, h, python);
+      } catch (e) {
+        // Not a verdict on the web server (the host may lack the artifact's python, say): the
+        // preflight names such a problem; a later read tries again.
+        factsCache.delete(h);
+        return {
+          host: h.name,
+          facts: null,
+          problems: [],
+          unread: e instanceof Error ? e.message : String(e),
+        };
+      }
+      if (!facts) return { host: h.name, facts, problems: [] };
+      const problems = serverProblems({
+        restart: s.config.deploy.restart,
+        templates: s.config.server.files.map((f) => f.source),
+        facts,
+        vars: hostVars(s, h.name),
+        current: path.posix.join(s.config.root, 'current'),
+        ...(m
+          ? {
+              release: {
+                python: m.builder.python.version,
+                files: m.files.length ? m.files.map((f) => f.path) : null,
+              },
+            }
+          : {}),
+      });
+      return { host: h.name, facts, problems };
+    }),
+  );
+}
+
+/** Refuses (exit 2, nothing touched) when serverChecks finds a problem on any host. */
+export async function refuseUnfitServers(
+  s: Session,
+  python: string,
+  m: Manifest | null,
+  operation: string,
+): Promise<void> {
+  const checks = await serverChecks(s, python, m);
+  const lines = checks.flatMap((c) => c.problems.map((p) => `  ${c.host}: ${p}`));
+  if (lines.length)
+    throw new UsageError(
+      `${operation} refused before any host changed: the web server setup cannot work there:\n${lines.join('\n')}`,
+    );
 }
 
 function renderServerFile(f: ServerFile, vars: Record<string, unknown>): string {
@@ -59,7 +160,7 @@ export async function installServerFiles(
   m: Manifest | null,
   check = false,
 ): Promise<ServerFileChange[]> {
-  const vars = serverVars(s, h.name, m);
+  const vars = serverVars(s, h.name, m, await readServerFacts(s, h, python));
   // Render all first: a template error changes nothing on any file.
   const texts = s.config.server.files.map((f) => renderServerFile(f, vars));
   const done: ServerFileChange[] = [];

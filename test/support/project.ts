@@ -1,4 +1,4 @@
-// A throwaway copy of the example project with its own fixtures, store and caches, so tests can change
+// A throwaway copy of the example project (its config: test/fixtures/project/) with its own fixtures, store and caches, so tests can change
 // refs, patches and repositories without touching examples/demo.
 import { cpSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -17,9 +17,11 @@ export interface TestProject {
 
 export async function testProject(): Promise<TestProject> {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'ckan-release-project-'));
-  for (const part of ['ckan-release.yml', 'templates', 'secrets', 'patches']) {
+  for (const part of ['templates', 'secrets', 'patches']) {
     cpSync(path.resolve('examples/demo', part), path.join(dir, part), { recursive: true });
   }
+  // The test bed's config: the example project with a plain restart command (the tests put recipes in).
+  cpSync(path.resolve('test/fixtures/project/ckan-release.yml'), path.join(dir, 'ckan-release.yml'));
   const fixtures = await ensureFixtures(path.join(dir, '.fixtures'));
   mkdirSync(path.join(dir, 'cache'), { recursive: true });
   // Mirrors and work directories of this project only (read by the builder at call time).
