@@ -38,7 +38,7 @@ export function serverVars(
     ...templateVars(s, host, { id: '', extensions: [] }),
     release: current,
     release_id: '',
-    config_file: path.posix.join(current, s.config.config.file),
+    config_file: path.posix.join(current, s.env.configFile),
   };
 }
 
