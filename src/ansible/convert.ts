@@ -723,7 +723,14 @@ function planEnvironment(
 
   // Host variables: inventory host lines and host_vars/ (play variables still win, as in Ansible).
   let user: string | undefined =
-    typeof play.remote_user === 'string' ? play.remote_user : (cfg.defaults?.remote_user ?? undefined);
+    typeof play.remote_user === 'string'
+      ? play.remote_user
+      : (deployRun?.user ?? cfg.defaults?.remote_user ?? undefined);
+  if (deployRun?.user && typeof play.remote_user !== 'string')
+    note(
+      ctx.mapped,
+      `${ctx.rel(deployRun.file)}:${deployRun.line}: -u ${deployRun.user} -> environments.${envName}.user`,
+    );
   const hostVars: Record<string, Record<string, unknown>> = {};
   const entries: string[] = [];
   const ports = new Set<number | undefined>();
@@ -1018,7 +1025,7 @@ function planEnvironment(
             if (isObject(t.vars))
               note(
                 ctx.unmapped,
-                `${label}: its task vars (${Object.keys(t.vars).join(', ')}) are not used: server.files are rendered with the environment's variables`,
+                `${label}: its task vars (${Object.keys(t.vars).join(', ')}) are not used: server.files are rendered with the environment's variables, the same for setup and ship (the adopted venv keeps the config the first deploy wrote into it)`,
               );
           } else
             note(
@@ -1592,7 +1599,7 @@ export function convertAnsible(
     const text = readFileSync(f.src, 'utf8');
     const group = /WSGIDaemonProcess\s+([A-Za-z0-9_.-]+)/.exec(text)?.[1];
     if (group) processGroup ??= group;
-    const vhost = f.reload === 'vhost' || /<VirtualHost\b/.test(text);
+    const vhost = /<VirtualHost\b|^\s*Listen\s/m.test(text);
     const out: Record<string, unknown> = { template: copyTemplate(f.src), dest: f.dest };
     if (f.mode) out.mode = f.mode;
     if (f.owner) out.owner = f.owner;

@@ -42,7 +42,7 @@ export function serverVars(
   };
 }
 
-function renderServerFile(f: ServerFile, vars: Record<string, unknown>): string {
+export function renderServerFile(f: ServerFile, vars: Record<string, unknown>): string {
   const shown = f.source.startsWith('builtin:') ? f.source : path.relative(process.cwd(), f.template);
   return renderFile(f.template, vars, shown);
 }
