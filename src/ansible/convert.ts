@@ -77,6 +77,21 @@ const ANSIBLE_TAGS: ScalarTag[] = ['!vault', '!vault-encrypted', '!unsafe'].map(
   resolve: (value: string) => value,
 }));
 
+const PY_BOOLS: ScalarTag[] = [
+  {
+    tag: 'tag:yaml.org,2002:bool',
+    default: true,
+    test: /^(?:[Yy]es|YES|[Tt]rue|TRUE|[Oo]n|ON)$/,
+    resolve: () => true,
+  },
+  {
+    tag: 'tag:yaml.org,2002:bool',
+    default: true,
+    test: /^(?:[Nn]o|NO|[Ff]alse|FALSE|[Oo]ff|OFF)$/,
+    resolve: () => false,
+  },
+];
+
 function readText(file: string): string {
   try {
     return readFileSync(file, 'utf8');
@@ -104,7 +119,12 @@ export function readYaml(
   const doc = parseDocument(readText(file), {
     version: '1.1',
     lineCounter: lc,
-    customTags: ANSIBLE_TAGS,
+    // PyYAML's booleans (what Ansible reads): YAML 1.1's, less y/Y/n/N, which stay strings.
+    customTags: (tags) => [
+      ...tags.filter((t) => (typeof t === 'string' ? true : t.tag !== 'tag:yaml.org,2002:bool')),
+      ...PY_BOOLS,
+      ...ANSIBLE_TAGS,
+    ],
     prettyErrors: false,
     uniqueKeys: false,
   });
@@ -824,7 +844,9 @@ function planEnvironment(
   const roots = earlyRoots;
 
   let byAction = invocations.some((i) => i.extraVars.deploy_action !== undefined);
+  let facts: Record<string, unknown> = {};
   const walk = (pass: Pass) => {
+    facts = {};
     const context: Record<string, unknown> = { ...vars, ...extra, ...pass.extra };
     const visit = (list: Located[], inherited: unknown[], roleDir: string | undefined) => {
       for (const { task: t, file, line } of list) {
@@ -853,7 +875,7 @@ function planEnvironment(
             const from = isObject(spec) && typeof spec.tasks_from === 'string' ? spec.tasks_from : 'main';
             const dir = findRole(ctx, String(name), path.dirname(playbookFile), cfg, where);
             const r = loadRole(ctx, dir);
-            Object.assign(context, r.defaults, vars, r.vars, included, extra, pass.extra);
+            Object.assign(context, r.defaults, vars, r.vars, included, facts, extra, pass.extra);
             const f = taskFile(path.join(dir, 'tasks'), from);
             if (f) visit(readTasks(ctx, f), conds, dir);
             handlers.push(...r.handlers);
@@ -911,7 +933,7 @@ function planEnvironment(
             if (pass.name === 'deploy' && !secretsFiles.includes(f)) secretsFiles.push(f);
           } else {
             if (pass.name === 'deploy') Object.assign(included, r.vars);
-            Object.assign(context, r.vars, extra, pass.extra);
+            Object.assign(context, r.vars, facts, extra, pass.extra);
           }
           if (pass.name === 'deploy')
             note(
@@ -936,7 +958,7 @@ function planEnvironment(
     const pre = playTasks('pre_tasks');
     visit(pre, [], undefined);
     for (const r of roots) {
-      Object.assign(context, r.role.defaults, vars, r.role.vars, included, extra, pass.extra);
+      Object.assign(context, r.role.defaults, vars, r.role.vars, included, facts, extra, pass.extra);
       const f = taskFile(path.join(r.dir, 'tasks'), 'main');
       if (f) visit(readTasks(ctx, f), r.when, r.dir);
       if (pass.name === 'deploy') handlers.push(...r.role.handlers);
@@ -1079,17 +1101,17 @@ function planEnvironment(
       case 'set_fact': {
         for (const [k, v] of Object.entries(m.args)) {
           if (typeof v === 'string' && /lookup\(\s*['"]pipe['"]\s*,\s*['"]date\b/.test(v)) {
-            context[k] = RELEASE_ID;
+            context[k] = facts[k] = RELEASE_ID;
             note(ctx.mapped, `${label}: ${k} is the release's name -> {{ release_id }}`);
             continue;
           }
           const r = evaluate(v, withItem(undefined));
           if (/\/releases\//.test(String(v)) || (r !== undefined && r.includes(RELEASE_ID))) {
-            context[k] = RELEASE;
+            context[k] = facts[k] = RELEASE;
             plan.vars[k] = '{{ release }}';
             note(ctx.mapped, `${label}: ${k} is the release directory -> vars.${k}: "{{ release }}"`);
           } else if (r !== undefined) {
-            context[k] = r;
+            context[k] = facts[k] = r;
             note(ctx.unmapped, `${label}: set_fact ${k} (set it in vars)`);
           } else note(ctx.unmapped, `${label}: set_fact ${k} could not be rendered (set it in vars)`);
         }
