@@ -1644,6 +1644,15 @@ export function convertAnsible(
       `${restartFrom ?? 'the restart'}: ${restart} -> deploy.restart apache-graceful (graceful restart of the mod_wsgi daemon group ${processGroup}, found in the vhost; a full restart fails requests in flight)`,
     );
     restart = 'apache-graceful';
+    for (const f of serverPlans) {
+      const lines = readFileSync(f.src, 'utf8').split('\n');
+      const at = lines.findIndex((l) => /^\s*WSGIDaemonProcess\s/.test(l));
+      if (at >= 0 && !/graceful-timeout=/.test(lines[at]!))
+        note(
+          ctx.unmapped,
+          `${display(f.src)}:${at + 1}: WSGIDaemonProcess ${processGroup} has no graceful-timeout: add graceful-timeout=15 (mod_wsgi >= 4.1), so that apache-graceful lets requests in flight finish instead of dropping them`,
+        );
+    }
   } else if (restart && restartFrom) note(ctx.mapped, `${restartFrom} -> deploy.restart: ${restart}`);
   if (!restart) {
     note(
