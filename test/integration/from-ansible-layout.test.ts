@@ -13,7 +13,8 @@
 //   - staging's host -> the sandbox host mg-staging (user deploy with sudo: the wrappers' -u root is not
 //     allowed in over SSH there), so the vhost's reload gets `sudo -n`;
 //   - Debian's Apache: the vhost's dest /etc/httpd/conf.d/ckan_default.conf -> the sandbox's enabled
-//     /etc/apache2/sites-available/ckan.conf, server_group apache -> www-data, apache_log_dir and
+//     /etc/apache2/sites-available/ckan.conf; group apache -> www-data (deploy.group, the WSGI script's
+//     group, the server_group var); apache_log_dir and
 //     apache_port vars; the health check on the host's port;
 //   - the vhost template gets graceful-timeout=15 on its WSGIDaemonProcess, as init's "not converted"
 //     list tells (apache-graceful loses no request only with it).
@@ -80,6 +81,8 @@ function substitute(text: string): string {
       pip: { find_links: [fixtures.wheelhouse] },
     }),
   );
+  doc.setIn(['deploy', 'group'], 'www-data');
+  doc.setIn(['server', 'files', 0, 'group'], 'www-data');
   doc.setIn(['server', 'files', 1, 'dest'], '/etc/apache2/sites-available/ckan.conf');
   doc.setIn(['server', 'files', 1, 'reload'], 'sudo -n apachectl graceful');
   doc.setIn(
@@ -217,10 +220,11 @@ describe('a project of the published layout, converted, takes over a site instal
     expect(before.showcase).toBe('1.0.0');
 
     const load = startLoad(HTTP_PORT, 4);
-    let setupOut: string;
-    let shipOut: string;
-    let rollbackOut: string;
+    let setupOut = '';
+    let shipOut = '';
+    let rollbackOut = '';
     let afterShip: Awaited<ReturnType<typeof served>> | undefined;
+    let failure: unknown;
     try {
       await new Promise((r) => setTimeout(r, 2000));
       setupOut = await ok('setup', 'staging');
@@ -230,17 +234,19 @@ describe('a project of the published layout, converted, takes over a site instal
       afterShip = await served(HTTP_PORT);
       rollbackOut = await ok('rollback', 'staging');
       await new Promise((r) => setTimeout(r, 2000));
-    } finally {
-      const r = await load.stop();
-      console.log(
-        `migration rehearsal: ${r.requests} requests, ${r.failures} failed, longest time without an answer ${r.longestGapMs} ms, slowest ${r.slowestMs} ms, by release ${JSON.stringify(r.byRelease)}`,
-      );
-      expect(r.longestGapMs).toBeLessThan(3000);
-      expect(r.failures, r.failureSamples.join('\n')).toBeLessThanOrEqual(Math.max(3, r.requests / 1000));
-      expect(Object.keys(r.byRelease).sort()).toEqual(
-        [`${ROOT}/releases/${id}`, path.posix.dirname(before.ckanPath!.replace(/\/ckan$/, '/ckan/x'))].sort(),
-      );
+    } catch (e) {
+      failure = e;
     }
+    const r = await load.stop();
+    console.log(
+      `migration rehearsal: ${r.requests} requests, ${r.failures} failed, longest time without an answer ${r.longestGapMs} ms, slowest ${r.slowestMs} ms, by release ${JSON.stringify(r.byRelease)}`,
+    );
+    if (failure) throw failure;
+    expect(r.longestGapMs).toBeLessThan(3000);
+    expect(r.failures, r.failureSamples.join('\n')).toBeLessThanOrEqual(Math.max(3, r.requests / 1000));
+    expect(Object.keys(r.byRelease).sort()).toEqual(
+      [`${ROOT}/releases/${id}`, path.posix.dirname(before.ckanPath!.replace(/\/ckan$/, '/ckan/x'))].sort(),
+    );
     expect(setupOut).toMatch(/adopted \/usr\/lib\/ckan\/default as release (\d{14}Z-00000000)/);
     const adopted = /adopted \/usr\/lib\/ckan\/default as release (\d{14}Z-00000000)/.exec(setupOut)![1]!;
     expect(setupOut).toMatch(/server files: installed \/etc\/ckan\/default\/apache\.wsgi/);
