@@ -460,7 +460,6 @@ function whenOf(conds: unknown[], vars: Record<string, unknown>): boolean | unde
     }
     const text = String(c).replace(/^\s*\{\{(.*)\}\}\s*$/s, '$1');
     // A variable the condition names that is not defined (Ansible would fail): cannot tell.
-    const names = text.match(/\b[A-Za-z_][A-Za-z0-9_]*\b(?!\s*\()/g) ?? [];
     const words = new Set([
       'and',
       'or',
@@ -502,7 +501,6 @@ function whenOf(conds: unknown[], vars: Record<string, unknown>): boolean | unde
     const missing = (strings.match(/(?<![.\w])[A-Za-z_][A-Za-z0-9_]*\b/g) ?? []).filter(
       (n) => !words.has(n) && !Object.hasOwn(vars, n),
     );
-    void names;
     if (missing.length && !/\bis\s+(not\s+)?(defined|undefined)\b/.test(text)) {
       unknown = true;
       continue;
@@ -606,8 +604,7 @@ function modeOf(mode: unknown): string | undefined {
 }
 
 /** The extra vars of the wrapper that runs an action; the action itself when no wrapper says. */
-function pickAction(invocations: Invocation[], action: string, ctx: Ctx): { vars: Record<string, unknown> } {
-  void ctx;
+function pickAction(invocations: Invocation[], action: string): { vars: Record<string, unknown> } {
   const inv = invocations.find((i) => i.extraVars.deploy_action === action);
   return { vars: inv ? { ...inv.extraVars } : { deploy_action: action } };
 }
@@ -1006,8 +1003,6 @@ function planEnvironment(
       return item === undefined ? base : { ...base, item };
     };
     const ev = (v: unknown, item?: unknown) => evaluate(v, withItem(item));
-    const root = typeof context.current_release_symlink_path === 'string' ? undefined : undefined;
-    void root;
     const inRelease = (p: string | undefined): string | undefined => {
       if (!p) return undefined;
       if (p.startsWith(`${RELEASE}/`)) return p.slice(RELEASE.length + 1);
@@ -1327,11 +1322,10 @@ function planEnvironment(
     );
   }
 
-  const deployPass: Pass = { name: 'deploy', extra: pickAction(invocations, 'deploy', ctx).vars };
-  const ctxAfter = walk(deployPass);
-  void ctxAfter;
+  const deployPass: Pass = { name: 'deploy', extra: pickAction(invocations, 'deploy').vars };
+  walk(deployPass);
   // The first deploy, when the project has one (tasks gated by deploy_action): what setup does.
-  if (byAction) walk({ name: 'setup', extra: pickAction(invocations, 'first_deploy', ctx).vars });
+  if (byAction) walk({ name: 'setup', extra: pickAction(invocations, 'first_deploy').vars });
   for (const inv2 of invocations) {
     const action = inv2.extraVars.deploy_action;
     if (typeof action === 'string')
@@ -1669,7 +1663,6 @@ export function convertAnsible(
       ctx.unmapped,
       `${first.adopts?.label ?? 'the first deploy'}: current -> ${adopts}: setup adopts only ${root}/default; link or move the venv there first`,
     );
-  if (first.whoIni && !sameFile) void 0;
 
   const environments: Record<string, unknown> = {};
   plans.forEach((p, i) => {
