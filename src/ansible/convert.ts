@@ -1690,7 +1690,6 @@ export function convertAnsible(
   const groupName = owner?.group ?? template.group;
   if (ownerName) deploy.owner = ownerName;
   if (groupName) deploy.group = groupName;
-  if (become && first.user === 'root') deploy.become = false;
   deploy.restart = restart;
   if (hooks.length) deploy.hooks = { before_switch: hooks, after_switch: [] };
 
