@@ -12,7 +12,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { stringify } from 'yaml';
-import { convertAnsible, type Conversion } from '../ansible/convert.js';
+import { CKAN_UPSTREAM, convertAnsible, type Conversion, type ConvertOptions } from '../ansible/convert.js';
 import type { Io } from '../cli.js';
 import { displayPath, parseConfig } from '../config/load.js';
 import { ConfigError, UsageError } from '../errors.js';
@@ -113,24 +113,42 @@ export function registerInit(program: Command, io: Io): void {
     .command('init')
     .description('write a commented ckan-release.yml for a new project')
     .option('--from-ansible <dir>', 'convert an Ansible playbook project of the old kind')
+    .option(
+      '--ckan-ref <ref>',
+      "with --from-ansible: CKAN's tag or branch, when the playbooks do not clone CKAN",
+    )
+    .option(
+      '--ckan-source <url>',
+      `with --from-ansible and --ckan-ref: CKAN's git source (default ${CKAN_UPSTREAM})`,
+    )
     .option('--force', 'overwrite an existing ckan-release.yml')
-    .action((opts: { fromAnsible?: string; force?: boolean }, c: Command) => {
-      const file = path.resolve(globals(c).config);
-      if (existsSync(file) && !opts.force)
-        throw new UsageError(`${file} exists`, 'pass --force to overwrite it');
-      if (opts.fromAnsible) {
-        fromAnsible(opts.fromAnsible, file, !!opts.force, io);
-        return;
-      }
-      const template = path.join(path.dirname(file), 'templates', 'ckan.ini.j2');
-      writeFileSync(file, STARTER_CONFIG);
-      io.out(`wrote ${file}\n`);
-      if (!existsSync(template)) {
-        mkdirSync(path.dirname(template), { recursive: true });
-        writeFileSync(template, STARTER_TEMPLATE);
-        io.out(`wrote ${template}\n`);
-      }
-    });
+    .action(
+      (
+        opts: { fromAnsible?: string; force?: boolean; ckanRef?: string; ckanSource?: string },
+        c: Command,
+      ) => {
+        const file = path.resolve(globals(c).config);
+        if (existsSync(file) && !opts.force)
+          throw new UsageError(`${file} exists`, 'pass --force to overwrite it');
+        if ((opts.ckanRef || opts.ckanSource) && !opts.fromAnsible)
+          throw new UsageError('--ckan-ref and --ckan-source go with --from-ansible');
+        if (opts.fromAnsible) {
+          fromAnsible(opts.fromAnsible, file, !!opts.force, io, {
+            ckanRef: opts.ckanRef,
+            ckanSource: opts.ckanSource,
+          });
+          return;
+        }
+        const template = path.join(path.dirname(file), 'templates', 'ckan.ini.j2');
+        writeFileSync(file, STARTER_CONFIG);
+        io.out(`wrote ${file}\n`);
+        if (!existsSync(template)) {
+          mkdirSync(path.dirname(template), { recursive: true });
+          writeFileSync(template, STARTER_TEMPLATE);
+          io.out(`wrote ${template}\n`);
+        }
+      },
+    );
 }
 
 /** The converted config as commented YAML: what was mapped and what was not, then the config. */
@@ -144,24 +162,33 @@ export function conversionText(conv: Conversion, dir: string): string {
     ...(conv.unmapped.length ? conv.unmapped.map((u) => `#   - ${u}`) : ['#   (nothing)']),
     '',
   ];
-  const body = stringify(conv.config, { lineWidth: 0 }).replace(
-    /^builder:\n/m,
-    'builder:                # not in the playbooks: the hosts built their own release. Set it to match the hosts\n',
-  );
+  const body = stringify(conv.config, { lineWidth: 0 })
+    .replace(
+      /^builder:\n/m,
+      'builder:                # not in the playbooks: the hosts built their own release. Set it to match the hosts\n',
+    )
+    .replace(
+      /^(\s+ref: HEAD)$/gm,
+      "$1 # no version in the playbooks: the remote's default branch, pinned to a commit at each build",
+    );
   return `${lines.join('\n')}${body}`;
 }
 
-function fromAnsible(dir: string, file: string, force: boolean, io: Io): void {
+function fromAnsible(dir: string, file: string, force: boolean, io: Io, options: ConvertOptions): void {
   const root = path.resolve(dir);
   // Files of the Ansible project are named as the user named the project: DIR/ckan_staging.yml.
-  const conv = convertAnsible(dir, (f) => {
-    const rel = path.relative(root, f);
-    return rel.startsWith('..') || path.isAbsolute(rel)
-      ? displayPath(f)
-      : rel === ''
-        ? dir
-        : path.join(dir, rel);
-  });
+  const conv = convertAnsible(
+    dir,
+    (f) => {
+      const rel = path.relative(root, f);
+      return rel.startsWith('..') || path.isAbsolute(rel)
+        ? displayPath(f)
+        : rel === ''
+          ? dir
+          : path.join(dir, rel);
+    },
+    options,
+  );
   const outDir = path.dirname(file);
   // Nothing is written until everything is known to fit: no file of another content is overwritten
   // without --force, and the config validates.

@@ -268,6 +268,7 @@ function resolve(raw: Raw, file: string, display: string, root: Node, ctx: Ctx):
       user: e.user,
       port: e.port,
       sshConfig,
+      configFile: e.config_file ?? raw.config.file,
       vars: e.vars,
       hostVars: e.host_vars,
       secrets,

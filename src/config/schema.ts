@@ -90,6 +90,9 @@ const environment = obj({
   user: optional(str({ expected: 'a user name', pattern: /^[a-z_][a-z0-9_.-]*$/i })),
   port: optional(int(1, 65535)),
   ssh_config: optional(str({ expected: 'the path of an OpenSSH client config file' })),
+  config_file: optional(
+    str({ expected: 'a file name such as production.ini', pattern: /^[A-Za-z0-9][A-Za-z0-9._-]*$/ }),
+  ),
   vars: withDefault(
     mapOf(anyValue(), {
       keyPattern: /^[A-Za-z_][A-Za-z0-9_]*$/,

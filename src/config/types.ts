@@ -28,6 +28,8 @@ export interface Environment {
   port: number | undefined;
   /** Absolute path of an extra OpenSSH client config, read before ~/.ssh/config. */
   sshConfig: string | undefined;
+  /** The CKAN config's file name in each release for this environment (config_file, else config.file). */
+  configFile: string;
   vars: Record<string, unknown>;
   /** Per-host template variables (as Ansible's host_vars), over `vars`. */
   hostVars: Record<string, Record<string, unknown>>;

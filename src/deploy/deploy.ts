@@ -262,9 +262,9 @@ export function templateVars(
     release_id: manifest.id,
     root: s.config.root,
     current: path.posix.join(s.config.root, 'current'),
-    config_file: path.posix.join(release, s.config.config.file),
+    config_file: path.posix.join(release, s.env.configFile),
     // For server files, which point at current and so need no re-rendering at a switch.
-    current_config_file: path.posix.join(s.config.root, 'current', s.config.config.file),
+    current_config_file: path.posix.join(s.config.root, 'current', s.env.configFile),
     deploy_owner: s.config.deploy.owner ?? 'root',
     deploy_group: s.config.deploy.group ?? s.config.deploy.owner ?? 'root',
     wsgi_process_group: s.config.server.apache.processGroup,
@@ -361,7 +361,7 @@ async function stageOnHost(
           id: m.id,
           manifest_sha256: createHash('sha256').update(manifestJson(m)).digest('hex'),
           ...(manifest ? { manifest } : {}),
-          allowed_extra: [s.config.config.file, ...s.config.shared.map((x) => x.link)],
+          allowed_extra: [s.env.configFile, ...s.config.shared.map((x) => x.link)],
           // Verified: a later delta may copy from it.
           keep_manifest: true,
           full: s.rehash ?? false,
@@ -389,7 +389,7 @@ async function stageOnHost(
       {
         root: s.config.root,
         id: m.id,
-        config_file: s.config.config.file,
+        config_file: s.env.configFile,
         owner: s.config.deploy.owner ?? null,
         group: s.config.deploy.group ?? null,
       },
@@ -417,7 +417,7 @@ async function stageOnHost(
         op: s.op,
         partial: received,
         manifest: manifestPath,
-        config_file: s.config.config.file,
+        config_file: s.env.configFile,
         owner: s.config.deploy.owner ?? null,
         group: s.config.deploy.group ?? null,
         shared: s.config.shared,

@@ -42,7 +42,7 @@ export function serverVars(
         ...templateVars(s, host, { id: '', extensions: [] }),
         release: current,
         release_id: '',
-        config_file: path.posix.join(current, s.config.config.file),
+        config_file: path.posix.join(current, s.env.configFile),
       };
   return serverFactVars(facts, vars);
 }
@@ -143,7 +143,7 @@ export async function refuseUnfitServers(
     );
 }
 
-function renderServerFile(f: ServerFile, vars: Record<string, unknown>): string {
+export function renderServerFile(f: ServerFile, vars: Record<string, unknown>): string {
   const shown = f.source.startsWith('builtin:') ? f.source : path.relative(process.cwd(), f.template);
   return renderFile(f.template, vars, shown);
 }

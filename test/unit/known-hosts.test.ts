@@ -89,6 +89,7 @@ describe('host targets', () => {
     user: undefined,
     port: undefined,
     sshConfig: undefined,
+    configFile: 'ckan.ini',
     vars: {},
     hostVars: {},
     secrets: undefined,
