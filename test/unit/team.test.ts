@@ -220,13 +220,13 @@ describe('notify', () => {
         hosts: ['h'],
         error: 'pw=s3cret',
       },
-      { mask: (t) => t.split('s3cret').join('***'), say: (l) => said.push(l), timeoutMs: 300 },
+      { mask: (t) => t.split('s3cret').join('***'), say: (l) => said.push(l), timeoutMs: 3000 },
     );
     server.closeAllConnections();
     server.close();
     expect(reports.map((r) => r.ok)).toEqual([true, false, false]);
     expect(said.sort()).toEqual([
-      `notify http://127.0.0.1:${port}/...: start notice failed: no answer within 0.3 s (the deploy goes on)`,
+      `notify http://127.0.0.1:${port}/...: start notice failed: no answer within 3 s (the deploy goes on)`,
       `notify http://127.0.0.1:${port}/...: start notice refused: HTTP 500 (the deploy goes on)`,
     ]);
     expect(bodies).toHaveLength(3);
