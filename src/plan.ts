@@ -2,13 +2,14 @@
 // functions from the facts read from the hosts (no I/O here), and printed as text or as one JSON object.
 // The prune and rollback-target rules are the host agent's (assets/host/ckan_release_host.py), replayed
 // on the ledger as it would be after the operation.
+import { adoptedSkips, isAdopted } from './artifact/adopted.js';
 import type { Manifest } from './artifact/manifest.js';
 
 export interface PlanFacts {
   layout: boolean;
   current: string | null;
   rollback_target: string | null;
-  releases: { id: string; state: string }[];
+  releases: { id: string; state: string; adopted?: boolean }[];
   partials: string[];
   lock: Record<string, unknown> | null;
   lock_expired: boolean;
@@ -52,10 +53,12 @@ function majorMinor(version: string): string {
  * Whether a host can run the artifact: the OS release the builder ran, the Python (major.minor and
  * implementation: the binary interface; the patch level does not matter) and every shared library
  * the release's ELF files need. The one rule for the preflight of ship, promote and rollback, and for
- * their --dry-run plans. Facts of older agents or manifests without a field are not judged on it.
+ * their --dry-run plans. Facts of older agents or manifests without a field are not judged on it, nor
+ * is a release setup adopted (no manifest: adoptedSkips says so).
  */
 export function hostCompatibility(m: Manifest, f: PlanFacts): string[] {
   const problems: string[] = [];
+  if (isAdopted(m)) return problems;
   const built = m.builder.os_release;
   if (built && f.os && !sameOs(built, f.os))
     problems.push(
@@ -104,6 +107,8 @@ export interface HostPlan {
   rollback_target_after: string | null;
   /** What would make the operation refuse or fail on this host. */
   problems: string[];
+  /** Checks left out, and why: for a release setup adopted (artifact/adopted.ts adoptedSkips). */
+  skipped: string[];
 }
 
 export interface DeployPlan {
@@ -220,7 +225,12 @@ export function planDeploy(
       if (!f.layout) problems.push(`not set up: run \`ckan-release setup ${environment}\` first`);
       else problems.push(...hostCompatibility(m, f));
       if (f.lock && !f.lock_expired) problems.push(`locked by ${describeLock(f.lock)}`);
-      if (!has && m.files.length === 0)
+      const adopted = isAdopted(m);
+      if (adopted && !f.releases.some((r) => r.id === m.id && r.adopted))
+        problems.push(
+          `${m.id} is not the release setup adopted on this host (releases/${m.id} -> ../default): it cannot be sent`,
+        );
+      else if (!has && m.files.length === 0)
         problems.push(`${m.id} is neither on the host nor in the local store: it cannot be sent`);
       problems.push(...(serverProblems ?? []));
       return {
@@ -232,7 +242,9 @@ export function planDeploy(
               mode: 'none',
               bytes: 0,
               files: 0,
-              why: 'already on the host: verified against the manifest, config rendered anew',
+              why: adopted
+                ? `the release setup adopted (releases/${m.id} -> ${m.adopted!.from}): not verified, its own config kept`
+                : 'already on the host: verified against the manifest, config rendered anew',
             }
           : {
               mode: 'full archive',
@@ -257,6 +269,7 @@ export function planDeploy(
         ),
         rollback_target_after: target,
         problems,
+        skipped: adoptedSkips(m),
       };
     }),
   };
@@ -274,10 +287,11 @@ export function formatDeployPlan(p: DeployPlan): string {
     lines.push(`  ${h.host}: current ${h.current ?? 'none'} -> ${h.target}`);
     lines.push(
       h.transfer.mode === 'none'
-        ? '    transfer: none (already on the host)'
+        ? `    transfer: none (${h.skipped.length ? h.transfer.why : 'already on the host'})`
         : `    transfer: ${size(h.transfer.bytes)} (${h.transfer.bytes} bytes, ${h.transfer.files} files): at most the full archive; only the files the host lacks when it holds earlier releases`,
     );
     for (const x of h.problems) lines.push(`    WOULD FAIL: ${x}`);
+    for (const x of h.skipped) lines.push(`    skipped: ${x}`);
     if (h.lock)
       lines.push(`    LOCKED by ${h.lock.holder}${h.lock.expired ? ' (expired: would be taken over)' : ''}`);
     for (const run of h.hooks.before_switch) lines.push(`    before_switch: ${run}`);

@@ -256,7 +256,9 @@ def cmd_facts(args):
         "layout": all(os.path.isdir(p[k]) for k in ("releases", "shared", "meta")),
         "current": current,
         "rollback_target": rollback_target(entries, current),
-        "releases": [dict(id=r, **states.get(r, {"state": "unknown", "time": None})) for r in releases],
+        # adopted: the link setup made to <root>/default (no manifest, no RELEASE.json, its own config).
+        "releases": [dict(id=r, adopted=os.path.islink(os.path.join(p["releases"], r)),
+                          **states.get(r, {"state": "unknown", "time": None})) for r in releases],
         "partials": partials,
         "lock": lock,
         "lock_expired": bool(lock and lock.get("expires") and lock["expires"] < time.time()),

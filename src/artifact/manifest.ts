@@ -71,4 +71,9 @@ export interface Manifest {
     chunks?: ArchiveChunk[];
   };
   files: ManifestFile[];
+  /**
+   * Only on the stand-in for a release `setup` adopted from <root>/default (artifact/adopted.ts), never in
+   * a manifest.json: the venv it was adopted from.
+   */
+  adopted?: { from: string };
 }

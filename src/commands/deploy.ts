@@ -1,6 +1,7 @@
 // setup, ship, promote, rollback, status, unlock: load config, read facts from the hosts, act, report.
 import path from 'node:path';
 import type { Command } from 'commander';
+import { adoptedManifest, isAdopted } from '../artifact/adopted.js';
 import type { Manifest } from '../artifact/manifest.js';
 import { diffManifests, diffSummary } from '../artifact/diff.js';
 import { knownManifest, resolveArtifact, storeName } from '../artifact/resolve.js';
@@ -194,8 +195,11 @@ async function shipArtifact(
   if (s.config.notify.length) {
     const from = r.hosts.map((h) => h.previous);
     const previous = [...new Set(from)];
+    // An adopted release has no manifest to compare with.
     const before =
-      previous.length === 1 && previous[0] ? await knownManifest(s.config, previous[0]) : undefined;
+      previous.length === 1 && previous[0] && !isAdopted(m)
+        ? await knownManifest(s.config, previous[0])
+        : undefined;
     await send({
       event: 'success',
       ...notice,
@@ -278,6 +282,24 @@ async function artifactFromHosts(s: Session, id: string): Promise<StoredArtifact
       archive: { file: 'release.tar.gz', bytes: 0, sha256: '' },
       files: [],
     },
+  };
+}
+
+/**
+ * The release setup adopted from <root>/default (releases/ID -> ../default), when a host has it so: a
+ * stand-in without a manifest (artifact/adopted.ts). Hosts without it refuse in the preflight (and the
+ * dry run's plan says so), before anything changes.
+ */
+function adoptedOnHosts(s: Session, id: string, facts: HostFacts[]): StoredArtifact | undefined {
+  if (!facts.some((f) => f.releases.some((r) => r.id === id && r.adopted))) return undefined;
+  s.say(
+    `${id} is the release setup adopted from ${s.config.root}/default: switching back to it as it is (no artifact, no manifest)`,
+  );
+  return {
+    id,
+    dir: '',
+    archive: '',
+    manifest: adoptedManifest(s.config.project, s.config.root, id, HOST_PYTHON),
   };
 }
 
@@ -499,13 +521,13 @@ export function registerDeploy(program: Command, io: Io, dryRun: () => import('c
             io,
             async (s) => {
               let id: string;
+              const facts = await allFacts(s, HOST_PYTHON, !!opts.dryRun);
               if (opts.to) {
                 // A full ID may name a release that is on the hosts but not in this machine's store.
                 id = ARTIFACT_ID.test(opts.to)
                   ? opts.to
                   : (await resolveArtifact(l.config, opts.to, ev.say)).id;
               } else {
-                const facts = await allFacts(s, HOST_PYTHON, !!opts.dryRun);
                 const targets = [...new Set(facts.map((f) => f.rollback_target))];
                 if (targets.length !== 1 || !targets[0]) {
                   throw new OperationError(
@@ -516,7 +538,9 @@ export function registerDeploy(program: Command, io: Io, dryRun: () => import('c
                 id = targets[0];
               }
               const artifact =
-                (await resolveArtifact(l.config, id, ev.say, true)) ?? (await artifactFromHosts(s, id));
+                (await resolveArtifact(l.config, id, ev.say, true)) ??
+                adoptedOnHosts(s, id, facts) ??
+                (await artifactFromHosts(s, id));
               await shipArtifact(io, s, artifact, 'rollback', !!opts.dryRun, ev, json, true);
             },
             ev,

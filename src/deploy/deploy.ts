@@ -8,6 +8,7 @@ import { createReadStream } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
+import { adoptedSkips, isAdopted } from '../artifact/adopted.js';
 import type { Manifest } from '../artifact/manifest.js';
 import type { StoredArtifact } from '../artifact/store.js';
 import type { Config, Environment, Hook } from '../config/types.js';
@@ -36,7 +37,8 @@ export interface HostFacts {
   layout: boolean;
   current: string | null;
   rollback_target: string | null;
-  releases: { id: string; state: string; time: string | null }[];
+  /** adopted: setup's link to <root>/default (artifact/adopted.ts); absent from older agents. */
+  releases: { id: string; state: string; time: string | null; adopted?: boolean }[];
   partials: string[];
   lock: Record<string, unknown> | null;
   lock_expired: boolean;
@@ -250,19 +252,21 @@ async function unlockAll(s: Session, python: string): Promise<void> {
 export function templateVars(
   s: Pick<Session, 'config' | 'env' | 'secrets'>,
   host: string,
-  manifest: Pick<Manifest, 'id' | 'extensions'>,
+  manifest: Pick<Manifest, 'id' | 'extensions' | 'adopted'>,
 ): Record<string, unknown> {
   const release = path.posix.join(s.config.root, 'releases', manifest.id);
+  const own = { ...s.env.vars, ...s.secrets, ...(s.env.hostVars[host] ?? {}) };
+  // A release setup adopted has no config of ckan-release's inside it: its config is the site's own,
+  // `legacy_config` (the one the builtin WSGI scripts fall back to), when the environment names it.
+  const legacy = isAdopted(manifest) && typeof own.legacy_config === 'string' ? own.legacy_config : null;
   return {
-    ...s.env.vars,
-    ...s.secrets,
-    ...(s.env.hostVars[host] ?? {}),
+    ...own,
     project: s.config.project,
     release,
     release_id: manifest.id,
     root: s.config.root,
     current: path.posix.join(s.config.root, 'current'),
-    config_file: path.posix.join(release, s.env.configFile),
+    config_file: legacy ?? path.posix.join(release, s.env.configFile),
     // For server files, which point at current and so need no re-rendering at a switch.
     current_config_file: path.posix.join(s.config.root, 'current', s.env.configFile),
     deploy_owner: s.config.deploy.owner ?? 'root',
@@ -331,16 +335,26 @@ async function stageOnHost(
       `${h.name}: ${incompatible.join('; ')}`,
       'build on the builder that matches the hosts (builder.os), or bring the host to it; nothing was changed',
     );
+  const existing = facts.releases.find((r) => r.id === m.id);
+  if (isAdopted(m) && !existing?.adopted)
+    throw new UsageError(
+      `${h.name}: releases/${m.id} is not the release setup adopted on this host (a link to ../default)`,
+      'an adopted release cannot be sent: it exists only where setup adopted it; nothing was changed',
+    );
   s.events?.emit({ type: 'phase', host: h.name, phase: 'lock' });
   await lockHost(s, h, python, operation, facts.lock);
-  const existing = facts.releases.find((r) => r.id === m.id);
   const rendered = () =>
     renderFile(
       s.config.config.template,
       templateVars(s, h.name, m),
       path.relative(process.cwd(), s.config.config.template),
     );
-  if (existing) {
+  if (isAdopted(m)) {
+    // setup's link to <root>/default: nothing to verify it against, and it keeps the site's own config.
+    s.say(
+      `${h.name}: releases/${m.id} is the release adopted from ${m.adopted!.from}; skipped: ${adoptedSkips(m).join('; ')}`,
+    );
+  } else if (existing) {
     // Already on the host (a re-ship, a rollback): not sent again, but checked file by file against
     // the manifest, and its config rendered anew (the secrets or vars may have changed).
     s.events?.emit({ type: 'phase', host: h.name, phase: 'verify', detail: `releases/${m.id}` });

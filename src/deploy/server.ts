@@ -3,6 +3,7 @@
 // rendering changes; and the restart, by a named recipe (apache-graceful, uwsgi-reload) or a command.
 import path from 'node:path';
 import { Readable } from 'node:stream';
+import { isAdopted } from '../artifact/adopted.js';
 import type { Manifest } from '../artifact/manifest.js';
 import { RESTART_RECIPES, type RestartRecipe } from '../config/schema.js';
 import type { ServerFile } from '../config/types.js';
@@ -26,8 +27,10 @@ export interface ServerFileChange {
 /**
  * Template variables for server files. With a manifest, the same as the CKAN config's; without one
  * (setup, before any release is known), the release variables name <root>/current and the release's
- * lists are empty, so a server file that names only `current` renders the same both ways. Over them,
- * under the host's own variables: what the host's web server supports (serverFactVars), from `facts`.
+ * lists are empty, so a server file that names only `current` renders the same both ways. A release
+ * setup adopted counts as none: its server files are those setup installed with it live (they fall
+ * back to `legacy_config`, the site's own config). Over them, under the host's own variables: what the
+ * host's web server supports (serverFactVars), from `facts`.
  */
 export function serverVars(
   s: Pick<Session, 'config' | 'env' | 'secrets'>,
@@ -36,14 +39,15 @@ export function serverVars(
   facts: ServerFacts | null = null,
 ): Record<string, unknown> {
   const current = path.posix.join(s.config.root, 'current');
-  const vars = m
-    ? templateVars(s, host, m)
-    : {
-        ...templateVars(s, host, { id: '', extensions: [] }),
-        release: current,
-        release_id: '',
-        config_file: path.posix.join(current, s.env.configFile),
-      };
+  const vars =
+    m && !isAdopted(m)
+      ? templateVars(s, host, m)
+      : {
+          ...templateVars(s, host, { id: '', extensions: [] }),
+          release: current,
+          release_id: '',
+          config_file: path.posix.join(current, s.env.configFile),
+        };
   return serverFactVars(facts, vars);
 }
 
@@ -114,7 +118,8 @@ export async function serverChecks(
         facts,
         vars: hostVars(s, h.name),
         current: path.posix.join(s.config.root, 'current'),
-        ...(m
+        // An adopted release has no manifest to check against: it runs on the host already.
+        ...(m && !isAdopted(m)
           ? {
               release: {
                 python: m.builder.python.version,

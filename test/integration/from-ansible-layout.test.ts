@@ -5,8 +5,7 @@
 // apache.wsgi naming /etc/ckan/default/staging.ini, and the project's vhost), `setup` (which adopts the
 // venv), `build`, `ship`, then the next deploy (`build` with showcase pinned to v1.0.0, `ship`) and
 // `rollback` to the first release, with a load of 4 clients on the site throughout. (A rollback from the
-// first release to the adopted venv is not part of it: ckan-release refuses it today, "not in the local
-// store ... does not have it (.../RELEASE.json)", an adopted release having no artifact.)
+// first release to the adopted venv is not part of it: test/integration/adopted-rollback.test.ts has it.)
 //
 // Substitution step (what differs between the invented site and this machine), applied to the converted
 // ckan-release.yml as README "Migrating from the old Ansible playbooks" tells a user to check:

@@ -3,14 +3,14 @@
 // from the shipped templates; the restart recipes (apache-graceful, uwsgi-reload) keep a continuous load
 // of 4 clients free of failed requests across 20 ship/rollback switches; and an old-style install
 // (<root>/default venv, apache.wsgi pointing at it) is adopted and served throughout.
-import { execFileSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import type Docker from 'dockerode';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePorts, sandboxDown, sandboxUp, type SandboxHostSpec } from '../../src/sandbox/sandbox.js';
 import { testDocker } from '../support/docker.js';
 import { currentOf, onHost, served } from '../support/hosts.js';
+import { APACHE_SERVER_FILES, installTheOldWay } from '../support/old-install.js';
 import { startLoad, type LoadResult } from '../support/load.js';
 import { testProject, type TestProject } from '../support/project.js';
 
@@ -28,13 +28,7 @@ const configs: Record<Kind, string> = {} as Record<Kind, string>;
 
 const SERVER_FILES: Record<'apache' | 'uwsgi', string> = {
   apache: `
-server:
-  files:
-    - { template: builtin:wsgi.py, dest: /etc/ckan/default/wsgi.py }
-    - template: builtin:apache-vhost.conf
-      dest: /etc/apache2/sites-available/ckan.conf
-      reload: sudo -n apachectl graceful
-`,
+server:${APACHE_SERVER_FILES}`,
   uwsgi: `
 server:
   uwsgi:
@@ -272,56 +266,11 @@ describe('nginx + uwsgi under supervisor (restart: uwsgi-reload)', () => {
 
 describe('adopting a site installed the old way', () => {
   const OLD = HOST.old;
-  const oldVhost = (port: number) => `WSGIRestrictEmbedded On
-<VirtualHost 127.0.0.1:${port}>
-    ServerName 127.0.0.1
-    WSGIDaemonProcess ckan python-home=${ROOT}/default processes=2 threads=4 user=ckan group=www-data display-name=%{GROUP}
-    WSGIProcessGroup ckan
-    WSGIApplicationGroup %{GLOBAL}
-    WSGIScriptAlias / /etc/ckan/default/apache.wsgi
-    <Directory /etc/ckan/default>
-        Require all granted
-    </Directory>
-</VirtualHost>
-`;
-  const oldWsgi = `import os
-from ckan.cli import CKANConfigLoader
-from ckan.config.middleware import make_app
-config_filepath = '/etc/ckan/default/production.ini'
-application = make_app(CKANConfigLoader(config_filepath).get_config())
-`;
 
   it('setup adopts <root>/default, installs the server files, and the site answers throughout', async () => {
     // The old playbooks' install: a venv at <root>/default with CKAN in it, its config in
     // /etc/ckan/default/production.ini, and an apache.wsgi + vhost pointing at the venv.
-    const src = path.join(project.dir, 'old-src');
-    execFileSync('sh', [
-      '-c',
-      `mkdir -p ${src}/ckan ${src}/wheels && git -C ${project.fixtures.repos.ckan.path} archive ckan-2.9.11 | tar -x -C ${src}/ckan && cp ${project.fixtures.wheelhouse}/*.whl ${src}/wheels/`,
-    ]);
-    writeFileSync(path.join(src, 'production.ini'), readFileSync('test/fixtures/python/ckan/test-core.ini'));
-    writeFileSync(path.join(src, 'apache.wsgi'), oldWsgi);
-    writeFileSync(path.join(src, 'ckan.conf'), oldVhost(spec.old.httpPort));
-    const container = docker.getContainer(`ckan-release-sandbox-${OLD}`);
-    const tar = execFileSync('tar', ['-c', '-C', project.dir, 'old-src']);
-    await container.putArchive(tar, { path: '/tmp' });
-    const install = await onHost(
-      docker,
-      OLD,
-      `set -e; cd /tmp/old-src
-       python3 -m venv ${ROOT}/default
-       ${ROOT}/default/bin/pip install -q --no-index --find-links wheels --no-build-isolation ./ckan -r ckan/requirements.txt
-       cp production.ini apache.wsgi /etc/ckan/default/ && rm -f /etc/ckan/default/wsgi.py
-       cp ckan.conf /etc/apache2/sites-available/ckan.conf
-       apachectl graceful`,
-    );
-    expect(install.code, install.out).toBe(0);
-    let before = await served(spec.old.httpPort);
-    for (let i = 0; i < 50 && before.status !== 200; i++) {
-      await new Promise((r) => setTimeout(r, 200));
-      before = await served(spec.old.httpPort);
-    }
-    expect(before.ckanPath).toMatch(new RegExp(`^${ROOT}/default/lib/python3\\.\\d+/site-packages/ckan$`));
+    const before = await installTheOldWay(docker, OLD, project, spec.old.httpPort);
 
     const load = startLoad(spec.old.httpPort, 4);
     let setupOut: string;

@@ -2,7 +2,9 @@
 // the Python implementation and the libraries the dynamic linker would not find, on every Python the
 // agent must run on (2.7 and 3.6 for CentOS 7, and the machine's python3).
 import { execFileSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { AGENT_SCRIPT } from '../../src/deploy/agent.js';
 
@@ -32,5 +34,31 @@ describe.each(PYTHONS)('facts under %s', (python) => {
     expect(`${facts.os.id} ${facts.os.version_id}`).toBe(osRelease);
     expect(facts.python.implementation).toBe('cpython');
     expect(facts.missing_libraries).toEqual(['libckanrelease-none.so.9']);
+  });
+
+  it('says which release is the one setup adopted from <root>/default (a link, no manifest)', () => {
+    const root = mkdtempSync(path.join(os.tmpdir(), 'ckan-release-adopt-'));
+    try {
+      mkdirSync(path.join(root, 'default', 'bin'), { recursive: true });
+      writeFileSync(path.join(root, 'default', 'bin', 'python'), '');
+      const agent = (command: string, args: object) =>
+        JSON.parse(
+          execFileSync(python, [AGENT_SCRIPT, command, JSON.stringify({ root, ...args })]).toString(),
+        ) as {
+          adopted: string;
+          current: string;
+          releases: { id: string; adopted: boolean }[];
+        };
+      const { adopted } = agent('setup', { shared: [], adopt: true });
+      mkdirSync(path.join(root, 'releases', '20261101000000Z-aaaaaaaa'));
+      const f = agent('facts', {});
+      expect(f.current).toBe(adopted);
+      expect(f.releases.map((r) => [r.id, r.adopted])).toEqual([
+        ['20261101000000Z-aaaaaaaa', false],
+        [adopted, true],
+      ]);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
   });
 });

@@ -1,6 +1,7 @@
 // Dry-run plans from host facts: the agent's prune and rollback-target rules replayed on the ledger as
 // it would be after the operation, and the plan's text.
 import { describe, expect, it } from 'vitest';
+import { adoptedManifest } from '../../src/artifact/adopted.js';
 import type { Manifest } from '../../src/artifact/manifest.js';
 import {
   formatDeployPlan,
@@ -193,6 +194,74 @@ describe('planDeploy', () => {
     expect(formatDeployPlan(p)).toContain(
       '    WOULD FAIL: not set up: run `ckan-release setup prod` first\n',
     );
+  });
+});
+
+describe('planDeploy: rollback to the release setup adopted from <root>/default', () => {
+  const ADOPTED = '20261201210315Z-00000000';
+  const m = adoptedManifest('demo', '/usr/lib/ckan', ADOPTED, 'python3|python2|python');
+  const onHost = facts({
+    current: R1,
+    // Another python and OS than any builder's: not judged, there is no manifest to judge by.
+    python: { path: '/usr/bin/python3', version: '3.7.3' },
+    os: { id: 'debian', version_id: '10' },
+    releases: [
+      { id: ADOPTED, state: 'healthy', adopted: true },
+      { id: R1, state: 'healthy' },
+    ],
+    ledger: [{ event: 'adopted', release: ADOPTED }, ...healthy(ADOPTED, R1)],
+  });
+
+  it('switches without sending or verifying, says what it skips, and marks the release left bad', () => {
+    const p = planDeploy(
+      'rollback',
+      'prod',
+      m,
+      [{ name: 'web1', facts: onHost, serverFiles: [] }],
+      settings,
+      {
+        markPreviousBad: true,
+      },
+    );
+    expect(p.hosts[0]).toMatchObject({
+      current: R1,
+      target: ADOPTED,
+      transfer: {
+        mode: 'none',
+        why: `the release setup adopted (releases/${ADOPTED} -> /usr/lib/ckan/default): not verified, its own config kept`,
+      },
+      rollback_target_after: null,
+      problems: [],
+    });
+    expect(p.hosts[0]!.skipped).toHaveLength(4);
+    const text = formatDeployPlan(p);
+    expect(text).toContain(
+      `    transfer: none (the release setup adopted (releases/${ADOPTED} -> /usr/lib/ckan/default): not verified, its own config kept)\n`,
+    );
+    expect(text).toMatch(/^ {4}skipped: the OS, Python and library checks \(they compare/m);
+    expect(text).toMatch(
+      /^ {4}skipped: rendering the config \(\/usr\/lib\/ckan\/default keeps the site's own config/m,
+    );
+    expect(text).toMatch(
+      /^ {4}skipped: the health check's plugin list .*: status_show must answer success, with any plugins$/m,
+    );
+    // A real release's plan skips nothing.
+    expect(
+      planDeploy('ship', 'prod', manifest(R1), [{ name: 'web1', facts: onHost, serverFiles: [] }], settings)
+        .hosts[0]!.skipped,
+    ).toEqual([]);
+  });
+
+  it('would fail on a host where that release is not the adopted link (it cannot be sent)', () => {
+    const other = facts({ current: R1, releases: [{ id: R1, state: 'healthy' }] });
+    const p = planDeploy('rollback', 'prod', m, [{ name: 'web2', facts: other, serverFiles: [] }], settings);
+    expect(p.hosts[0]!.problems).toEqual([
+      `${ADOPTED} is not the release setup adopted on this host (releases/${ADOPTED} -> ../default): it cannot be sent`,
+    ]);
+  });
+
+  it('hostCompatibility judges nothing for it', () => {
+    expect(hostCompatibility(m, onHost)).toEqual([]);
   });
 });
 
