@@ -288,8 +288,11 @@ def cmd_setup(args):
     if args.get("adopt") and read_current(p) is None and os.path.isfile(os.path.join(default, "bin", "python")):
         # The old playbooks' venv becomes the first release, in place: a symlink, because moving a venv
         # breaks the absolute paths inside it. It counts as healthy: it is what the site runs today.
-        st = os.stat(default)
-        adopted = time.strftime("%Y%m%d%H%M%SZ", time.gmtime(st.st_mtime)) + "-00000000"
+        # One ID for every host the same `setup` adopts (the tool sends it), so the hosts agree on their
+        # rollback target; without one (an older tool), the venv's mtime.
+        adopted = args.get("adopt_id") and check_id(args["adopt_id"])
+        if not adopted:
+            adopted = time.strftime("%Y%m%d%H%M%SZ", time.gmtime(os.stat(default).st_mtime)) + "-00000000"
         link = os.path.join(p["releases"], adopted)
         if not os.path.lexists(link):
             os.symlink(os.path.join("..", "default"), link)

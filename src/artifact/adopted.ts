@@ -1,9 +1,10 @@
-// A release `setup` adopted from the old layout: releases/<mtime>Z-00000000 -> ../default, the venv the
+// A release `setup` adopted from the old layout: releases/<time>Z-00000000 -> ../default, the venv the
 // old playbooks installed by hand. It has no artifact, no manifest and no RELEASE.json, so a rollback
 // to it goes through a stand-in manifest (adoptedManifest) that says so; every rule that needs a real
 // manifest asks isAdopted: the preflight's OS/Python/library checks (plan.ts hostCompatibility), the
 // file-by-file verification and the config rendering (deploy.ts), the server files' release
 // variables (server.ts serverVars), the health check's plugin list (none), and the plan (plan.ts).
+import { artifactId } from './id.js';
 import type { Manifest } from './manifest.js';
 
 /** The stand-in for the adopted release `id` under `root`; `python`: the interpreter the agent runs with. */
@@ -53,4 +54,13 @@ export function adoptedSkips(m: Pick<Manifest, 'adopted'>): string[] {
     `rendering the config (${m.adopted.from} keeps the site's own config, e.g. the one its WSGI script names)`,
     "the health check's plugin list (the site's own config has it, not ckan-release): status_show must answer success, with any plugins",
   ];
+}
+
+/**
+ * The ID `setup` gives the venv it adopts: the run's UTC time and eight zeros (no inputs digest: it
+ * was not built). One ID for every host adopted by the same run, so an environment's hosts agree on
+ * their rollback target, as they do for built releases.
+ */
+export function adoptedId(when: Date): string {
+  return artifactId(when, '0'.repeat(8));
 }

@@ -29,7 +29,7 @@ import {
   S3Client,
   S3ServiceException,
 } from '@aws-sdk/client-s3';
-import { ARTIFACT_ID } from '../builder/inputs.js';
+import { ARTIFACT_ID } from './id.js';
 import { OperationError, UsageError } from '../errors.js';
 import { s3Url, type S3Location } from './location.js';
 import type { ArchiveChunk, Manifest } from './manifest.js';

@@ -2,7 +2,7 @@
 // appears only by the rename of a complete directory, so a crashed build never leaves one half there.
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { ARTIFACT_ID } from '../builder/inputs.js';
+import { ARTIFACT_ID } from './id.js';
 import { OperationError, UsageError } from '../errors.js';
 import type { Manifest } from './manifest.js';
 

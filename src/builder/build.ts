@@ -26,7 +26,8 @@ import { ensureImage } from '../docker/images.js';
 import { CkanReleaseError, OperationError } from '../errors.js';
 import { redactUrls } from '../redact.js';
 import { exportTree } from './git.js';
-import { artifactId, digest, findLinksListing, resolveInputs, type BuildInputs } from './inputs.js';
+import { artifactId } from '../artifact/id.js';
+import { digest, findLinksListing, resolveInputs, type BuildInputs } from './inputs.js';
 
 export const BUILD_SCRIPT = path.resolve(
   path.dirname(fileURLToPath(import.meta.url)),

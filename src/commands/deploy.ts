@@ -1,12 +1,12 @@
 // setup, ship, promote, rollback, status, unlock: load config, read facts from the hosts, act, report.
 import path from 'node:path';
 import type { Command } from 'commander';
-import { adoptedManifest, isAdopted } from '../artifact/adopted.js';
+import { adoptedId, adoptedManifest, isAdopted } from '../artifact/adopted.js';
 import type { Manifest } from '../artifact/manifest.js';
 import { diffManifests, diffSummary } from '../artifact/diff.js';
 import { knownManifest, resolveArtifact, storeName } from '../artifact/resolve.js';
 import type { StoredArtifact } from '../artifact/store.js';
-import { ARTIFACT_ID } from '../builder/inputs.js';
+import { ARTIFACT_ID } from '../artifact/id.js';
 import type { Io } from '../cli.js';
 import { environment, loadConfig } from '../config/load.js';
 import { loadSecrets, secretValues } from '../config/secrets.js';
@@ -355,6 +355,7 @@ export function registerDeploy(program: Command, io: Io, dryRun: () => import('c
             }
             await refuseUnfitServers(s, HOST_PYTHON, null, 'setup');
             const done: Record<string, unknown>[] = [];
+            const adoptAs = adoptedId(new Date());
             await settleAll(s.hosts, s.env.parallel, async (h) => {
               // <root> and .ckan-release stay owned by whoever runs the agent (root with sudo): the
               // agent runs privileged, so the CKAN user must not be able to replace it.
@@ -367,6 +368,7 @@ export function registerDeploy(program: Command, io: Io, dryRun: () => import('c
                 root: l.config.root,
                 shared: l.config.shared.map((x) => x.path),
                 adopt: true,
+                adopt_id: adoptAs,
               });
               // Shared directories are written by CKAN (storage, uploads): they belong to deploy.owner.
               const owner = [l.config.deploy.owner, l.config.deploy.group].filter(Boolean).join(':');

@@ -19,6 +19,11 @@ const ROOT = '/usr/lib/ckan';
 const HOST = 'ad-old';
 const SSH_PORT = 2390;
 const HTTP_PORT = 8390;
+// A second host installed the old way a little later (its venv's mtime differs): the hosts adopted by
+// one `setup` share one ID, so the environment agrees on the rollback target.
+const HOST2 = 'ad-old2';
+const SSH_PORT2 = 2391;
+const HTTP_PORT2 = 8391;
 
 let docker: Docker;
 let project: TestProject;
@@ -42,11 +47,12 @@ beforeAll(async () => {
 server:${APACHE_SERVER_FILES}
 environments:
   site:
-    hosts: [${HOST}]
+    hosts: [${HOST}, ${HOST2}]
     user: deploy
     ssh_config: .ckan-release/sandbox/ssh_config
     host_vars:
       ${HOST}: { ssh_port: ${SSH_PORT}, http_port: ${HTTP_PORT}, http_listen: '127.0.0.1:${HTTP_PORT}' }
+      ${HOST2}: { ssh_port: ${SSH_PORT2}, http_port: ${HTTP_PORT2}, http_listen: '127.0.0.1:${HTTP_PORT2}' }
     vars: { site_url: 'http://site.test', site_title: 'Site', legacy_config: ${OLD_CONFIG} }
     secrets: secrets/staging.yml
 `;
@@ -59,7 +65,10 @@ environments:
     docker,
     {
       dir: path.join(project.dir, '.ckan-release/sandbox'),
-      hosts: [{ name: HOST, sshPort: SSH_PORT, httpPort: HTTP_PORT, server: 'apache' }],
+      hosts: [
+        { name: HOST, sshPort: SSH_PORT, httpPort: HTTP_PORT, server: 'apache' },
+        { name: HOST2, sshPort: SSH_PORT2, httpPort: HTTP_PORT2, server: 'apache' },
+      ],
     },
     () => undefined,
   );
@@ -73,10 +82,17 @@ afterAll(async () => {
 describe('rollback to the release setup adopted from <root>/default', () => {
   it('switches back to the old venv after the first ship, and ship works again', async () => {
     const before = await installTheOldWay(docker, HOST, project, HTTP_PORT);
+    await new Promise((r) => setTimeout(r, 1100));
+    const before2 = await installTheOldWay(docker, HOST2, project, HTTP_PORT2);
     const oldPath = path.posix.dirname(before.ckanPath!.replace(/\/ckan$/, '/ckan/x'));
     const setupOut = await ok('setup', 'site');
     const adopted = /adopted \/usr\/lib\/ckan\/default as release (\d{14}Z-00000000)/.exec(setupOut)?.[1];
     expect(adopted, setupOut).toBeDefined();
+    expect(setupOut).toContain(`${HOST2}: made`);
+    expect(setupOut.match(/adopted \/usr\/lib\/ckan\/default as release \S+/g), setupOut).toEqual([
+      `adopted /usr/lib/ckan/default as release ${adopted}`,
+      `adopted /usr/lib/ckan/default as release ${adopted}`,
+    ]);
     expect(await ok('ship', 'site', A)).toMatch(new RegExp(`${HOST}: ${adopted} -> ${A}`));
     expect(await currentOf(docker, HOST)).toBe(`${ROOT}/releases/${A}`);
 
@@ -97,6 +113,8 @@ describe('rollback to the release setup adopted from <root>/default', () => {
     let shipAgainOut = '';
     let rolledBack: Awaited<ReturnType<typeof served>> | undefined;
     let links = '';
+    let current2 = '';
+    let rolledBack2: Awaited<ReturnType<typeof served>> | undefined;
     let failure: unknown;
     try {
       await new Promise((r) => setTimeout(r, 1000));
@@ -104,6 +122,8 @@ describe('rollback to the release setup adopted from <root>/default', () => {
       await new Promise((r) => setTimeout(r, 1000));
       rolledBack = await served(HTTP_PORT);
       links = (await onHost(docker, HOST, `readlink ${ROOT}/current ${ROOT}/releases/${adopted}`)).out;
+      current2 = (await onHost(docker, HOST2, `readlink ${ROOT}/current ${ROOT}/releases/${adopted}`)).out;
+      rolledBack2 = await served(HTTP_PORT2);
       shipAgainOut = await ok('ship', 'site', A);
       await new Promise((r) => setTimeout(r, 1000));
     } catch (e) {
@@ -118,6 +138,8 @@ describe('rollback to the release setup adopted from <root>/default', () => {
     expect(rollbackOut).toMatch(new RegExp(`${HOST}: ${A} -> ${adopted}`));
     expect(rollbackOut).toContain(`skipped: the OS, Python and library checks`);
     expect(links).toBe(`releases/${adopted}\n../default\n`);
+    expect(current2).toBe(`releases/${adopted}\n../default\n`);
+    expect(rolledBack2!.ckanPath).toBe(before2.ckanPath);
     // Served from the default venv, with the site's own config (the fixture's test-core.ini plugins).
     expect(rolledBack!.ckanPath).toBe(before.ckanPath);
     expect(rolledBack!.extensions).toEqual(['stats', 'text_view']);

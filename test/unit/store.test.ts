@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { findArtifact, listArtifacts } from '../../src/artifact/store.js';
-import { artifactId } from '../../src/builder/inputs.js';
+import { artifactId } from '../../src/artifact/id.js';
 import { UsageError } from '../../src/errors.js';
 
 function store(...ids: string[]): string {
