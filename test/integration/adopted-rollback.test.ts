@@ -1,7 +1,7 @@
 // The rollback of an old-style site's first real deploy: on a sandbox host installed the way the old
 // playbooks left it (test/support/old-install.ts: a hand-installed <root>/default venv with the fixture
 // CKAN, the old apache.wsgi naming /etc/ckan/default/production.ini), `setup` adopts the venv
-// (releases/<mtime>Z-00000000 -> ../default), `ship` switches to a built release, and `rollback`
+// (releases/<time>Z-00000000 -> ../default), `ship` switches to a built release, and `rollback`
 // switches back to the adopted venv: current -> releases/<...>-00000000 -> ../default, the site answers
 // from the default venv with its own config, the ledger marks the release left bad. Then `ship` of the
 // same release works again. Under a load of 4 clients throughout the rollback and the second ship.
