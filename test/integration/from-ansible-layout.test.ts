@@ -178,6 +178,9 @@ async function installTheOldWay(): Promise<void> {
      cp staging.ini ${ROOT}/default/staging.ini && chown ckan:www-data ${ROOT}/default/staging.ini
      ln -sfn ${ROOT}/default ${ROOT}/current
      cp staging.ini apache.wsgi /etc/ckan/default/ && rm -f /etc/ckan/default/wsgi.py
+     # CKAN <= 2.9 opens who.config_file (%(here)s/who.ini) beside its config, as CKAN's install guide and
+     # the playbooks' who.ini link put it.
+     cp ckan/ckan/config/who.ini /etc/ckan/default/who.ini && cp ckan/ckan/config/who.ini ${ROOT}/default/who.ini
      cp ckan.conf /etc/apache2/sites-available/ckan.conf
      apachectl graceful`,
   );
