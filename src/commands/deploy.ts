@@ -522,14 +522,15 @@ export function registerDeploy(program: Command, io: Io, dryRun: () => import('c
             secrets,
             io,
             async (s) => {
-              let id: string;
-              const facts = await allFacts(s, HOST_PYTHON, !!opts.dryRun);
-              if (opts.to) {
-                // A full ID may name a release that is on the hosts but not in this machine's store.
-                id = ARTIFACT_ID.test(opts.to)
+              // A bad --to is refused before anything runs on a host. A full ID may name a release
+              // that is on the hosts but not in this machine's store.
+              let id = opts.to
+                ? ARTIFACT_ID.test(opts.to)
                   ? opts.to
-                  : (await resolveArtifact(l.config, opts.to, ev.say)).id;
-              } else {
+                  : (await resolveArtifact(l.config, opts.to, ev.say)).id
+                : undefined;
+              const facts = await allFacts(s, HOST_PYTHON, !!opts.dryRun);
+              if (!id) {
                 const targets = [...new Set(facts.map((f) => f.rollback_target))];
                 if (targets.length !== 1 || !targets[0]) {
                   throw new OperationError(
