@@ -17,12 +17,12 @@ import path from 'node:path';
 import type Docker from 'dockerode';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseDocument } from 'yaml';
-import { main } from '../../src/cli.js';
 import { loadConfig } from '../../src/config/load.js';
 import { freePorts, sandboxDown } from '../../src/sandbox/sandbox.js';
 import { testDocker } from '../support/docker.js';
 import { ensureFixtures, type FixturePaths } from '../support/fixtures.js';
 import { currentOf, onHost, served } from '../support/hosts.js';
+import { runCli } from '../support/project.js';
 
 const FIXTURE = path.resolve('test/fixtures/ansible-project');
 const VAULT_PASSWORD = 'ckan-release-fixture'; // documented in the fixture's README.md
@@ -36,12 +36,7 @@ let fixtures: FixturePaths;
 let httpPort = 0;
 let initOut = '';
 
-async function cli(...argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const code = await main(argv, { out: (t) => (out += t), err: (t) => (err += t), env: process.env });
-  return { code, out, err };
-}
+const cli = runCli;
 
 async function ok(...argv: string[]): Promise<string> {
   const r = await cli('--config', file, '--vault-password-file', path.join(dir, 'vault-password'), ...argv);

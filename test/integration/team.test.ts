@@ -20,11 +20,10 @@ import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-s
 import type Docker from 'dockerode';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Manifest } from '../../src/artifact/manifest.js';
-import { main } from '../../src/cli.js';
 import { sandboxDown } from '../../src/sandbox/sandbox.js';
 import { testDocker } from '../support/docker.js';
 import { currentOf, ledgerOf, served } from '../support/hosts.js';
-import { testProject, type TestProject } from '../support/project.js';
+import { runCli, testProject, type TestProject } from '../support/project.js';
 import { s3Server, stopS3Server, type S3Server } from '../support/s3.js';
 
 const ROOT = '/usr/lib/ckan';
@@ -44,12 +43,7 @@ const received: { path: string; body: Record<string, unknown>; raw: string }[] =
 let hook: http.Server;
 let hang: net.Server;
 
-async function cli(...argv: string[]) {
-  let out = '';
-  let err = '';
-  const code = await main(argv, { out: (t) => (out += t), err: (t) => (err += t), env: process.env });
-  return { code, out, err };
-}
+const cli = runCli;
 
 async function ok(config: string, ...argv: string[]) {
   const r = await cli('--config', config, ...argv);

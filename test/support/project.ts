@@ -36,11 +36,14 @@ export async function testProject(): Promise<TestProject> {
       writeFileSync(file, edit(readFileSync(config, 'utf8')));
       return file;
     },
-    async cli(...argv) {
-      let out = '';
-      let err = '';
-      const code = await main(argv, { out: (t) => (out += t), err: (t) => (err += t), env: process.env });
-      return { code, out, err };
-    },
+    cli: runCli,
   };
+}
+
+/** Runs the CLI in this process (as bin/ckan-release does), collecting its stdout and stderr. */
+export async function runCli(...argv: string[]): Promise<{ code: number; out: string; err: string }> {
+  let out = '';
+  let err = '';
+  const code = await main(argv, { out: (t) => (out += t), err: (t) => (err += t), env: process.env });
+  return { code, out, err };
 }

@@ -11,21 +11,16 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { convertAnsible } from '../../src/ansible/convert.js';
 import { invocationsIn } from '../../src/ansible/wrappers.js';
 import { pin } from '../../src/builder/git.js';
-import { main } from '../../src/cli.js';
 import { loadConfig } from '../../src/config/load.js';
 import { loadSecrets } from '../../src/config/secrets.js';
 import type { Config } from '../../src/config/types.js';
 import { renderServerFile, serverVars } from '../../src/deploy/server.js';
+import { runCli } from '../support/project.js';
 
 const FIXTURE = path.resolve('test/fixtures/ansible-ckan-deploys');
 const VAULT_PASSWORD = 'ckan-release-fixture'; // the fixture's README.md / expected/regenerate.sh
 
-async function cli(...argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const code = await main(argv, { out: (t) => (out += t), err: (t) => (err += t), env: process.env });
-  return { code, out, err };
-}
+const cli = runCli;
 
 function tmp(): string {
   return mkdtempSync(path.join(os.tmpdir(), 'ckan-release-layout-'));

@@ -5,20 +5,15 @@ import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } 
 import os from 'node:os';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { main } from '../../src/cli.js';
 import { loadConfig } from '../../src/config/load.js';
 import { loadSecrets } from '../../src/config/secrets.js';
 import type { Config } from '../../src/config/types.js';
+import { runCli } from '../support/project.js';
 
 const FIXTURE = path.resolve('test/fixtures/ansible-project');
 const VAULT_PASSWORD = 'ckan-release-fixture'; // documented in the fixture's README.md
 
-async function cli(...argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const code = await main(argv, { out: (t) => (out += t), err: (t) => (err += t), env: process.env });
-  return { code, out, err };
-}
+const cli = runCli;
 
 function tmp(): string {
   return mkdtempSync(path.join(os.tmpdir(), 'ckan-release-from-ansible-'));
