@@ -3,23 +3,9 @@
 import { Command, CommanderError, Option } from 'commander';
 import { CkanReleaseError } from './errors.js';
 import { registerCommands } from './commands/index.js';
+import type { Io } from './io.js';
 
-export interface GlobalOptions {
-  config: string;
-  json: boolean;
-  debug: boolean;
-  vaultPasswordFile: string | undefined;
-  acceptNewHostKey: boolean;
-}
-
-export interface Io {
-  out: (text: string) => void;
-  err: (text: string) => void;
-  env: NodeJS.ProcessEnv;
-  /** Whether stderr is a terminal (the live progress display), and its width. */
-  isTTY?: boolean;
-  columns?: () => number;
-}
+export type { GlobalOptions, Io } from './io.js';
 
 const defaultIo: Io = {
   out: (t) => process.stdout.write(t),

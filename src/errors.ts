@@ -64,3 +64,22 @@ export class DockerUnavailableError extends CkanReleaseError {
     super(message, 1, hint);
   }
 }
+
+/**
+ * An operation failed on several hosts (or on some of them). The one rule for its exit code: 2 when
+ * every failure was bad input or host setup (a UsageError, such as a host that cannot run the artifact
+ * or a sudo that wants a password), with the first one's hint; 1 otherwise. `hint` overrides the hint.
+ */
+export class HostsFailedError extends CkanReleaseError {
+  readonly failures: { host: string; error: unknown }[];
+
+  constructor(message: string, failures: { host: string; error: unknown }[], hint?: string) {
+    const bad = failures.filter(
+      (f): f is { host: string; error: CkanReleaseError } =>
+        f.error instanceof CkanReleaseError && f.error.exitCode === 2,
+    );
+    const usage = failures.length > 0 && bad.length === failures.length;
+    super(message, usage ? 2 : 1, hint ?? (usage ? bad[0]!.error.hint : undefined));
+    this.failures = failures;
+  }
+}

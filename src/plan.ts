@@ -1,24 +1,56 @@
-// Plans for --dry-run: what ship, promote, rollback and setup would do on each host, decided by pure
-// functions from the facts read from the hosts (no I/O here), and printed as text or as one JSON object.
-// The prune and rollback-target rules are the host agent's (assets/host/ckan_release_host.py), replayed
-// on the ledger as it would be after the operation.
+// The plans: what setup, ship, promote, rollback and unlock do on each host, decided by pure functions
+// from the facts read from the hosts (no I/O here). The executors (deploy/deploy.ts, deploy/setup.ts,
+// commands/unlock.ts) carry a plan out; --dry-run prints the same plan, as text or as one JSON object,
+// and stops. Every decision lives here once: the preflight (hostCompatibility), the rollback target,
+// prune (what to remove and why), the `once` hooks, whether a release is sent or verified in place,
+// setup's adoption. The host agent is told what to do and keeps only its safety refusals (pruneRefusal).
 import { adoptedSkips, isAdopted } from './artifact/adopted.js';
 import type { Manifest } from './artifact/manifest.js';
+import { defaultVenv, setupDirs, tmpRelative } from './layout.js';
 
-export interface PlanFacts {
-  layout: boolean;
-  current: string | null;
-  rollback_target: string | null;
-  releases: { id: string; state: string; adopted?: boolean }[];
-  partials: string[];
-  lock: Record<string, unknown> | null;
-  lock_expired: boolean;
+export { setupDirs };
+
+/** A ledger entry as the tool reads it (the agent sends each whole; these fields are the ones decided on). */
+export interface LedgerEntry {
+  event: string;
+  release?: string;
+  time?: string;
+}
+
+/**
+ * What the host agent's `facts` says about a host (the one type for it): read before every operation,
+ * and the only input of its plan besides the config and the manifest.
+ */
+export interface HostFacts {
+  /** The interpreter the agent ran with. */
   python: { path: string; version: string; implementation?: string };
   /** /etc/os-release ID and VERSION_ID (absent from agents before this field). */
   os?: { id: string | null; version_id: string | null };
   /** Of the libraries asked about (the manifest's), those the host's dynamic linker would not find. */
   missing_libraries?: string[];
-  ledger: { event: string; release?: string }[];
+  /** Whether releases/, shared/ and .ckan-release/ exist. */
+  layout: boolean;
+  current: string | null;
+  /** adopted: setup's link to <root>/default (artifact/adopted.ts); absent from older agents. */
+  releases: { id: string; state: string; time?: string | null; adopted?: boolean }[];
+  /** Directories under releases/ of interrupted operations (.partial-*, .prune-*). */
+  partials: string[];
+  /** Names in .ckan-release/tmp (files of operations, this one's or interrupted ones'). */
+  tmp?: string[];
+  lock: Record<string, unknown> | null;
+  lock_expired: boolean;
+  disk_free?: number | null;
+  /** The ledger's last 200 entries. */
+  ledger: LedgerEntry[];
+  /**
+   * The ledger's last `healthy` and last `bad` entry of each release, in ledger order, however long the
+   * ledger: all rollbackTarget needs (the agent only selects them; the rule is here).
+   */
+  verdicts?: LedgerEntry[];
+  /** Which of the directories asked about (args `dirs`: setup's) exist. */
+  existing?: string[];
+  /** Whether <root>/default/bin/python exists (a CKAN installed the old way, for setup to adopt). */
+  default_python?: boolean;
 }
 
 /** The Debian/Ubuntu and RPM packages of the sonames CKAN's compiled requirements need. */
@@ -56,7 +88,7 @@ function majorMinor(version: string): string {
  * their --dry-run plans. Facts of older agents or manifests without a field are not judged on it, nor
  * is a release setup adopted (no manifest: adoptedSkips says so).
  */
-export function hostCompatibility(m: Manifest, f: PlanFacts): string[] {
+export function hostCompatibility(m: Manifest, f: HostFacts): string[] {
   const problems: string[] = [];
   if (isAdopted(m)) return problems;
   const built = m.builder.os_release;
@@ -103,7 +135,7 @@ export interface HostPlan {
   server_files: ServerFilePlan[];
   restart: string;
   healthcheck: string;
-  prune: { release: string | null; path?: string; why: string }[];
+  prune: PruneItem[];
   rollback_target_after: string | null;
   /** What would make the operation refuse or fail on this host. */
   problems: string[];
@@ -111,11 +143,23 @@ export interface HostPlan {
   skipped: string[];
 }
 
+/** One thing prune removes: a release (release), or a leftover of an interrupted operation (path). */
+export interface PruneItem {
+  release: string | null;
+  /** A partial directory under releases/, or .ckan-release/tmp/<name>. */
+  path?: string;
+  why: string;
+}
+
+/**
+ * The plan of a ship, promote or rollback: what the executor (deploy/deploy.ts) carries out, and what
+ * --dry-run prints. `dry_run` says which of the two it is; nothing else differs.
+ */
 export interface DeployPlan {
   operation: string;
   environment: string;
   release: string;
-  dry_run: true;
+  dry_run: boolean;
   hosts: HostPlan[];
 }
 
@@ -127,11 +171,12 @@ export interface PlanSettings {
   healthcheck: string;
 }
 
-/** The agent's rule: the last release found healthy before `current`, never one marked bad since. */
-export function rollbackTarget(
-  entries: { event: string; release?: string }[],
-  current: string | null,
-): string | null {
+/**
+ * The rollback target: the last release found healthy before `current`, never one marked bad since
+ * (healthy again after being bad: a target again). The one rule: status, rollback and every plan's
+ * `rollback_target_after` use it; the agent only selects the entries (HostFacts.verdicts).
+ */
+export function rollbackTarget(entries: LedgerEntry[], current: string | null): string | null {
   const bad = new Set<string>();
   const candidates: string[] = [];
   for (const e of entries) {
@@ -149,9 +194,35 @@ export function rollbackTarget(
   return [...candidates].reverse().find((id) => !bad.has(id) && id !== current) ?? null;
 }
 
+/** The entries the rollback target is decided on: the verdicts (whole ledger) when the agent sends them. */
+export function verdictsOf(f: Pick<HostFacts, 'ledger' | 'verdicts'>): LedgerEntry[] {
+  return f.verdicts ?? f.ledger;
+}
+
+/** The host's rollback target now. */
+export function hostRollbackTarget(f: Pick<HostFacts, 'ledger' | 'verdicts' | 'current'>): string | null {
+  return rollbackTarget(verdictsOf(f), f.current);
+}
+
+/** Whether the ledger records `id` healthy on the host (promote, `requires:`). */
+export function healthyOn(f: Pick<HostFacts, 'ledger' | 'verdicts'>, id: string): boolean {
+  return verdictsOf(f).some((e) => e.event === 'healthy' && e.release === id);
+}
+
+/** Why a release is pruned: also what the ledger's `pruned` entry says. */
+export function keepRule(keep: number): string {
+  return `beyond keep_releases=${keep}`;
+}
+
+export const PARTIAL_WHY = 'partial directory left by an interrupted operation';
+export const TMP_WHY = 'temporary file left by an interrupted operation';
+
 /**
- * The agent's prune rule: keep the newest `keep` releases by ID, counting the current release and the
- * rollback target, which are never removed; remove partial directories of interrupted operations.
+ * The prune rule: keep the newest `keep` releases by ID (by build time, never by mtime), counting the
+ * current release and the rollback target, which are never removed; remove partial directories and
+ * temporary files of interrupted operations (`tmp`: names in .ckan-release/tmp). Run on the facts read
+ * before the operation, with the release it installs among `releases`: the operation holds the lock,
+ * so nothing else changes them in between, and what it writes itself is not among them.
  */
 export function prunePlan(
   releases: string[],
@@ -159,7 +230,8 @@ export function prunePlan(
   current: string | null,
   target: string | null,
   keep: number,
-): HostPlan['prune'] {
+  tmp: string[] = [],
+): PruneItem[] {
   const protect = new Set([current, target].filter((x): x is string => !!x));
   const newestFirst = [...new Set(releases)].sort().reverse();
   const kept = newestFirst.filter((id) => !protect.has(id)).slice(0, Math.max(0, keep - protect.size));
@@ -171,13 +243,39 @@ export function prunePlan(
   return [
     ...newestFirst
       .filter((id) => !protect.has(id) && !kept.includes(id))
-      .map((id) => ({ release: id, why: `beyond keep_releases=${keep}; kept: ${keptSay}` })),
-    ...partials.map((p) => ({
-      release: null,
-      path: p,
-      why: 'partial directory left by an interrupted operation',
-    })),
+      .map((id) => ({ release: id, why: `${keepRule(keep)}; kept: ${keptSay}` })),
+    ...partials.map((p) => ({ release: null, path: p, why: PARTIAL_WHY })),
+    ...tmp.map((name) => ({ release: null, path: tmpRelative(name), why: TMP_WHY })),
   ];
+}
+
+/** The release IDs the tool accepts (the agent's check_id: the same characters, at most 64). */
+const ID_CHARS = /^[0-9a-zZ-]{1,64}$/;
+
+/**
+ * The prune safety rule, which the host agent enforces too (ckan_release_host.py prune_refusal; a unit
+ * test runs both on one table of cases): why an item must not be removed, or null. Never `current`,
+ * nor a release the running operation protects (its new release, the rollback target), nor a leftover
+ * of the running operation (`op` in its name), nor anything that is not a release ID, a partial
+ * directory directly under releases/, or a file directly in .ckan-release/tmp.
+ */
+export function pruneRefusal(
+  item: { release?: string | null; path?: string },
+  ctx: { current: string | null; protect: string[]; op: string },
+): 'current' | 'protected' | 'running operation' | 'outside the layout' | null {
+  if (item.release) {
+    if (!ID_CHARS.test(item.release)) return 'outside the layout';
+    if (item.release === ctx.current) return 'current';
+    if (ctx.protect.includes(item.release)) return 'protected';
+    return null;
+  }
+  const p = item.path ?? '';
+  const tmp = p.startsWith('.ckan-release/tmp/') ? p.slice('.ckan-release/tmp/'.length) : null;
+  const name = tmp ?? p;
+  const plain = name !== '' && name !== '.' && name !== '..' && !name.includes('/') && !name.includes('\0');
+  if (!plain || (tmp === null && !/^\.(partial|prune)-/.test(name))) return 'outside the layout';
+  if (tmp !== null ? name.startsWith(`${ctx.op}-`) : name.includes(ctx.op)) return 'running operation';
+  return null;
 }
 
 export function describeLock(o: Record<string, unknown>): string {
@@ -186,39 +284,46 @@ export function describeLock(o: Record<string, unknown>): string {
   return `${String(o.user ?? '?')}@${String(o.machine ?? '?')} (pid ${String(o.pid ?? '?')}, ${String(o.operation ?? '?')}, since ${since})`;
 }
 
+/** One host's input to planDeploy. */
+export interface PlanHost {
+  name: string;
+  facts: HostFacts;
+  serverFiles: ServerFilePlan[];
+  /** Why the web server recipe or templates cannot work on the host (server-facts.ts). */
+  serverProblems?: string[];
+  /** The Host header the health check sends. */
+  healthHost?: string;
+}
+
+/** A rollback marks the release it switches away from bad (no rollback target again unless named). */
+export function marksPreviousBad(operation: string): boolean {
+  return operation === 'rollback';
+}
+
 /** The plan of a ship, promote or rollback of manifest `m` from every host's facts. */
 export function planDeploy(
   operation: string,
   environment: string,
   m: Manifest,
-  hosts: {
-    name: string;
-    facts: PlanFacts;
-    serverFiles: ServerFilePlan[];
-    /** Why the web server recipe or templates cannot work on the host (server-facts.ts). */
-    serverProblems?: string[];
-    /** The Host header the health check sends. */
-    healthHost?: string;
-  }[],
+  hosts: PlanHost[],
   settings: PlanSettings,
-  opts: { markPreviousBad?: boolean } = {},
+  opts: { dryRun?: boolean } = {},
 ): DeployPlan {
+  const markPreviousBad = marksPreviousBad(operation);
   return {
     operation,
     environment,
     release: m.id,
-    dry_run: true,
+    dry_run: opts.dryRun ?? true,
     hosts: hosts.map(({ name, facts: f, serverFiles, serverProblems, healthHost }, i) => {
       const has = f.releases.some((r) => r.id === m.id);
       const previous = f.current;
       // The ledger as it would be after success: the release healthy, and for a rollback the release
       // switched away from marked bad.
       const after = [
-        ...f.ledger,
+        ...verdictsOf(f),
         { event: 'healthy', release: m.id },
-        ...(opts.markPreviousBad && previous && previous !== m.id
-          ? [{ event: 'bad', release: previous }]
-          : []),
+        ...(markPreviousBad && previous && previous !== m.id ? [{ event: 'bad', release: previous }] : []),
       ];
       const target = rollbackTarget(after, m.id);
       const problems: string[] = [];
@@ -266,6 +371,7 @@ export function planDeploy(
           m.id,
           target,
           settings.keepReleases,
+          f.tmp ?? [],
         ),
         rollback_target_after: target,
         problems,
@@ -273,6 +379,94 @@ export function planDeploy(
       };
     }),
   };
+}
+
+/**
+ * What the agent's `prune` is told to do on one host, from the plan: the releases to remove and the
+ * leftovers, with what it must protect whatever it is told (the new current release's rollback target).
+ */
+export function pruneInstructions(
+  h: HostPlan,
+  keep: number,
+): { remove: { release: string; why: string }[]; paths: { path: string; why: string }[]; protect: string[] } {
+  return {
+    remove: h.prune.flatMap((x) => (x.release ? [{ release: x.release, why: keepRule(keep) }] : [])),
+    paths: h.prune.flatMap((x) => (!x.release && x.path ? [{ path: x.path, why: x.why }] : [])),
+    protect: h.rollback_target_after ? [h.rollback_target_after] : [],
+  };
+}
+
+/**
+ * The release a rollback without --to switches to: the rollback target every host agrees on. A string
+ * is the refusal (the hosts disagree, or have none).
+ */
+export function commonRollbackTarget(
+  hosts: { name: string; facts: Pick<HostFacts, 'ledger' | 'verdicts' | 'current'> }[],
+): { id: string } | { refusal: string } {
+  const each = hosts.map((h) => ({ name: h.name, target: hostRollbackTarget(h.facts) }));
+  const targets = [...new Set(each.map((x) => x.target))];
+  if (targets.length !== 1 || !targets[0])
+    return { refusal: each.map((x) => `${x.name}=${x.target ?? 'none'}`).join(', ') };
+  return { id: targets[0] };
+}
+
+/**
+ * The release promote ships from FROM: the one every host of FROM runs and recorded healthy. A
+ * string is the refusal, worded for the error.
+ */
+export function promoteSource(
+  from: string,
+  hosts: { name: string; facts: Pick<HostFacts, 'ledger' | 'verdicts' | 'current'> }[],
+): { id: string } | { refusal: string } {
+  const currents = [...new Set(hosts.map((h) => h.facts.current))];
+  if (currents.length !== 1 || !currents[0])
+    return {
+      refusal: `${from} does not run one release on every host: ${hosts.map((h) => `${h.name}=${h.facts.current ?? 'none'}`).join(', ')}`,
+    };
+  const id = currents[0];
+  const notHealthy = hosts.flatMap((h) => (healthyOn(h.facts, id) ? [] : [h.name]));
+  if (notHealthy.length)
+    return { refusal: `${id} is not recorded healthy on ${notHealthy.join(', ')} of ${from}` };
+  return { id };
+}
+
+/** The plan of `unlock`: whose lock each host holds, which the executor removes (that lock only). */
+export interface UnlockPlan {
+  operation: 'unlock';
+  environment: string;
+  dry_run: boolean;
+  hosts: { host: string; lock: { holder: string; expired: boolean; token: string | null } | null }[];
+}
+
+export function planUnlock(
+  environment: string,
+  hosts: { name: string; facts: Pick<HostFacts, 'lock' | 'lock_expired'> }[],
+  dryRun = true,
+): UnlockPlan {
+  return {
+    operation: 'unlock',
+    environment,
+    dry_run: dryRun,
+    hosts: hosts.map(({ name, facts: f }) => ({
+      host: name,
+      lock: f.lock
+        ? {
+            holder: describeLock(f.lock),
+            expired: f.lock_expired,
+            token: typeof f.lock.token === 'string' ? f.lock.token : null,
+          }
+        : null,
+    })),
+  };
+}
+
+export function formatUnlockPlan(p: UnlockPlan): string {
+  const lines = [`plan: unlock ${p.environment} (dry run: nothing is changed)`];
+  for (const h of p.hosts)
+    lines.push(
+      `  ${h.host}: ${h.lock ? `would remove the lock of ${h.lock.holder}${h.lock.expired ? ' (expired)' : ''}` : 'not locked'}`,
+    );
+  return lines.map((l) => `${l}\n`).join('');
 }
 
 function size(bytes: number): string {
@@ -317,18 +511,10 @@ export function formatDeployPlan(p: DeployPlan): string {
   return lines.map((l) => `${l}\n`).join('');
 }
 
-export interface SetupHostFacts {
-  /** Directories that exist, of those setup makes. */
-  existing: string[];
-  current: string | null;
-  /** Whether <root>/default/bin/python exists (a CKAN installed the old way, to adopt). */
-  default_python: boolean;
-}
-
 export interface SetupPlan {
   operation: 'setup';
   environment: string;
-  dry_run: true;
+  dry_run: boolean;
   hosts: {
     host: string;
     make: string[];
@@ -341,36 +527,31 @@ export interface SetupPlan {
   }[];
 }
 
-/** The directories setup makes (if missing): the layout, the agent's directory, the shared paths. */
-export function setupDirs(root: string, shared: string[]): string[] {
-  return [
-    root,
-    `${root}/.ckan-release`,
-    `${root}/.ckan-release/agent`,
-    `${root}/releases`,
-    `${root}/shared`,
-    ...shared.map((x) => `${root}/shared/${x}`),
-  ];
-}
-
 /** What `setup` would make on each host, and whether it would adopt <root>/default. */
 export function planSetup(
   environment: string,
   root: string,
   shared: string[],
   owner: string | null,
-  hosts: { name: string; facts: SetupHostFacts; serverFiles: ServerFilePlan[]; serverProblems?: string[] }[],
+  hosts: {
+    name: string;
+    facts: Pick<HostFacts, 'current' | 'existing' | 'default_python'>;
+    serverFiles: ServerFilePlan[];
+    serverProblems?: string[];
+  }[],
+  dryRun = true,
 ): SetupPlan {
   const dirs = setupDirs(root, shared);
   return {
     operation: 'setup',
     environment,
-    dry_run: true,
+    dry_run: dryRun,
     hosts: hosts.map(({ name, facts, serverFiles, serverProblems }) => {
-      const adopt = !facts.current && facts.default_python ? `${root}/default` : null;
+      // The agent's setup adopts under the same condition (and refuses to otherwise).
+      const adopt = !facts.current && facts.default_python ? defaultVenv(root) : null;
       return {
         host: name,
-        make: dirs.filter((d) => !facts.existing.includes(d)),
+        make: dirs.filter((d) => !(facts.existing ?? []).includes(d)),
         adopt,
         adopt_why: facts.current
           ? `no: the host already runs release ${facts.current}`

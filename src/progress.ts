@@ -1,6 +1,6 @@
 // The three renderers of the event stream (events.ts): JSON lines, plain timestamped lines, and a live
 // per-host display redrawn in place with ANSI escapes. They only format; they never decide anything.
-import type { ProgressEvent } from './events.js';
+import type { ProgressEvent } from './event-types.js';
 
 export interface Renderer {
   render(e: ProgressEvent, now: number): void;

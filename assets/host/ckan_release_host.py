@@ -142,24 +142,14 @@ def release_states(entries):
     return order, states
 
 
-def rollback_target(entries, current):
-    """The last release activated and found healthy before the current one, never one marked bad."""
-    bad = set()
-    candidates = []
-    for e in entries:
-        if e.get("event") == "bad":
-            bad.add(e["release"])
-        if e.get("event") == "healthy":
-            # Named explicitly later and found healthy again: no longer bad.
-            bad.discard(e["release"])
-            if e["release"] != current:
-                if e["release"] in candidates:
-                    candidates.remove(e["release"])
-                candidates.append(e["release"])
-    for rid in reversed(candidates):
-        if rid not in bad and rid != current:
-            return rid
-    return None
+def verdicts(entries):
+    """The last `healthy` and the last `bad` entry of each release, in ledger order: all the tool needs to
+    decide the rollback target (src/plan.ts rollbackTarget), however long the ledger is."""
+    last = {}
+    for i, e in enumerate(entries):
+        if e.get("event") in ("healthy", "bad") and e.get("release"):
+            last[(e["release"], e["event"])] = i
+    return [{"event": entries[i]["event"], "release": entries[i]["release"]} for i in sorted(last.values())]
 
 
 # ------------------------------------------------------------------------------------------- facts
@@ -255,7 +245,6 @@ def cmd_facts(args):
         "missing_libraries": missing_libraries(args.get("libraries") or []),
         "layout": all(os.path.isdir(p[k]) for k in ("releases", "shared", "meta")),
         "current": current,
-        "rollback_target": rollback_target(entries, current),
         # adopted: the link setup made to <root>/default (no manifest, no RELEASE.json, its own config).
         "releases": [dict(id=r, adopted=os.path.islink(os.path.join(p["releases"], r)),
                           **states.get(r, {"state": "unknown", "time": None})) for r in releases],
@@ -264,6 +253,12 @@ def cmd_facts(args):
         "lock_expired": bool(lock and lock.get("expires") and lock["expires"] < time.time()),
         "disk_free": st.f_bavail * st.f_frsize if st else None,
         "ledger": entries[-200:],
+        "verdicts": verdicts(entries),
+        # What an interrupted operation may have left in .ckan-release/tmp (prune removes it).
+        "tmp": sorted(os.listdir(os.path.join(p["meta"], "tmp"))) if os.path.isdir(os.path.join(p["meta"], "tmp")) else [],
+        # For setup's plan: which of its directories exist, and whether there is an old venv to adopt.
+        "existing": [d for d in args.get("dirs") or [] if os.path.isdir(d)],
+        "default_python": os.path.isfile(os.path.join(p["root"], "default", "bin", "python")),
         "user": os.getuid(),
     })
 
@@ -1315,23 +1310,52 @@ def cmd_ledger(args):
 # ------------------------------------------------------------------------------------------- prune
 
 
+def prune_refusal(item, current, protect, op):
+    """Why the agent refuses to remove a prune item, or None: the safety rule of src/plan.ts pruneRefusal
+    (a unit test runs both on one table). Never `current`, nor what the running operation protects, nor
+    a leftover of the running operation, nor a path outside releases/<partial> and .ckan-release/tmp/."""
+    release = item.get("release")
+    if release:
+        if not set(release) <= ID_CHARS or len(release) > 64:
+            return "outside the layout"
+        if release == current:
+            return "current"
+        if release in protect:
+            return "protected"
+        return None
+    path = item.get("path") or ""
+    prefix = ".ckan-release/tmp/"
+    tmp = path[len(prefix):] if path.startswith(prefix) else None
+    name = path if tmp is None else tmp
+    if name in ("", ".", "..") or "/" in name or "\0" in name or (
+            tmp is None and not name.startswith((".partial-", ".prune-"))):
+        return "outside the layout"
+    if (name.startswith(op + "-") if tmp is not None else op in name):
+        return "running operation"
+    return None
+
+
 def cmd_prune(args):
-    """Keeps `keep` releases (newest by ID, i.e. by build time, never by mtime) plus the current one and
-    the rollback target; removes stale partial directories of operations that are not running."""
+    """Removes what the tool's plan names (src/plan.ts prunePlan decides: releases beyond keep_releases,
+    leftovers of interrupted operations): args remove [{release, why}], paths [{path, why}], protect
+    [IDs]. Refuses the whole call, before removing anything, if one item breaks prune_refusal."""
     p = paths(args["root"])
-    entries = ledger_read(p)
     current = read_current(p)
-    target = rollback_target(entries, current)
-    releases, partials = list_releases(p)
-    protect = set(x for x in (current, target) if x) | set(args.get("protect", []))
-    kept = [r for r in sorted(releases, reverse=True) if r not in protect][: max(0, args["keep"] - len(protect))]
+    protect = set(args.get("protect") or [])
+    items = list(args.get("remove") or []) + list(args.get("paths") or [])
+    for item in items:
+        why = prune_refusal(item, current, protect, args["op"])
+        if why:
+            raise Refused("protected", "refusing to prune %s: %s" % (item.get("release") or item.get("path"), why),
+                          item=item)
     removed = []
-    for r in releases:
-        if r in protect or r in kept:
-            continue
-        reason = "beyond keep_releases=%d" % args["keep"]
+    for item in args.get("remove") or []:
+        r = item["release"]
+        src = os.path.join(p["releases"], r)
+        if not os.path.lexists(src):
+            continue  # already gone: prune is idempotent
         doomed = os.path.join(p["releases"], ".prune-%s-%d" % (r, os.getpid()))
-        os.rename(os.path.join(p["releases"], r), doomed)
+        os.rename(src, doomed)
         if os.path.islink(doomed):
             os.unlink(doomed)  # an adopted release: the link goes, the old venv stays where it was
         else:
@@ -1339,27 +1363,21 @@ def cmd_prune(args):
         for leftover in (os.path.join(p["manifests"], "%s.json" % r), seal_path(p, r), tree_seal_path(p, r)):
             if os.path.exists(leftover):
                 os.unlink(leftover)
-        removed.append({"release": r, "why": reason})
-    for d in partials:
-        if args["op"] not in d:
-            shutil.rmtree(os.path.join(p["releases"], d), ignore_errors=True)
-            removed.append({"release": None, "path": d, "why": "partial directory left by an interrupted operation"})
-    # Files an interrupted operation left in .ckan-release/tmp (its uploaded manifest): we hold the lock,
-    # so no other operation is using them.
-    tmp = os.path.join(p["meta"], "tmp")
-    for name in sorted(os.listdir(tmp)) if os.path.isdir(tmp) else []:
-        if not name.startswith(args["op"] + "-"):
-            path = os.path.join(tmp, name)
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                os.unlink(path)
-            removed.append({"release": None, "path": ".ckan-release/tmp/" + name,
-                            "why": "temporary file left by an interrupted operation"})
+        removed.append({"release": r, "why": item["why"]})
+    for item in args.get("paths") or []:
+        rel = item["path"]
+        path = os.path.join(p["root"], rel) if rel.startswith(".ckan-release/") else os.path.join(p["releases"], rel)
+        if not os.path.lexists(path):
+            continue
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
+        removed.append({"release": None, "path": rel, "why": item["why"]})
     if removed:
         ledger_append(p, [{"event": "pruned", "release": r["release"], "why": r["why"], "op": args["op"]}
                           for r in removed if r["release"]])
-    out({"removed": removed, "kept": sorted(protect | set(kept))})
+    out({"removed": removed})
 
 
 def cmd_clean(args):

@@ -4,12 +4,13 @@
 // manifest asks isAdopted: the preflight's OS/Python/library checks (plan.ts hostCompatibility), the
 // file-by-file verification and the config rendering (deploy.ts), the server files' release
 // variables (server.ts serverVars), the health check's plugin list (none), and the plan (plan.ts).
+import { defaultVenv, releaseDir } from '../layout.js';
 import { artifactId } from './id.js';
 import type { Manifest } from './manifest.js';
 
 /** The stand-in for the adopted release `id` under `root`; `python`: the interpreter the agent runs with. */
 export function adoptedManifest(project: string, root: string, id: string, python: string): Manifest {
-  const release = `${root}/releases/${id}`;
+  const release = releaseDir(root, id);
   return {
     format: 1,
     id,
@@ -34,7 +35,7 @@ export function adoptedManifest(project: string, root: string, id: string, pytho
     pip: { index_url: null, find_links: [], extra_args: [], freeze: [] },
     archive: { file: 'release.tar.gz', bytes: 0, sha256: '' },
     files: [],
-    adopted: { from: `${root}/default` },
+    adopted: { from: defaultVenv(root) },
   };
 }
 

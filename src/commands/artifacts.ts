@@ -2,7 +2,7 @@
 import type { Command } from 'commander';
 import { listStore, publishArtifact, showArtifact, storeName } from '../artifact/resolve.js';
 import { findArtifact } from '../artifact/store.js';
-import type { Io } from '../cli.js';
+import type { Io } from '../io.js';
 import { loadConfig } from '../config/load.js';
 import { UsageError } from '../errors.js';
 import { globals } from './common.js';

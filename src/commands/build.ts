@@ -3,7 +3,7 @@
 // last event, a result with {id, path, bytes, sha256}).
 import type { Command } from 'commander';
 import { build, type BuildStep } from '../builder/build.js';
-import type { Io } from '../cli.js';
+import type { Io } from '../io.js';
 import { loadConfig } from '../config/load.js';
 import { requireEngine } from '../docker/engine.js';
 import { CkanReleaseError, OperationError } from '../errors.js';

@@ -2,10 +2,10 @@
 import type { Command } from 'commander';
 import type { Manifest } from '../artifact/manifest.js';
 import { listArtifacts } from '../artifact/store.js';
-import type { Io } from '../cli.js';
+import type { Io } from '../io.js';
 import { environment, loadConfig } from '../config/load.js';
 import { loadSecrets, secretValues } from '../config/secrets.js';
-import { templateVars } from '../deploy/deploy.js';
+import { templateVars } from '../deploy/vars.js';
 import { UsageError } from '../errors.js';
 import { renderFile } from '../render/template.js';
 import { globals } from './common.js';

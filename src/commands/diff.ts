@@ -7,7 +7,7 @@ import { diffManifests, formatDiff, diffSummary } from '../artifact/diff.js';
 import { showArtifact } from '../artifact/resolve.js';
 import { defaultCacheDir } from '../builder/build.js';
 import { git, mirrorPath } from '../builder/git.js';
-import type { Io } from '../cli.js';
+import type { Io } from '../io.js';
 import { loadConfig } from '../config/load.js';
 import { globals } from './common.js';
 

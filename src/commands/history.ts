@@ -1,13 +1,13 @@
 // ckan-release history ENV: every operation on the environment, from the hosts' ledgers merged.
 // Read-only: the ledger is a plain file readable without sudo, so not even the agent is installed.
-import path from 'node:path';
 import type { Command } from 'commander';
-import type { Io } from '../cli.js';
+import type { Io } from '../io.js';
 import { environment, loadConfig } from '../config/load.js';
-import { closeSession, openSession, settleAll } from '../deploy/deploy.js';
+import { closeSession, openSession, settleAll } from '../deploy/session.js';
 import { formatHistory, mergeLedgers, type LedgerEntry } from '../deploy/history.js';
 import { cmd } from '../deploy/shell.js';
 import { OperationError } from '../errors.js';
+import { ledgerFile } from '../layout.js';
 import { globals } from './common.js';
 
 export function registerHistory(program: Command, io: Io): void {
@@ -23,7 +23,7 @@ export function registerHistory(program: Command, io: Io): void {
         acceptNewHostKey: !!g.acceptNewHostKey,
       });
       try {
-        const file = path.posix.join(config.root, '.ckan-release', 'ledger.jsonl');
+        const file = ledgerFile(config.root);
         const read = await settleAll(s.hosts, env.parallel, async (h) => {
           const r = await h.remote.exec(`test ! -e ${cmd([file])} || cat ${cmd([file])}`);
           if (r.code !== 0) throw new OperationError(`${h.name}: cannot read ${file}: ${r.stderr.trim()}`);

@@ -1,6 +1,6 @@
 // Registers every command of the design; one file per command (or family of commands) holds its body.
 import { Command, Option } from 'commander';
-import type { Io } from '../cli.js';
+import type { Io } from '../io.js';
 import { registerArtifacts } from './artifacts.js';
 import { registerBuild } from './build.js';
 import { registerConfig } from './config.js';

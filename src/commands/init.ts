@@ -13,7 +13,7 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import { stringify } from 'yaml';
 import { CKAN_UPSTREAM, convertAnsible, type Conversion, type ConvertOptions } from '../ansible/convert.js';
-import type { Io } from '../cli.js';
+import type { Io } from '../io.js';
 import { displayPath, parseConfig } from '../config/load.js';
 import { ConfigError, UsageError } from '../errors.js';
 import { globals } from './common.js';

@@ -3,7 +3,7 @@
 // (ssh_port, http_port), so the committed config and the sandbox agree.
 import path from 'node:path';
 import { Option, type Command } from 'commander';
-import type { Io } from '../cli.js';
+import type { Io } from '../io.js';
 import { loadConfig } from '../config/load.js';
 import { SANDBOX_OSES, type SandboxOs } from '../config/schema.js';
 import { loadSecrets } from '../config/secrets.js';

@@ -7,6 +7,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { OperationError } from '../errors.js';
+import { agentDir } from '../layout.js';
 import type { ExecOptions, Remote } from '../remote/ssh.js';
 import { commandError } from '../remote/ssh.js';
 import { cmd, maybeSudo, type Become } from './shell.js';
@@ -58,7 +59,7 @@ export class AgentRefusal extends OperationError {
 
 /** The command the tool runs: a stub that imports the agent as a module (below). */
 export function agentPath(root: string): string {
-  return path.posix.join(root, '.ckan-release', 'agent', `${agentDigest}.py`);
+  return path.posix.join(agentDir(root), `${agentDigest}.py`);
 }
 
 /**
@@ -67,7 +68,7 @@ export function agentPath(root: string): string {
  * (measured on a sandbox host), and a rollback makes a dozen calls per host.
  */
 function agentModulePath(root: string): string {
-  return path.posix.join(root, '.ckan-release', 'agent', agentDigest, 'ckan_release_host.py');
+  return path.posix.join(agentDir(root), agentDigest, 'ckan_release_host.py');
 }
 
 const agentStub = [

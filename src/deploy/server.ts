@@ -8,11 +8,13 @@ import type { Manifest } from '../artifact/manifest.js';
 import { RESTART_RECIPES, type RestartRecipe } from '../config/schema.js';
 import type { ServerFile } from '../config/types.js';
 import { OperationError, UsageError } from '../errors.js';
+import { currentFile, currentLink } from '../layout.js';
 import { renderFile, renderString } from '../render/template.js';
 import { callAgent, callAgentReadOnly } from './agent.js';
-import { agentFor, shellVars, templateVars, type HostSession, type Session } from './deploy.js';
 import { pathsToCheck, serverFactVars, serverProblems, type ServerFacts } from './server-facts.js';
+import { agentFor, type HostSession, type Session } from './session.js';
 import { cmd } from './shell.js';
+import { shellVars, templateVars } from './vars.js';
 
 /** A server file as this run found or left it on one host. */
 export interface ServerFileChange {
@@ -38,7 +40,7 @@ export function serverVars(
   m: Manifest | null,
   facts: ServerFacts | null = null,
 ): Record<string, unknown> {
-  const current = path.posix.join(s.config.root, 'current');
+  const current = currentLink(s.config.root);
   const vars =
     m && !isAdopted(m)
       ? templateVars(s, host, m)
@@ -46,7 +48,7 @@ export function serverVars(
           ...templateVars(s, host, { id: '', extensions: [] }),
           release: current,
           release_id: '',
-          config_file: path.posix.join(current, s.env.configFile),
+          config_file: currentFile(s.config.root, s.env.configFile),
         };
   return serverFactVars(facts, vars);
 }
@@ -77,7 +79,7 @@ export function readServerFacts(s: Session, h: HostSession, python: string): Pro
             restart: s.config.deploy.restart,
             templates: s.config.server.files.map((f) => f.source),
             vars: hostVars(s, h.name),
-            current: path.posix.join(s.config.root, 'current'),
+            current: currentLink(s.config.root),
           }),
         })
       : Promise.resolve(null);
@@ -117,7 +119,7 @@ export async function serverChecks(
         templates: s.config.server.files.map((f) => f.source),
         facts,
         vars: hostVars(s, h.name),
-        current: path.posix.join(s.config.root, 'current'),
+        current: currentLink(s.config.root),
         // An adopted release has no manifest to check against: it runs on the host already.
         ...(m && !isAdopted(m)
           ? {

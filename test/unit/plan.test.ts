@@ -9,9 +9,15 @@ import {
   hostCompatibility,
   planDeploy,
   planSetup,
+  commonRollbackTarget,
+  formatUnlockPlan,
+  planUnlock,
+  promoteSource,
+  pruneInstructions,
   prunePlan,
+  pruneRefusal,
   rollbackTarget,
-  type PlanFacts,
+  type HostFacts,
   type PlanSettings,
 } from '../../src/plan.js';
 
@@ -41,11 +47,10 @@ const settings: PlanSettings = {
   healthcheck: 'http://127.0.0.1/api/3/action/status_show',
 };
 
-function facts(over: Partial<PlanFacts>): PlanFacts {
+function facts(over: Partial<HostFacts>): HostFacts {
   return {
     layout: true,
     current: null,
-    rollback_target: null,
     releases: [],
     partials: [],
     lock: null,
@@ -157,9 +162,6 @@ describe('planDeploy', () => {
       manifest(R2, 0),
       [{ name: 'web1', facts: f, serverFiles: [] }],
       settings,
-      {
-        markPreviousBad: true,
-      },
     );
     expect(p.hosts[0]).toMatchObject({
       current: R3,
@@ -213,16 +215,7 @@ describe('planDeploy: rollback to the release setup adopted from <root>/default'
   });
 
   it('switches without sending or verifying, says what it skips, and marks the release left bad', () => {
-    const p = planDeploy(
-      'rollback',
-      'prod',
-      m,
-      [{ name: 'web1', facts: onHost, serverFiles: [] }],
-      settings,
-      {
-        markPreviousBad: true,
-      },
-    );
+    const p = planDeploy('rollback', 'prod', m, [{ name: 'web1', facts: onHost, serverFiles: [] }], settings);
     expect(p.hosts[0]).toMatchObject({
       current: R1,
       target: ADOPTED,
@@ -277,7 +270,7 @@ describe('hostCompatibility: the preflight rule of ship, promote, rollback and t
       },
       libraries,
     }) as unknown as Manifest;
-  const host = (over: Partial<PlanFacts> = {}) =>
+  const host = (over: Partial<HostFacts> = {}) =>
     facts({
       python: { path: '/usr/bin/python3', version: '3.11.2', implementation: 'cpython' },
       os: { id: 'debian', version_id: '12' },
@@ -386,6 +379,131 @@ describe('planSetup', () => {
         `    adopt: no: the host already runs release ${R1}\n` +
         '    chown ckan:www-data: the shared directories\n' +
         '    server file /etc/x: unchanged\n',
+    );
+  });
+});
+
+describe('prune: the plan says exactly what the agent is told', () => {
+  it('removes the leftovers of interrupted operations: partial directories and temporary files', () => {
+    expect(prunePlan([R1], ['.partial-x-op1'], R1, null, 3, ['op1-manifest.json'])).toEqual([
+      { release: null, path: '.partial-x-op1', why: 'partial directory left by an interrupted operation' },
+      {
+        release: null,
+        path: '.ckan-release/tmp/op1-manifest.json',
+        why: 'temporary file left by an interrupted operation',
+      },
+    ]);
+  });
+
+  it("tells the agent the plan's items, and to protect the rollback target; nothing the agent refuses", () => {
+    const f = facts({
+      current: R3,
+      releases: [R1, R2, R3].map((id) => ({ id, state: 'healthy' })),
+      ledger: healthy(R1, R2, R3),
+      partials: ['.partial-x-0badf00d'],
+      tmp: ['0badf00d-need.json'],
+    });
+    const p = planDeploy(
+      'ship',
+      'prod',
+      manifest(R4),
+      [{ name: 'web1', facts: f, serverFiles: [] }],
+      settings,
+    );
+    const hp = p.hosts[0]!;
+    const told = pruneInstructions(hp, settings.keepReleases);
+    expect(told).toEqual({
+      remove: [
+        { release: R2, why: 'beyond keep_releases=2' },
+        { release: R1, why: 'beyond keep_releases=2' },
+      ],
+      paths: [
+        { path: '.partial-x-0badf00d', why: 'partial directory left by an interrupted operation' },
+        {
+          path: '.ckan-release/tmp/0badf00d-need.json',
+          why: 'temporary file left by an interrupted operation',
+        },
+      ],
+      protect: [R3],
+    });
+    for (const item of [...told.remove, ...told.paths])
+      expect(pruneRefusal(item, { current: R4, protect: told.protect, op: 'f00dcafe' })).toBeNull();
+  });
+
+  it('the rollback target is decided on the verdicts when the agent sends them (the whole ledger)', () => {
+    // The last 200 entries hold no healthy R1; the verdicts do.
+    const f = facts({ current: R2, ledger: healthy(R2), verdicts: healthy(R1, R2) });
+    const p = planDeploy(
+      'ship',
+      'prod',
+      manifest(R3),
+      [{ name: 'web1', facts: f, serverFiles: [] }],
+      settings,
+    );
+    expect(p.hosts[0]!.rollback_target_after).toBe(R2);
+    expect(commonRollbackTarget([{ name: 'web1', facts: f }])).toEqual({ id: R1 });
+  });
+});
+
+describe('commonRollbackTarget and promoteSource: what rollback and promote switch to', () => {
+  const at = (current: string, ...ids: string[]) => facts({ current, ledger: healthy(...ids) });
+  it('rollback: the target every host agrees on, else the refusal names each host', () => {
+    expect(
+      commonRollbackTarget([
+        { name: 'a', facts: at(R3, R1, R2, R3) },
+        { name: 'b', facts: at(R3, R2, R3) },
+      ]),
+    ).toEqual({ id: R2 });
+    expect(
+      commonRollbackTarget([
+        { name: 'a', facts: at(R3, R1, R3) },
+        { name: 'b', facts: at(R3, R3) },
+      ]),
+    ).toEqual({ refusal: `a=${R1}, b=none` });
+  });
+  it('promote: the one release every host runs and recorded healthy', () => {
+    expect(promoteSource('staging', [{ name: 'a', facts: at(R2, R1, R2) }])).toEqual({ id: R2 });
+    expect(
+      promoteSource('staging', [
+        { name: 'a', facts: at(R2, R2) },
+        { name: 'b', facts: at(R1, R1) },
+      ]),
+    ).toEqual({ refusal: `staging does not run one release on every host: a=${R2}, b=${R1}` });
+    expect(promoteSource('staging', [{ name: 'a', facts: at(R2, R1) }])).toEqual({
+      refusal: `${R2} is not recorded healthy on a of staging`,
+    });
+  });
+});
+
+describe('planUnlock', () => {
+  it('names the lock each host holds, with its token (the executor removes that lock only)', () => {
+    const lock = {
+      user: 'alice',
+      machine: 'laptop',
+      pid: 1,
+      operation: 'ship',
+      since: 1700000000,
+      token: 't0',
+    };
+    const p = planUnlock('prod', [
+      { name: 'a', facts: facts({ lock, lock_expired: true }) },
+      { name: 'b', facts: facts({}) },
+    ]);
+    expect(p.hosts).toEqual([
+      {
+        host: 'a',
+        lock: {
+          holder: 'alice@laptop (pid 1, ship, since 2023-11-14T22:13:20Z)',
+          expired: true,
+          token: 't0',
+        },
+      },
+      { host: 'b', lock: null },
+    ]);
+    expect(formatUnlockPlan(p)).toBe(
+      'plan: unlock prod (dry run: nothing is changed)\n' +
+        '  a: would remove the lock of alice@laptop (pid 1, ship, since 2023-11-14T22:13:20Z) (expired)\n' +
+        '  b: not locked\n',
     );
   });
 });

@@ -25,6 +25,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { AGENT_SCRIPT } from '../../src/deploy/agent.js';
 import { archiveMtime, makeDeltaArchive } from '../../src/deploy/delta.js';
 import { BUILD_SCRIPT } from '../../src/builder/build.js';
+import { hostRollbackTarget, prunePlan, type HostFacts } from '../../src/plan.js';
 import { requirePython, TEST_PYTHONS } from '../support/pythons.js';
 
 const BUILDER_CHECK = String.raw`
@@ -327,7 +328,9 @@ describe.each(TEST_PYTHONS)('the scripts on Python $label', (py) => {
     expect(readFileSync(path.join(root, 'current', 'lib/pkg/__init__.py'), 'utf8')).toBe('VERSION = 2\n');
 
     const after = await ok(python, 'facts', { root });
-    expect(after).toMatchObject({ current: ID_B, rollback_target: ID_A });
+    expect(after).toMatchObject({ current: ID_B });
+    // The agent sends the verdicts; the tool decides the rollback target from them (plan.ts).
+    expect(hostRollbackTarget(after as unknown as HostFacts)).toBe(ID_A);
     const verify = await ok(python, 'verify', {
       root,
       id: ID_A,
@@ -357,8 +360,24 @@ describe.each(TEST_PYTHONS)('the scripts on Python $label', (py) => {
       const r = await ok(python, 'receive', { root, id, op, manifest: m }, whole);
       await finalize(id, op, r.partial, m);
     }
-    const pruned = await ok(python, 'prune', { root, keep: 3, op: 'op6' });
-    expect(pruned).toMatchObject({ kept: [ID_A, ID_B, ID_C] });
+    const now = (await ok(python, 'facts', { root })) as unknown as HostFacts;
+    const prunes = prunePlan(
+      now.releases.map((r) => r.id),
+      now.partials,
+      now.current,
+      hostRollbackTarget(now),
+      3,
+      now.tmp,
+    );
+    const pruned = await ok(python, 'prune', {
+      root,
+      op: 'op6',
+      remove: prunes.flatMap((x) =>
+        x.release ? [{ release: x.release, why: 'beyond keep_releases=3' }] : [],
+      ),
+      paths: prunes.flatMap((x) => (x.path ? [{ path: x.path, why: x.why }] : [])),
+      protect: [ID_A],
+    });
     const removed = (pruned.removed as { release: string | null }[]).filter((r) => r.release);
     expect(removed.map((r) => r.release)).toEqual([ID_0]);
     expect(readdirSync(path.join(root, 'releases')).sort()).toEqual([ID_A, ID_B, ID_C]);
