@@ -270,7 +270,8 @@ export function pruneRefusal(
     return null;
   }
   const p = item.path ?? '';
-  const tmp = p.startsWith('.ckan-release/tmp/') ? p.slice('.ckan-release/tmp/'.length) : null;
+  const prefix = tmpRelative('');
+  const tmp = p.startsWith(prefix) ? p.slice(prefix.length) : null;
   const name = tmp ?? p;
   const plain = name !== '' && name !== '.' && name !== '..' && !name.includes('/') && !name.includes('\0');
   if (!plain || (tmp === null && !/^\.(partial|prune)-/.test(name))) return 'outside the layout';
@@ -556,8 +557,8 @@ export function planSetup(
         adopt_why: facts.current
           ? `no: the host already runs release ${facts.current}`
           : facts.default_python
-            ? `${root}/default has bin/python and there is no current release`
-            : `nothing to adopt: no ${root}/default/bin/python`,
+            ? `${defaultVenv(root)} has bin/python and there is no current release`
+            : `nothing to adopt: no ${defaultVenv(root)}/bin/python`,
         chown: owner && shared.length ? owner : null,
         server_files: serverFiles,
         problems: serverProblems ?? [],

@@ -109,7 +109,7 @@ export async function planShip(
     if (failed.length) throw phase1Failed(s, opts.label ?? operation, failed);
     facts = read.map((r) => (r as PromiseFulfilledResult<HostFacts>).value);
   }
-  const serverFiles = await Promise.all(s.hosts.map((h) => serverFilePlans(s, h, python, m)));
+  const serverFiles = await Promise.all(s.hosts.map((h) => serverFilePlans(s, h, python, m, !opts.dryRun)));
   const checks = await serverChecks(s, python, m);
   const plan = planDeploy(
     operation,

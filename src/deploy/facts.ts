@@ -30,15 +30,19 @@ export async function readFactsReadOnly(
   });
 }
 
-/** Which server files would change: compared by the agent (check mode) when it is installed. */
+/**
+ * Which server files would change: compared by the agent (check mode) when it is installed.
+ * `installed`: the caller knows it is (the real run installs it before it plans).
+ */
 export async function serverFilePlans(
   s: Session,
   h: HostSession,
   python: string,
   m: Manifest | null,
+  installed = false,
 ): Promise<ServerFilePlan[]> {
   if (!s.config.server.files.length) return [];
-  if (!(await agentInstalled(s, h)))
+  if (!installed && !(await agentInstalled(s, h)))
     return s.config.server.files.map((f) => ({ dest: f.dest, change: 'unknown', reload: f.reload }));
   const files = await installServerFiles(s, h, python, m, true);
   return files.map((f) => ({ dest: f.dest, change: f.changed ? 'install' : 'unchanged', reload: f.reload }));

@@ -4,7 +4,7 @@
 // directories, install the server files. Idempotent.
 import { adoptedId } from '../artifact/adopted.js';
 import type { Events } from '../events.js';
-import { agentDir, setupDirs, sharedDir } from '../layout.js';
+import { agentDir, defaultVenv, setupDirs, sharedDir } from '../layout.js';
 import { planSetup, type SetupPlan } from '../plan.js';
 import { callAgent, HOST_PYTHON, installAgent } from './agent.js';
 import { readFactsReadOnly, serverFilePlans, serverPlanProblems } from './facts.js';
@@ -71,7 +71,7 @@ export async function setup(
       await h.remote.run('chown shared directories', cmd(maybeSudo(['chown', hp.chown, ...dirs], h.sudo)));
     }
     print(
-      `${h.name}: ${r.made.length ? `made ${r.made.join(', ')}` : 'already set up'}${r.adopted ? `; adopted ${root}/default as release ${r.adopted}` : ''}\n`,
+      `${h.name}: ${r.made.length ? `made ${r.made.join(', ')}` : 'already set up'}${r.adopted ? `; adopted ${defaultVenv(root)} as release ${r.adopted}` : ''}\n`,
     );
     let installed: string[] = [];
     if (s.config.server.files.length) {
