@@ -2075,7 +2075,7 @@ def serve(install=None):
             return False  # the client is gone; the loop ends at the end of stdin
         return True
 
-    send({"ready": True, "pid": os.getpid(), "python": sys.version.split()[0]})
+    send({"ready": True, "pid": os.getpid(), "python": sys.version.split()[0], "executable": sys.executable})
     while True:
         line = reader.readline()
         if not line:

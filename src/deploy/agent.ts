@@ -160,6 +160,13 @@ function sessionOf(h: AgentHost, mayInstall: boolean): AgentSession {
   if (!byKey) sessions.set(h.remote, (byKey = new Map()));
   const key = JSON.stringify([h.root, h.python, h.sudo]);
   let s = byKey.get(key);
+  // The session that found the host's python (HOST_PYTHON) serves an artifact whose python it is
+  // (rollback's first look, then the rollback): one agent process, not two.
+  const probed = byKey.get(JSON.stringify([h.root, HOST_PYTHON, h.sudo]));
+  if ((!s || s.dead) && probed && !probed.dead && probed.executable === h.python) {
+    byKey.set(key, probed);
+    s = probed;
+  }
   if (!s || s.dead) {
     const map = byKey;
     s = new AgentSession(

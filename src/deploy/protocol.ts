@@ -178,7 +178,8 @@ export type AgentReply =
   | { id: number; status: 'failed'; message: string; stderr: string };
 
 /** The first line a serve process writes: ready, or (the bootstrap) asking for the agent's text. */
-export type AgentHello = { ready: true; pid: number; python: string } | { need_agent: true };
+export type AgentHello =
+  { ready: true; pid: number; python: string; executable: string } | { need_agent: true };
 
 /** The frame header of `n` data bytes; FRAME_END ends the data, FRAME_ABORT gives it up. */
 export function frameHeader(n: number): string {

@@ -55,6 +55,8 @@ export class AgentSession {
   private queue: Promise<unknown> = Promise.resolve();
   private stderrTail = '';
   private exit: { code: number | null; signal: string | null } | undefined;
+  /** The interpreter the agent runs with (sys.executable), once the session has started. */
+  executable: string | undefined;
 
   constructor(
     private readonly remote: Remote,
@@ -157,12 +159,14 @@ export class AgentSession {
           helloFailed = reject;
           if (this.exit) reject(lostError(this.remote.name, step, this.exit, this.stderrTail));
         });
-      if ('need_agent' in (await waitHello())) {
+      let h = await waitHello();
+      if ('need_agent' in h) {
         const text = this.launch.payload();
         ch.stdin.write(frameHeader(text.length));
         ch.stdin.write(text);
-        await waitHello();
+        h = await waitHello();
       }
+      if ('ready' in h) this.executable = h.executable;
       this.installed = install;
       return ch;
     })();

@@ -16,6 +16,7 @@ import {
   callAgent,
   callAgentReadOnly,
   closeAgentSessions,
+  HOST_PYTHON,
   installAgent,
   type AgentHost,
 } from '../../src/deploy/agent.js';
@@ -363,6 +364,25 @@ describe.each(TEST_PYTHONS)('agent sessions (session.ts) under Python $label', (
     expect(readdirSync(path.join(root, 'releases', ID))).toEqual([]);
     await callAgent(h, 'read host facts', 'facts', { root });
     expect(remote.channels).toBe(1);
+    remote.close();
+  });
+});
+
+describe('agent sessions: the host python', () => {
+  it('the session that found the host’s python serves calls made with that same interpreter', async () => {
+    const root = tempRoot();
+    const remote = new LocalRemote();
+    const probe: AgentHost = { remote, root, python: HOST_PYTHON, sudo: false };
+    await installAgent(probe);
+    const f = await callAgent<{ python: { path: string } }>(probe, 'read host facts', 'facts', { root });
+    // The artifact names the interpreter the probe found (a rollback's first look, then its ship).
+    const same: AgentHost = { ...probe, python: f.python.path };
+    await callAgent(same, 'read host facts', 'facts', { root });
+    expect(remote.channels).toBe(1);
+    // Another interpreter is another agent process.
+    const other: AgentHost = { ...probe, python: requirePython(TEST_PYTHONS[0]!) };
+    await callAgent(other, 'read host facts', 'facts', { root });
+    expect(remote.channels).toBe(2);
     remote.close();
   });
 });
