@@ -1958,13 +1958,17 @@ class CutOff(IOError):
 
 
 class FramedInput(object):
-    """One request's data, de-framed: a file object for the command (read until b"")."""
+    """One request's data, de-framed: a file object for the command (read until b""). Reads are
+    serialised (receive inflates in a thread of its own); once the command has returned, that thread
+    (which may still be reading, or stuck) sees the end, and drain() alone reads what is left."""
 
     def __init__(self, reader, framed):
         self.reader = reader
         self.left = 0
         self.done = not framed
         self.error = None
+        self.lock = threading.Lock()
+        self.detached = False
 
     def read(self, n=-1):
         if n is None or n < 0:
@@ -1974,6 +1978,12 @@ class FramedInput(object):
                 if not chunk:
                     return b"".join(parts)
                 parts.append(chunk)
+        with self.lock:
+            if self.detached:
+                return b""
+            return self._read(n)
+
+    def _read(self, n):
         if self.error is not None:
             raise self.error
         while not self.done and self.left == 0:
@@ -2006,13 +2016,16 @@ class FramedInput(object):
         return data
 
     def drain(self):
-        """Reads to the end frame; False if the input ended (or broke) first."""
+        """Reads (and drops) the rest, to the end frame; False if the input ended (or broke) first."""
+        with self.lock:
+            self.detached = True
         try:
-            while self.read(1 << 20):
-                pass
+            while True:
+                with self.lock:
+                    if not self._read(1 << 20):
+                        return True
         except IOError:
             return self.done
-        return True
 
 
 def serve_one(req, reader, install=None):

@@ -200,6 +200,10 @@ export class AgentSession {
       stdin?.destroy();
       throw e;
     }
+    if (this.exit) {
+      stdin?.destroy();
+      throw lostError(this.remote.name, step, this.exit, this.stderrTail);
+    }
     const id = this.nextId++;
     let answered = false;
     const reply = new Promise<AgentReply>((resolve, reject) => {

@@ -4,7 +4,7 @@
 // TypeScript session (src/deploy/session.ts) driving it through a local Remote: the bootstrap that
 // installs the agent on the way, the read-only bootstrap that writes nothing, and the counts.
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
@@ -121,6 +121,111 @@ describe.each(TEST_PYTHONS)('agent serve under Python $label', (p) => {
     ).toEqual(['done', 'done']);
     expect(readFileSync(path.join(release, 'ckan.ini'), 'utf8')).toBe('[app:main]\nx = "y"\n');
     expect(readFileSync(path.join(release, 'empty.ini'), 'utf8')).toBe('');
+  });
+
+  it('a receive refused in the middle of its archive: the rest is dropped, the next request runs', () => {
+    const python = requirePython(p);
+    const root = tempRoot();
+    spawnSync(python, [AGENT_SCRIPT, 'setup', JSON.stringify({ root, shared: [] })]);
+    // An archive whose first entry is not in the manifest, with 4 MB of incompressible bytes after it:
+    // the agent refuses at once, while its inflating thread still reads.
+    const made = spawnSync(
+      'python3',
+      [
+        '-c',
+        [
+          'import io, json, os, sys, tarfile, gzip',
+          'buf = io.BytesIO()',
+          'with tarfile.open(fileobj=buf, mode="w") as t:',
+          '    for name in ("stray", "big"):',
+          '        data = os.urandom(2 << 20)',
+          '        i = tarfile.TarInfo(name); i.size = len(data)',
+          '        t.addfile(i, io.BytesIO(data))',
+          'sys.stdout.buffer.write(gzip.compress(buf.getvalue()))',
+        ].join('\n'),
+      ],
+      { maxBuffer: 64 << 20 },
+    );
+    const archive = made.stdout;
+    expect(archive.length, made.stderr.toString()).toBeGreaterThan(4 << 20);
+    const manifest = path.join(root, 'manifest.json');
+    writeFileSync(
+      manifest,
+      JSON.stringify({ id: ID, files: [{ path: 'big', type: 'file', mode: '0644', size: 1, sha256: 'x' }] }),
+    );
+    const parts: Buffer[] = [Buffer.from(req(1, 'receive', { root, id: ID, op: 'op1', manifest }, true))];
+    for (let at = 0; at < archive.length; at += 65536) {
+      const chunk = archive.subarray(at, at + 65536);
+      parts.push(Buffer.from(`${chunk.length}\n`), chunk);
+    }
+    parts.push(Buffer.from('0\n' + req(2, 'facts', { root })));
+    const r = spawnSync(python, [AGENT_SCRIPT, 'serve'], { input: Buffer.concat(parts), timeout: 60_000 });
+    const answers = r.stdout
+      .toString()
+      .split('\n')
+      .filter(Boolean)
+      .slice(1)
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect(r.status, r.stderr.toString()).toBe(0);
+    expect(answers.map((a) => a.status)).toEqual(['refused', 'done']);
+    expect(answers[0]!.message).toMatch(/archive entry stray is not in the manifest/);
+  });
+
+  it('refused while its data is still coming: the end frame sent after the answer, then the next request runs', async () => {
+    // The client's order when an answer comes early: the agent's inflating thread is still reading
+    // the data when the refusal is sent; the end frame and the next request arrive after it.
+    const python = requirePython(p);
+    const root = tempRoot();
+    spawnSync(python, [AGENT_SCRIPT, 'setup', JSON.stringify({ root, shared: [] })]);
+    const manifest = path.join(root, 'manifest.json');
+    writeFileSync(manifest, JSON.stringify({ id: ID, files: [] }));
+    const archive = spawnSync('python3', [
+      '-c',
+      'import io, sys, tarfile, gzip\nb = io.BytesIO()\nt = tarfile.open(fileobj=b, mode="w")\n' +
+        'i = tarfile.TarInfo("stray"); i.size = 1; t.addfile(i, io.BytesIO(b"x")); t.close()\n' +
+        'sys.stdout.buffer.write(gzip.compress(b.getvalue()))',
+    ]).stdout;
+    const child = spawn(python, [AGENT_SCRIPT, 'serve'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const lines: Record<string, unknown>[] = [];
+    let waiter: (() => void) | undefined;
+    let buf = '';
+    child.stdout.on('data', (c: Buffer) => {
+      buf += c.toString();
+      for (let nl = buf.indexOf('\n'); nl >= 0; nl = buf.indexOf('\n')) {
+        lines.push(JSON.parse(buf.slice(0, nl)) as Record<string, unknown>);
+        buf = buf.slice(nl + 1);
+        waiter?.();
+      }
+    });
+    const until = (n: number) =>
+      new Promise<void>((res, rej) => {
+        const t = setTimeout(
+          () => rej(new Error(`only ${lines.length} lines: ${JSON.stringify(lines)}`)),
+          10_000,
+        );
+        const check = () => {
+          if (lines.length >= n) {
+            clearTimeout(t);
+            res();
+          }
+        };
+        waiter = check;
+        check();
+      });
+    for (let round = 0; round < 5; round++) {
+      const base = 1 + 2 * round;
+      child.stdin.write(req(base, 'receive', { root, id: ID, op: `op${round}`, manifest }, true));
+      child.stdin.write(`${archive.length}\n`);
+      child.stdin.write(archive);
+      await until(1 + 2 * round + 1);
+      expect(lines.at(-1)).toMatchObject({ id: base, status: 'refused', error: 'bad-artifact' });
+      await new Promise((r) => setTimeout(r, 50));
+      child.stdin.write('0\n' + req(base + 1, 'clean', { root, op: `op${round}` }));
+      await until(1 + 2 * round + 2);
+      expect(lines.at(-1)).toMatchObject({ id: base + 1, status: 'done' });
+    }
+    child.stdin.end();
+    expect(await new Promise((r) => child.on('close', r))).toBe(0);
   });
 
   it('stdin closed mid-request: a cut-off request line never runs; cut-off data fails that command only', () => {
