@@ -10,6 +10,7 @@ import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { sandboxDown, sandboxUp } from '../src/sandbox/sandbox.js';
 import { testDocker } from '../test/support/docker.js';
+import { onHost } from '../test/support/hosts.js';
 import { testProject } from '../test/support/project.js';
 
 const [baseline, sshPort = '2410', httpPort = '8410'] = process.argv.slice(2);
@@ -49,8 +50,10 @@ try {
       .replace('ssh_port: 2201, http_port: 8001', `ssh_port: ${sshPort}, http_port: ${httpPort}`)
       // No hook, a restart that costs nothing: the agent's calls are what is counted.
       .replace(/ {2}hooks:\n {4}before_switch:\n(?: {6}.*\n)+/, '')
-      .replace(/restart: .*/, 'restart: "true"'),
+      .replace(/^ {2}restart: .*$/m, '  restart: "true"'),
   );
+  if (!readFileSync(project.config, 'utf8').includes('  restart: "true"'))
+    throw new Error('restart not replaced');
   const config = project.config;
   const build = async (cfg: string) =>
     (await project.cli('--config', cfg, 'build')).out.trim().split('\n').pop()!;
@@ -70,6 +73,12 @@ try {
     await run(bin, config, 'status', 'staging'); // installs this tool's agent version
     const status = await run(bin, config, 'status', 'staging');
     await run(bin, config, 'ship', 'staging', B);
+    // A is not on the host for either tool: its ship is a delta from B.
+    await onHost(
+      docker,
+      HOST,
+      `rm -rf /usr/lib/ckan/releases/${A} /usr/lib/ckan/.ckan-release/manifests/${A}.*`,
+    );
     const full = await run(bin, config, 'ship', 'staging', A);
     const again = await run(bin, config, 'ship', 'staging', A);
     const rollback = await run(bin, config, 'rollback', 'staging', '--to', B);

@@ -517,7 +517,12 @@ async function main(): Promise<void> {
       });
 
     // ---- rollback on 8 hosts, and the fixed cost of a ship to one host, without the restart command
-    const noRestart = project.variant('no-restart', (t) => t.replace(/restart: .*/, 'restart: "true"'));
+    const noRestart = project.variant('no-restart', (t) =>
+      t.replace(/^ {2}restart: .*$/m, '  restart: "true"'),
+    );
+    // (The first "restart: " of the file is in a comment: the deploy key is matched by its indentation.)
+    if (!readFileSync(noRestart, 'utf8').includes('\n  restart: "true"\n'))
+      throw new Error(`${noRestart}: deploy.restart was not replaced`);
     const counted = async (bin: string, hosts: string[], ...argv: string[]) => {
       const r = await cpuDuring(hosts, () => cliOf(bin, noRestart, ...argv));
       return { ...r, secs: r.result.secs, counts: countsOf(r.result.err) };
