@@ -8,6 +8,13 @@
 //   BENCH_PREFIX  sandbox host names are <prefix>1..8 (default "bench")
 //   BENCH_KEEP=1  keep the sandbox hosts and the project directory afterwards
 //   BENCH_SKIP_S3=1  skip the S3 publish row (it starts a radosgw container)
+//   BENCH_ROWS=a,b  only these groups of rows (default all): build (cold and warm builds), s3, full,
+//                 delta, fleet, rollback, fixed, restart. Without `build` the two artifacts are still
+//                 built, once each, untimed; rollback and fixed ship what they need to the hosts first.
+//   BENCH_BASELINE_CLI=PATH  the rows "fixed cost per host" and "rollback on 8 hosts" also run this
+//                 other ckan-release (e.g. /work/main/bin/ckan-release, the code before a change) in the
+//                 same run, as their baseline; both report SSH channels and sudo runs per host, counted
+//                 by bench/count-channels.mjs the same way for either tool.
 import { execFileSync, spawn } from 'node:child_process';
 import {
   closeSync,
@@ -44,6 +51,10 @@ const BALLAST_DIR = path.resolve(
 const FIXED_GIT_DATE = '2024-01-01T00:00:00Z';
 const RESTART_SWITCHES = Number(process.env.BENCH_RESTART_SWITCHES ?? 10);
 const CORES = os.cpus().length;
+const ROWS = process.env.BENCH_ROWS?.split(',').map((x) => x.trim());
+const runs = (group: string) => !ROWS || ROWS.includes(group);
+const BASELINE_CLI = process.env.BENCH_BASELINE_CLI;
+const COUNTER = path.resolve('bench/count-channels.mjs');
 // The bench's own pack cache volume, emptied before each cold build (README "Builds").
 const PACK_CACHE = 'ckan-release-bench-pack-cache';
 process.env.CKAN_RELEASE_PACK_CACHE_VOLUME = PACK_CACHE;
@@ -78,9 +89,18 @@ let sandboxDir: string;
 
 /** Runs the CLI as a user would (bin/ckan-release), returns seconds and output; fails on non-zero exit. */
 function cli(config: string, ...argv: string[]): Promise<{ secs: number; out: string; err: string }> {
+  return cliOf('bin/ckan-release', config, ...argv);
+}
+
+/** cli() with another ckan-release (BENCH_BASELINE_CLI), counting its SSH channels (count-channels.mjs). */
+function cliOf(
+  bin: string,
+  config: string,
+  ...argv: string[]
+): Promise<{ secs: number; out: string; err: string }> {
   return new Promise((resolve, reject) => {
     const start = performance.now();
-    const child = spawn(process.execPath, ['bin/ckan-release', '--config', config, ...argv], {
+    const child = spawn(process.execPath, ['--import', COUNTER, bin, '--config', config, ...argv], {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: process.env,
     });
@@ -273,6 +293,15 @@ async function prepareProject(): Promise<{ config: string; warm: string[] }> {
   return { config: project.config, warm };
 }
 
+/** SSH exec channels and sudo runs per host of one CLI run (its bench-count line), the median host's. */
+function countsOf(err: string): { channels: number; sudo: number } {
+  const m = /^bench-count: (.*)$/m.exec(err);
+  if (!m) throw new Error(`no bench-count line in the output:\n${err.slice(-2000)}`);
+  const hosts = Object.values(JSON.parse(m[1]!) as Record<string, { channels: number; sudo: number }>);
+  if (!hosts.length) return { channels: 0, sudo: 0 };
+  return { channels: median(hosts.map((h) => h.channels)), sudo: median(hosts.map((h) => h.sudo)) };
+}
+
 function baseTagOf(err: string): { reused: boolean; tag: string } {
   const m = /base venv: (reused|building) (ckan-release-base:\S+)/.exec(err);
   if (!m) throw new Error(`no base venv line in the build output:\n${err.slice(-2000)}`);
@@ -331,7 +360,7 @@ async function main(): Promise<void> {
     const cold: number[] = [];
     let A = '';
     let baseTag: string | undefined;
-    for (let i = 0; i < BUILD_RUNS; i++) {
+    for (let i = 0; i < (runs('build') ? BUILD_RUNS : 0); i++) {
       const coldStart = () => {
         if (baseTag) execFileSync('docker', ['rmi', baseTag], { stdio: 'ignore' });
         rmSync(process.env.CKAN_RELEASE_CACHE!, { recursive: true, force: true });
@@ -350,9 +379,18 @@ async function main(): Promise<void> {
       A = b.out.trim().split('\n').pop()!;
       log(`cold build ${b.secs.toFixed(1)} s: ${stepTimes(b.err)}`);
     }
+    if (!runs('build')) {
+      // The artifacts only, untimed (a build that reuses what earlier runs left is fine here).
+      A = (await cli(config, 'build')).out.trim().split('\n').pop()!;
+      log(`built A ${A} (untimed: BENCH_ROWS has no build)`);
+    }
     const warmRuns: number[] = [];
     let B = '';
-    for (let i = 0; i < BUILD_RUNS; i++) {
+    if (!runs('build')) {
+      B = (await cli(warm[0]!, 'build')).out.trim().split('\n').pop()!;
+      log(`built B ${B} (untimed)`);
+    }
+    for (let i = 0; i < (runs('build') ? BUILD_RUNS : 0); i++) {
       const b = await cli(warm[i % 2]!, 'build');
       if (!baseTagOf(b.err).reused) throw new Error('a warm build did not reuse the base venv');
       warmRuns.push(b.secs);
@@ -372,7 +410,7 @@ async function main(): Promise<void> {
     );
 
     // ---- publish of a one-extension change to an S3 store (radosgw): bytes uploaded / full artifact
-    if (!process.env.BENCH_SKIP_S3) {
+    if (!process.env.BENCH_SKIP_S3 && runs('s3')) {
       const p = await publishDelta(config, A, B);
       log(`publish ${B} after ${A}: ${p.uploaded} of ${p.archive} bytes uploaded (A alone: ${p.full})`);
       row(
@@ -395,7 +433,7 @@ async function main(): Promise<void> {
     const baseline: number[] = [];
     const fullCpu: { hosts: number; machine: number }[] = [];
     const baseCpu: { hosts: number; machine: number }[] = [];
-    for (let i = 0; i < RUNS; i++) {
+    for (let i = 0; i < (runs('full') || runs('delta') ? RUNS : 0); i++) {
       const b = await cpuDuring([ONE], async () => timeBaseline(archiveA));
       baseline.push(b.result);
       baseCpu.push(b);
@@ -407,25 +445,26 @@ async function main(): Promise<void> {
         `full ship ${r.result.secs.toFixed(1)} s (host CPU ${r.hosts.toFixed(1)} s, machine ${r.machine.toFixed(1)} s; baseline ${b.result.toFixed(1)} s, host CPU ${b.hosts.toFixed(1)} s, machine ${b.machine.toFixed(1)} s): ${phases(r.result.err)}`,
       );
     }
-    row(
-      'full ship to one host vs ssh+tar -xzf',
-      full,
-      's',
-      baseline,
-      'ratio <= 1.15',
-      (_, r) => r !== null && r <= 1.15,
-      {
-        host_cpu_s: median(fullCpu.map((c) => c.hosts)),
-        machine_cpu_s: median(fullCpu.map((c) => c.machine)),
-        baseline_host_cpu_s: median(baseCpu.map((c) => c.hosts)),
-        baseline_machine_cpu_s: median(baseCpu.map((c) => c.machine)),
-      },
-    );
+    if (runs('full'))
+      row(
+        'full ship to one host vs ssh+tar -xzf',
+        full,
+        's',
+        baseline,
+        'ratio <= 1.15',
+        (_, r) => r !== null && r <= 1.15,
+        {
+          host_cpu_s: median(fullCpu.map((c) => c.hosts)),
+          machine_cpu_s: median(fullCpu.map((c) => c.machine)),
+          baseline_host_cpu_s: median(baseCpu.map((c) => c.hosts)),
+          baseline_machine_cpu_s: median(baseCpu.map((c) => c.machine)),
+        },
+      );
 
     // ---- delta ship (B after A) vs full ship
     const deltaSecs: number[] = [];
     const deltaBytes: number[] = [];
-    for (let i = 0; i < RUNS; i++) {
+    for (let i = 0; i < (runs('delta') ? RUNS : 0); i++) {
       const r = await cli(config, 'ship', 'one', B);
       deltaSecs.push(r.secs);
       log(`delta ship ${r.secs.toFixed(1)} s: ${phases(r.err)}`);
@@ -439,27 +478,29 @@ async function main(): Promise<void> {
       );
     }
     const fullBytes = statSync(archiveB).size;
-    row(
-      'delta ship (one extension changed) vs full: bytes sent',
-      deltaBytes,
-      'B',
-      deltaBytes.map(() => fullBytes),
-      'ratio <= 0.02',
-      (_, r) => r !== null && r <= 0.02,
-    );
-    row(
-      'delta ship (one extension changed) vs full: time',
-      deltaSecs,
-      's',
-      full,
-      'ratio <= 0.15',
-      (_, r) => r !== null && r <= 0.15,
-    );
+    if (runs('delta')) {
+      row(
+        'delta ship (one extension changed) vs full: bytes sent',
+        deltaBytes,
+        'B',
+        deltaBytes.map(() => fullBytes),
+        'ratio <= 0.02',
+        (_, r) => r !== null && r <= 0.02,
+      );
+      row(
+        'delta ship (one extension changed) vs full: time',
+        deltaSecs,
+        's',
+        full,
+        'ratio <= 0.15',
+        (_, r) => r !== null && r <= 0.15,
+      );
+    }
 
     // ---- 8 hosts vs 1 host (full ships)
     const fleet: number[] = [];
     const fleetCpu: { hosts: number; machine: number }[] = [];
-    for (let i = 0; i < RUNS; i++) {
+    for (let i = 0; i < (runs('fleet') ? RUNS : 0); i++) {
       await Promise.all(FLEET.map((h) => emptyHost(h)));
       const r = await cpuDuring(FLEET, () => cli(config, 'ship', 'fleet', A));
       fleet.push(r.result.secs);
@@ -468,47 +509,124 @@ async function main(): Promise<void> {
         `fleet ship ${r.result.secs.toFixed(1)} s: hosts' CPU ${r.hosts.toFixed(1)} s, machine ${r.machine.toFixed(1)} s (${CORES} cores: at least ${(r.machine / CORES).toFixed(1)} s)`,
       );
     }
-    row('ship to 8 hosts vs 1 host', fleet, 's', full, 'ratio <= 1.5', (_, r) => r !== null && r <= 1.5, {
-      host_cpu_s: median(fleetCpu.map((c) => c.hosts)),
-      machine_cpu_s: median(fleetCpu.map((c) => c.machine)),
-      cores: CORES,
-    });
+    if (runs('fleet'))
+      row('ship to 8 hosts vs 1 host', fleet, 's', full, 'ratio <= 1.5', (_, r) => r !== null && r <= 1.5, {
+        host_cpu_s: median(fleetCpu.map((c) => c.hosts)),
+        machine_cpu_s: median(fleetCpu.map((c) => c.machine)),
+        cores: CORES,
+      });
 
-    // ---- rollback on 8 hosts, without the restart command
-    await cli(config, 'ship', 'fleet', B);
-    const noRestart = project.variant('no-restart', (t) => t.replace(/restart: .*/, 'restart: "true"'));
-    const rollback: number[] = [];
-    const rollbackCpu: { hosts: number; machine: number }[] = [];
-    for (let i = 0; i < RUNS; i++) {
-      const r = await cpuDuring(FLEET, () => cli(noRestart, 'rollback', 'fleet', '--to', i % 2 ? B : A));
-      rollback.push(r.result.secs);
-      rollbackCpu.push(r);
-      log(
-        `rollback ${r.result.secs.toFixed(1)} s: hosts' CPU ${r.hosts.toFixed(1)} s, machine ${r.machine.toFixed(1)} s; ${r.result.err
-          .split('\n')
-          .filter((l) => /already there/.test(l))
-          .slice(0, 1)
-          .join('')}`,
+    // ---- rollback on 8 hosts, and the fixed cost of a ship to one host, without the restart command
+    const noRestart = project.variant('no-restart', (t) =>
+      t.replace(/^ {2}restart: .*$/m, '  restart: "true"'),
+    );
+    // (The first "restart: " of the file is in a comment: the deploy key is matched by its indentation.)
+    if (!readFileSync(noRestart, 'utf8').includes('\n  restart: "true"\n'))
+      throw new Error(`${noRestart}: deploy.restart was not replaced`);
+    const counted = async (bin: string, hosts: string[], ...argv: string[]) => {
+      const r = await cpuDuring(hosts, () => cliOf(bin, noRestart, ...argv));
+      return { ...r, secs: r.result.secs, counts: countsOf(r.result.err) };
+    };
+    const countProfile = (
+      runs_: { counts: { channels: number; sudo: number } }[],
+      base: { counts: { channels: number; sudo: number } }[],
+    ) => ({
+      ssh_channels_per_host: median(runs_.map((r) => r.counts.channels)),
+      sudo_runs_per_host: median(runs_.map((r) => r.counts.sudo)),
+      ...(base.length
+        ? {
+            baseline_ssh_channels_per_host: median(base.map((r) => r.counts.channels)),
+            baseline_sudo_runs_per_host: median(base.map((r) => r.counts.sudo)),
+          }
+        : {}),
+    });
+    if (runs('rollback')) {
+      // The fleet runs B with A kept (the fleet row left A there, or this ships both).
+      if (!runs('fleet')) await cli(config, 'ship', 'fleet', A);
+      await cli(config, 'ship', 'fleet', B);
+      // Each tool once untimed first: the baseline installs its own agent version on the hosts.
+      await counted('bin/ckan-release', FLEET, 'rollback', 'fleet', '--to', A);
+      if (BASELINE_CLI) await counted(BASELINE_CLI, FLEET, 'rollback', 'fleet', '--to', B);
+      else await counted('bin/ckan-release', FLEET, 'rollback', 'fleet', '--to', B);
+      const after: Awaited<ReturnType<typeof counted>>[] = [];
+      const before: Awaited<ReturnType<typeof counted>>[] = [];
+      for (let i = 0; i < RUNS; i++) {
+        const r = await counted('bin/ckan-release', FLEET, 'rollback', 'fleet', '--to', A);
+        after.push(r);
+        const b = BASELINE_CLI
+          ? await counted(BASELINE_CLI, FLEET, 'rollback', 'fleet', '--to', B)
+          : await counted('bin/ckan-release', FLEET, 'rollback', 'fleet', '--to', B);
+        if (BASELINE_CLI) before.push(b);
+        log(
+          `rollback ${r.secs.toFixed(2)} s (${r.counts.channels} SSH channels, ${r.counts.sudo} sudo per host): hosts' CPU ${r.hosts.toFixed(1)} s, machine ${r.machine.toFixed(1)} s` +
+            (BASELINE_CLI
+              ? `; baseline ${b.secs.toFixed(2)} s (${b.counts.channels} channels, ${b.counts.sudo} sudo per host)`
+              : ''),
+        );
+      }
+      row(
+        'rollback on 8 hosts (restart excluded)',
+        after.map((r) => r.secs),
+        's',
+        BASELINE_CLI ? before.map((r) => r.secs) : null,
+        '<= 1.5 s',
+        (v) => v <= 1.5,
+        {
+          host_cpu_s: median(after.map((c) => c.hosts)),
+          machine_cpu_s: median(after.map((c) => c.machine)),
+          cores: CORES,
+          ...countProfile(after, before),
+        },
       );
     }
-    row('rollback on 8 hosts (restart excluded)', rollback, 's', null, '<= 3 s', (v) => v <= 3, {
-      host_cpu_s: median(rollbackCpu.map((c) => c.hosts)),
-      machine_cpu_s: median(rollbackCpu.map((c) => c.machine)),
-      cores: CORES,
-    });
 
-    row(
-      'warm rebuild (one extension changed) vs cold build',
-      warmRuns,
-      's',
-      cold,
-      'ratio <= 0.15',
-      (_, r) => r !== null && r <= 0.15,
-    );
+    if (runs('fixed')) {
+      // The ship of the release the host already runs: nothing to send, everything else a ship does
+      // (facts, lock, verify by its tree seal, config, switch, health, ledger, prune, unlock).
+      await cli(config, 'ship', 'one', A);
+      await counted('bin/ckan-release', [ONE], 'ship', 'one', A);
+      if (BASELINE_CLI) await counted(BASELINE_CLI, [ONE], 'ship', 'one', A);
+      const after: Awaited<ReturnType<typeof counted>>[] = [];
+      const before: Awaited<ReturnType<typeof counted>>[] = [];
+      for (let i = 0; i < RUNS; i++) {
+        const r = await counted('bin/ckan-release', [ONE], 'ship', 'one', A);
+        after.push(r);
+        if (BASELINE_CLI) before.push(await counted(BASELINE_CLI, [ONE], 'ship', 'one', A));
+        log(
+          `fixed cost ${r.secs.toFixed(2)} s (${r.counts.channels} SSH channels, ${r.counts.sudo} sudo)` +
+            (BASELINE_CLI
+              ? `; baseline ${before.at(-1)!.secs.toFixed(2)} s (${before.at(-1)!.counts.channels} channels, ${before.at(-1)!.counts.sudo} sudo)`
+              : ''),
+        );
+      }
+      row(
+        'fixed cost per host: ship of a release already on the host (restart excluded)',
+        after.map((r) => r.secs),
+        's',
+        BASELINE_CLI ? before.map((r) => r.secs) : null,
+        '<= 0.5 s',
+        (v) => v <= 0.5,
+        {
+          host_cpu_s: median(after.map((c) => c.hosts)),
+          machine_cpu_s: median(after.map((c) => c.machine)),
+          ...countProfile(after, before),
+        },
+      );
+    }
+
+    if (runs('build'))
+      row(
+        'warm rebuild (one extension changed) vs cold build',
+        warmRuns,
+        's',
+        cold,
+        'ratio <= 0.15',
+        (_, r) => r !== null && r <= 0.15,
+      );
 
     await emptyTrash(FLEET);
 
-    if (!process.env.BENCH_SKIP_RESTART) {
+    if (!process.env.BENCH_SKIP_RESTART && runs('restart')) {
       // The restart recipe's contrast (README "Web servers"): a small release, one Apache host.
       const c = await restartContrast(RESTART_SWITCHES, log);
       log(

@@ -49,7 +49,14 @@ class Refused(Exception):
         self.details = details
 
 
+# In serve mode (see serve()), the answer of the command being served and its input: set per request.
+SERVING = {"answer": None, "input": None}
+
+
 def out(obj):
+    if SERVING["input"] is not None:
+        SERVING["answer"] = obj
+        return
     sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")
     sys.stdout.flush()
 
@@ -419,6 +426,8 @@ class StdinFd(object):
     reader's lock when the agent exits after a refusal (Python aborts on that at shutdown)."""
 
     def read(self, n=-1):
+        if SERVING["input"] is not None:
+            return SERVING["input"].read(n if n is not None and n >= 0 else 1 << 20)
         return os.read(0, n if n is not None and n >= 0 else 1 << 20)
 
 
@@ -1887,20 +1896,243 @@ COMMANDS = {
 }
 
 
-def main():
-    if len(sys.argv) != 3 or sys.argv[1] not in COMMANDS:
-        sys.stderr.write("usage: ckan_release_host.py COMMAND JSON-ARGS\n")
-        return 2
+def run_agent_command(command, args):
+    """Runs one command; its answer is what it out()s. Returns a refusal as {error, message, details},
+    or None; anything else it raises is not a refusal (a bug, or the host failing under it)."""
     try:
-        args = json.loads(sys.argv[2])
-        COMMANDS[sys.argv[1]](args)
+        COMMANDS[command](args)
     except Refused as e:
-        out({"error": e.kind, "message": e.message, "details": e.details})
-        return 3
+        return {"error": e.kind, "message": e.message, "details": e.details}
     except (IOError, OSError) as e:
         if not no_space(e):
             raise
-        out({"error": "no-space", "message": "no space left on the host: %s" % e, "details": {}})
+        return {"error": "no-space", "message": "no space left on the host: %s" % e, "details": {}}
+    return None
+
+
+# ------------------------------------------------------------------------------------------- serve
+# One privileged process serves a whole operation on this host (README "How a host is driven"): it
+# reads requests, one JSON object a line, on stdin and writes one answer line per request on stdout:
+#   request  {"id": N, "command": "facts", "args": {...}, "stdin": false}
+#   answer   {"id": N, "status": "done", "answer": {...}}        (exit 0 of a one-shot call)
+#            {"id": N, "status": "refused", "error": KIND, "message": ..., "details": {...}}   (exit 3)
+#            {"id": N, "status": "failed", "message": ..., "stderr": traceback}    (any other exit)
+# A request with "stdin": true is followed by its data (what a one-shot call reads on stdin) in frames:
+# a line with the decimal byte count, then that many bytes; "0" ends the data, "-" says the sender gave
+# up (the command then sees a read error, as when the connection drops). The answer may come before
+# the data ends (a refusal early in an archive): the rest of the data is read and dropped.
+# Requests run one at a time, each to its end: when stdin closes in the middle of one (the connection
+# dropped, the client was killed), that command still finishes (or fails, if it was reading the data
+# that was cut off) exactly as a one-shot call would, its answer goes nowhere, and the process exits
+# without reading anything more: no later step ever runs on a connection that was lost.
+
+
+class FdReader(object):
+    """Buffered reads from a file descriptor, without Python's file objects (see StdinFd)."""
+
+    def __init__(self, fd):
+        self.fd = fd
+        self.buf = b""
+        self.eof = False
+
+    def _fill(self):
+        if self.eof:
+            return False
+        try:
+            data = os.read(self.fd, 1 << 20)
+        except OSError as e:
+            if e.errno == errno.EINTR:
+                return True
+            data = b""
+        if not data:
+            self.eof = True
+            return False
+        self.buf = self.buf + data if self.buf else data
+        return True
+
+    def readline(self, limit=64 << 20):
+        """A line with its newline; without one (end of input mid-line) what there was, or b""."""
+        while b"\n" not in self.buf:
+            if len(self.buf) > limit or not self._fill():
+                line, self.buf = self.buf, b""
+                return line
+        i = self.buf.index(b"\n") + 1
+        line, self.buf = self.buf[:i], self.buf[i:]
+        return line
+
+    def read_some(self, n):
+        """Between 1 and n bytes, or b"" at the end of input."""
+        if not self.buf and not self._fill():
+            return b""
+        if len(self.buf) <= n:
+            data, self.buf = self.buf, b""
+        else:
+            data, self.buf = self.buf[:n], self.buf[n:]
+        return data
+
+
+class CutOff(IOError):
+    """The request's data ended before its end frame: the connection dropped, or the sender gave up."""
+
+
+class FramedInput(object):
+    """One request's data, de-framed: a file object for the command (read until b""). Reads are
+    serialised (receive inflates in a thread of its own); once the command has returned, that thread
+    (which may still be reading, or stuck) sees the end, and drain() alone reads what is left."""
+
+    def __init__(self, reader, framed):
+        self.reader = reader
+        self.left = 0
+        self.done = not framed
+        self.error = None
+        self.lock = threading.Lock()
+        self.detached = False
+
+    def read(self, n=-1):
+        if n is None or n < 0:
+            parts = []
+            while True:
+                chunk = self.read(1 << 20)
+                if not chunk:
+                    return b"".join(parts)
+                parts.append(chunk)
+        with self.lock:
+            if self.detached:
+                return b""
+            return self._read(n)
+
+    def _read(self, n):
+        if self.error is not None:
+            raise self.error
+        while not self.done and self.left == 0:
+            header = self.reader.readline(32)
+            if not header.endswith(b"\n"):
+                self.error = CutOff(errno.EPIPE, "the connection was lost in the middle of the data")
+                raise self.error
+            header = header.strip()
+            if header == b"0":
+                self.done = True
+            elif header == b"-":
+                self.done = True  # the data ended where the sender gave up: the protocol goes on
+                self.error = CutOff(errno.EPIPE, "the sender stopped sending the data")
+                raise self.error
+            else:
+                try:
+                    self.left = int(header)
+                except ValueError:
+                    self.left = -1
+                if self.left <= 0:
+                    self.error = CutOff(errno.EPROTO, "bad frame header %r" % header[:20])
+                    raise self.error
+        if self.done or n == 0:
+            return b""
+        data = self.reader.read_some(min(n, self.left))
+        if not data:
+            self.error = CutOff(errno.EPIPE, "the connection was lost in the middle of the data")
+            raise self.error
+        self.left -= len(data)
+        return data
+
+    def drain(self):
+        """Reads (and drops) the rest, to the end frame; False if the input ended (or broke) first."""
+        with self.lock:
+            self.detached = True
+        try:
+            while True:
+                with self.lock:
+                    if not self._read(1 << 20):
+                        return True
+        except IOError:
+            return self.done
+
+
+def serve_one(req, reader, install=None):
+    """Runs one request; returns (answer, its data)."""
+    rid = req.get("id") if isinstance(req, dict) else None
+    if isinstance(req, dict) and req.get("command") == "install-agent":
+        # A session started from the agent's text (nothing written yet) writes the agent after all.
+        try:
+            return {"id": rid, "status": "done", "answer": {"installed": bool(install and install())}}, \
+                FramedInput(reader, bool(req.get("stdin")))
+        except (IOError, OSError) as e:
+            return {"id": rid, "status": "failed", "message": "cannot install the host agent: %s" % e,
+                    "stderr": ""}, FramedInput(reader, bool(req.get("stdin")))
+    if not isinstance(req, dict) or req.get("command") not in COMMANDS or not isinstance(req.get("args"), dict):
+        return ({"id": rid, "status": "failed", "message": "not a request for a known command: %r"
+                 % (req.get("command") if isinstance(req, dict) else req,), "stderr": ""},
+                FramedInput(reader, bool(isinstance(req, dict) and req.get("stdin"))))
+    data = FramedInput(reader, bool(req.get("stdin")))
+    SERVING["input"], SERVING["answer"] = data, None
+    saved_stdin = sys.stdin
+    sys.stdin = data  # commands that read sys.stdin (or .buffer of it) read the request's data
+    try:
+        refusal = run_agent_command(req["command"], req["args"])
+        if refusal is not None:
+            answer = dict(refusal, id=rid, status="refused")
+        elif SERVING["answer"] is None:
+            answer = {"id": rid, "status": "failed", "message": "%s gave no answer" % req["command"], "stderr": ""}
+        else:
+            answer = {"id": rid, "status": "done", "answer": SERVING["answer"]}
+    except Exception as e:  # a bug, or the host failing under the command: what a one-shot exit 1 says
+        import traceback
+        tb = traceback.format_exc()
+        sys.stderr.write(tb)
+        answer = {"id": rid, "status": "failed", "message": "%s: %s" % (type(e).__name__, e), "stderr": tb}
+    finally:
+        sys.stdin = saved_stdin
+        SERVING["input"], SERVING["answer"] = None, None
+    return answer, data
+
+
+def serve(install=None):
+    """Serves requests until stdin ends (see above). Exit 0 at a clean end, 4 when stdin ended inside
+    a request or its data. install: how the bootstrap that started this agent from its text (without
+    writing it) writes it to the host, for the install-agent request."""
+    proto_in, proto_out = os.dup(0), os.dup(1)
+    # Nothing else may read the requests or write into the answers: subprocesses and stray prints get
+    # /dev/null for stdin and stderr for stdout.
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.dup2(2, 1)
+    reader = FdReader(proto_in)
+
+    def send(obj):
+        data = (json.dumps(obj, sort_keys=True) + "\n").encode("utf-8")
+        try:
+            while data:
+                data = data[os.write(proto_out, data):]
+        except OSError:
+            return False  # the client is gone; the loop ends at the end of stdin
+        return True
+
+    send({"ready": True, "pid": os.getpid(), "python": sys.version.split()[0], "executable": sys.executable})
+    while True:
+        line = reader.readline()
+        if not line:
+            return 0
+        if not line.endswith(b"\n"):
+            return 4  # a request cut off: never run
+        try:
+            req = json.loads(line.decode("utf-8"))
+        except ValueError:
+            req = None
+        answer, data = serve_one(req, reader, install)
+        send(answer)
+        if not data.drain():
+            return 4
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["serve"]:
+        return serve()
+    if len(argv) != 2 or argv[0] not in COMMANDS:
+        sys.stderr.write("usage: ckan_release_host.py COMMAND JSON-ARGS | serve\n")
+        return 2
+    refusal = run_agent_command(argv[0], json.loads(argv[1]))
+    if refusal is not None:
+        out(refusal)
         return 3
     return 0
 

@@ -1,15 +1,17 @@
 // The host agent (assets/host/ckan_release_host.py): installed once per version under
 // <root>/.ckan-release/agent/, run with the release's interpreter (or the host's first python3, python2
-// or python when no release says which), one JSON answer per call.
+// or python when no release says which). One agent process per host and operation serves every call
+// (session.ts, protocol.ts; README "How a host is driven"); one JSON answer per call.
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { OperationError } from '../errors.js';
 import { agentDir } from '../layout.js';
 import type { ExecOptions, Remote } from '../remote/ssh.js';
 import { commandError } from '../remote/ssh.js';
+import type { AgentCommand, AgentReply } from './protocol.js';
+import { AgentSession } from './agent-session.js';
 import { cmd, maybeSudo, type Become } from './shell.js';
 
 export const AGENT_SCRIPT = path.resolve(
@@ -62,15 +64,9 @@ export function agentPath(root: string): string {
   return path.posix.join(agentDir(root), `${agentDigest}.py`);
 }
 
-/**
- * The agent itself, <digest>/ckan_release_host.py: imported, not run as a script, so Python keeps its
- * bytecode in __pycache__. Compiling its 1,600 lines on every call took 80 of the 100 ms of a call
- * (measured on a sandbox host), and a rollback makes a dozen calls per host.
- */
-function agentModulePath(root: string): string {
-  return path.posix.join(agentDir(root), agentDigest, 'ckan_release_host.py');
-}
-
+// The agent itself is <digest>/ckan_release_host.py beside the stub (BOOTSTRAP writes both): imported,
+// not run as a script, so Python keeps its bytecode in __pycache__. Compiling its lines on every call took
+// 80 of the 100 ms of a call (measured on a sandbox host); a serve session compiles it at most once.
 const agentStub = [
   '# ckan-release host agent: runs the module next to it (README "Host layout").',
   'import os, sys',
@@ -91,70 +87,144 @@ export function agentCommand(
   return cmd(maybeSudo(pythonArgv(h.python, [agentPath(h.root), command, JSON.stringify(args)]), h.sudo));
 }
 
-/** Writes the agent to the host unless this version is already there. */
-export async function installAgent(h: AgentHost): Promise<void> {
-  const file = agentPath(h.root);
-  const module = agentModulePath(h.root);
-  const tmp = `${file}.tmp-${process.pid}`;
-  const moduleTmp = `${module}.tmp-${process.pid}`;
-  // The module first, the stub last: a stub present means its module is complete.
-  const script =
-    `test -f ${cmd([file])} || { mkdir -p ${cmd([path.posix.dirname(module)])} && cat > ${cmd([moduleTmp])} && ` +
-    `mv ${cmd([moduleTmp, module])} && printf '%s' ${cmd([agentStub])} > ${cmd([tmp])} && mv ${cmd([tmp, file])}; }`;
-  await h.remote.run('install the host agent', cmd(maybeSudo(['sh', '-c', script], h.sudo)), {
-    stdin: Readable.from([agentText]),
-  });
+// ---- sessions (session.ts): one per host, interpreter and root, for the life of the connection
+
+/**
+ * What a serve session runs when the agent is not on the host (python -c BOOTSTRAP MODE STUB): it asks
+ * for the agent (need_agent), reads it, and either writes it (the module first, the stub last: a stub
+ * present means its module is complete) and runs it, or ("memory") runs it from memory, writing
+ * nothing (dry runs), keeping the way to write it for a later install-agent request.
+ * Python 2.7 and 3.6+; no single quotes (it travels inside a quoted shell word).
+ */
+export const BOOTSTRAP = [
+  'import json, os, sys',
+  'mode, stub = sys.argv[1], sys.argv[2]',
+  'os.write(1, b"{\\"need_agent\\": true}\\n")',
+  'def take(n):',
+  '    data = b""',
+  '    while len(data) < n:',
+  '        chunk = os.read(0, n - len(data))',
+  '        if not chunk:',
+  '            sys.exit(4)',
+  '        data += chunk',
+  '    return data',
+  'head = b""',
+  'while not head.endswith(b"\\n"):',
+  '    head += take(1)',
+  'payload = json.loads(take(int(head)).decode("utf-8"))',
+  'def install():',
+  '    if os.path.isfile(stub):',
+  '        return False',
+  '    module = os.path.join(os.path.dirname(stub), payload["digest"], "ckan_release_host.py")',
+  '    if not os.path.isdir(os.path.dirname(module)):',
+  '        os.makedirs(os.path.dirname(module))',
+  '    for path, text in ((module, payload["module"]), (stub, payload["stub"])):',
+  '        tmp = "%s.tmp-%d" % (path, os.getpid())',
+  '        with open(tmp, "wb") as f:',
+  '            f.write(text.encode("utf-8"))',
+  '        os.rename(tmp, path)',
+  '    return True',
+  'if mode == "install":',
+  '    install()',
+  '    os.execv(sys.executable, [sys.executable, stub, "serve"])',
+  'import types',
+  'agent = types.ModuleType("ckan_release_host")',
+  'sys.modules["ckan_release_host"] = agent',
+  'exec(compile(payload["module"].encode("utf-8"), "ckan_release_host.py", "exec"), agent.__dict__)',
+  'sys.exit(agent.serve(install))',
+  '',
+].join('\n');
+
+/**
+ * The command line of a serve session: the installed agent's `serve` when its stub is there, else the
+ * bootstrap ("install": writes it first; "memory": writes nothing). One `sh -c` under one sudo, the
+ * interpreter found in the same shell (HOST_PYTHON). Pure, so tests can assert it.
+ */
+export function serveCommand(h: Pick<AgentHost, 'root' | 'python' | 'sudo'>, install: boolean): string {
+  const stub = agentPath(h.root);
+  const pick =
+    `test -f ${cmd([stub])} && set -- ${cmd([stub])} serve || ` +
+    `set -- -c ${cmd([BOOTSTRAP])} ${install ? 'install' : 'memory'} ${cmd([stub])}; `;
+  const run = h.python === HOST_PYTHON ? PYTHON_PROBE : `exec ${cmd([h.python])} "$@"`;
+  return cmd(maybeSudo(['sh', '-c', pick + run], h.sudo));
 }
 
+const bootstrapPayload = Buffer.from(
+  JSON.stringify({ digest: agentDigest, module: agentText.toString('utf8'), stub: agentStub }),
+);
+
+const sessions = new WeakMap<Remote, Map<string, AgentSession>>();
+
+/** The session of this host, interpreter and root: the open one, or a new one opened by its first call. */
+function sessionOf(h: AgentHost, mayInstall: boolean): AgentSession {
+  let byKey = sessions.get(h.remote);
+  if (!byKey) sessions.set(h.remote, (byKey = new Map()));
+  const key = JSON.stringify([h.root, h.python, h.sudo]);
+  let s = byKey.get(key);
+  // The session that found the host's python (HOST_PYTHON) serves an artifact whose python it is
+  // (rollback's first look, then the rollback): one agent process, not two.
+  const probed = byKey.get(JSON.stringify([h.root, HOST_PYTHON, h.sudo]));
+  if ((!s || s.dead) && probed && !probed.dead && probed.executable === h.python) {
+    byKey.set(key, probed);
+    s = probed;
+  }
+  if (!s || s.dead) {
+    const map = byKey;
+    s = new AgentSession(
+      h.remote,
+      { command: (install) => serveCommand(h, install), payload: () => bootstrapPayload },
+      mayInstall,
+      (ended) => {
+        if (map.get(key) === ended) map.delete(key);
+      },
+    );
+    byKey.set(key, s);
+  }
+  return s;
+}
+
+/** Ends every agent session on this host (each agent exits after the request it is running). */
+export function closeAgentSessions(remote: Remote): void {
+  for (const s of sessions.get(remote)?.values() ?? []) s.close();
+  sessions.delete(remote);
+}
+
+/**
+ * Lets this operation write the agent to the host: the session's first call installs it on the way
+ * (no round trip of its own), or the running session writes it if it started without.
+ */
+export async function installAgent(h: AgentHost): Promise<void> {
+  await sessionOf(h, true).allowInstall();
+}
+
+function answerOf<T>(h: AgentHost, step: string, r: AgentReply): T {
+  if (r.status === 'done') return r.answer as T;
+  if (r.status === 'refused') throw new AgentRefusal(h.remote.name, r.error, r.message, r.details ?? {});
+  throw commandError(h.remote.name, step, { code: 1, stdout: '', stderr: r.stderr || r.message });
+}
+
+/** One agent command on the host's session; a refusal is an AgentRefusal, other failures name the step. */
 export async function callAgent<T = Record<string, unknown>>(
   h: AgentHost,
   step: string,
-  command: string,
+  command: AgentCommand,
   args: Record<string, unknown>,
   opts: ExecOptions = {},
 ): Promise<T> {
-  const r = await h.remote.exec(agentCommand(h, command, args), opts);
-  const last = r.stdout.trim().split('\n').pop() ?? '';
-  let parsed: Record<string, unknown> | undefined;
-  try {
-    parsed = last ? (JSON.parse(last) as Record<string, unknown>) : undefined;
-  } catch {
-    parsed = undefined;
-  }
-  if (r.code === 3 && parsed?.error) {
-    throw new AgentRefusal(
-      h.remote.name,
-      String(parsed.error),
-      String(parsed.message),
-      (parsed.details as Record<string, unknown>) ?? {},
-    );
-  }
-  if (r.code !== 0 || !parsed) throw commandError(h.remote.name, step, r);
-  return parsed as T;
+  const r = await sessionOf(h, false).request(step, command, args, opts.stdin, opts.onProgress);
+  return answerOf<T>(h, step, r);
 }
 
 /**
  * An agent command that only reads, with nothing written to the host (dry runs, and the checks made
- * before anything changes): from the installed agent, or, when this version is not installed, from the
- * command line (`python -c <agent> COMMAND ARGS`), so that not even the agent file is written.
+ * before anything changes): on the session, which, when this version is not installed and nothing
+ * allowed installing it, runs the agent from its text without writing it.
  */
 export async function callAgentReadOnly<T = Record<string, unknown>>(
   h: AgentHost,
   step: string,
-  command: string,
+  command: AgentCommand,
   args: Record<string, unknown>,
 ): Promise<T> {
-  const installed = await h.remote.exec(cmd(maybeSudo(['test', '-f', agentPath(h.root)], h.sudo)));
-  if (installed.code === 0) return callAgent<T>(h, step, command, args);
-  const r = await h.remote.exec(
-    cmd(
-      maybeSudo(
-        pythonArgv(h.python, ['-c', agentText.toString('utf8'), command, JSON.stringify(args)]),
-        h.sudo,
-      ),
-    ),
-  );
-  const last = r.stdout.trim().split('\n').pop() ?? '';
-  if (r.code !== 0 || !last.startsWith('{')) throw commandError(h.remote.name, step, r);
-  return JSON.parse(last) as T;
+  return callAgent<T>(h, step, command, args);
 }

@@ -6,7 +6,7 @@
 // commands run with exec and report {code, stdout, stderr}: a non-zero code is an error that names
 // the host and the step; stderr output alone is not.
 import { readFileSync } from 'node:fs';
-import type { Duplex, Readable } from 'node:stream';
+import type { Duplex, Readable, Writable } from 'node:stream';
 import ssh2, {
   Client,
   type AgentAuthMethod,
@@ -62,12 +62,44 @@ export class RemoteCommandError extends OperationError {
   }
 }
 
+/**
+ * A long-lived exec channel (no pty): its streams stay open until the command exits. `done` resolves
+ * when the channel closes: with the exit code (or signal), or code and signal null when the
+ * connection was lost first.
+ */
+export interface Channel {
+  stdin: Writable;
+  stdout: Readable;
+  stderr: Readable;
+  done: Promise<{ code: number | null; signal: string | null }>;
+  close(): void;
+}
+
 export interface Remote {
   readonly name: string;
   exec(command: string, opts?: ExecOptions): Promise<ExecResult>;
   /** exec, and fail with RemoteCommandError naming the step on a non-zero exit. */
   run(step: string, command: string, opts?: ExecOptions): Promise<ExecResult>;
+  /** Starts `command` on a channel of its own and hands over its streams (the agent's serve sessions). */
+  channel(command: string): Promise<Channel>;
   close(): void;
+}
+
+/** What an operation cost on one host: SSH exec channels opened, and how many of them ran sudo. */
+export interface RemoteCounts {
+  channels: number;
+  sudo: number;
+}
+
+/** A command that runs sudo (as its program, or inside a shell line): counted as a sudo run. */
+export function runsSudo(command: string): boolean {
+  return /(^|[\s;&|('"])sudo\s/.test(command);
+}
+
+/** CKAN_RELEASE_TRACE=1: each host's counts are written to stderr when its connection closes. */
+function traceCounts(name: string, c: RemoteCounts): void {
+  if (process.env.CKAN_RELEASE_TRACE !== '1') return;
+  process.stderr.write(`ckan-release trace: ${name}: ${c.channels} SSH channels, ${c.sudo} sudo runs\n`);
 }
 
 /** sudo -n refused because it wants a password (or a terminal): exit 2, a host setup problem. */
@@ -409,6 +441,8 @@ export class SshRemote implements Remote {
   private lost = false;
   private closed = false;
   private reconnecting: Promise<void> | undefined;
+  /** Exec channels opened on this host (over every reconnection), and how many ran sudo. */
+  readonly counts: RemoteCounts = { channels: 0, sudo: 0 };
   private constructor(
     private client: Client,
     readonly target: HostTarget,
@@ -477,6 +511,36 @@ export class SshRemote implements Remote {
     return this.execOnce(command, opts);
   }
 
+  private count(command: string): void {
+    this.counts.channels++;
+    if (runsSudo(command)) this.counts.sudo++;
+  }
+
+  async channel(command: string): Promise<Channel> {
+    await this.ensureConnected();
+    return new Promise((resolve, reject) => {
+      if (this.lost || this.closed)
+        return reject(new HostUnreachableError(`${this.name}: the connection is closed`));
+      this.client.exec(command, (err, ch) => {
+        if (err)
+          return reject(new HostUnreachableError(`${this.name}: cannot run a command: ${err.message}`));
+        this.count(command);
+        let code: number | null = null;
+        let signal: string | null = null;
+        ch.on('exit', (c: number | null, s?: string) => {
+          code = c ?? null;
+          signal = s ?? null;
+        });
+        const done = new Promise<{ code: number | null; signal: string | null }>((res) =>
+          ch.on('close', () => res({ code, signal })),
+        );
+        // Errors (a write after the connection dropped) show as `done` without an exit status.
+        ch.on('error', () => undefined);
+        resolve({ stdin: ch, stdout: ch, stderr: ch.stderr, done, close: () => ch.close() });
+      });
+    });
+  }
+
   private execOnce(command: string, opts: ExecOptions): Promise<ExecResult> {
     return new Promise((resolve, reject) => {
       if (this.lost || this.closed)
@@ -484,6 +548,7 @@ export class SshRemote implements Remote {
       this.client.exec(command, (err, channel) => {
         if (err)
           return reject(new HostUnreachableError(`${this.name}: cannot run a command: ${err.message}`));
+        this.count(command);
         const out: Buffer[] = [];
         const errs: Buffer[] = [];
         let code: number | null = null;
@@ -532,6 +597,7 @@ export class SshRemote implements Remote {
   }
 
   close(): void {
+    if (!this.closed) traceCounts(this.name, this.counts);
     this.closed = true;
     this.client.end();
     for (const c of [...this.jumpClients].reverse()) c.end();

@@ -5,6 +5,10 @@
 //     it with bash -c as sshd would. With /var/lib/r7/fault.json present, the wrapper cuts the SSH
 //     connection (kills its own sshd session process) at the nth command containing `match`:
 //     `before` running it, or `after` it ran to the end with its answer thrown away. One-shot.
+//     An agent serve session (one channel that carries many agent commands, README "How a host is
+//     driven") is a command too: while a fault is pending, the wrapper relays its requests and answers
+//     and matches each request as " COMMAND {args}" (what a one-shot agent call's command line holds),
+//     so the same faults cut at the same steps.
 //   - CutProxy: a TCP proxy on 127.0.0.1 that cuts one connection after N client->server bytes.
 import net from 'node:net';
 import type Docker from 'dockerode';
@@ -35,20 +39,86 @@ try:
         fault = json.load(f)
 except (IOError, ValueError):
     fault = None
-if fault and fault["match"] in cmd:
+
+def hit(text):
+    """Whether this command (or agent request) is the one to cut at; counts it towards nth."""
+    try:
+        with open(fault_file) as f:
+            fault = json.load(f)
+    except (IOError, ValueError):
+        return None
+    if fault["match"] not in text:
+        return None
     seen = fault.get("seen", 0) + 1
     if seen >= fault.get("nth", 1):
         os.unlink(fault_file)
         with open(os.path.join(DIR, "cuts.jsonl"), "a") as f:
-            f.write(json.dumps({"match": fault["match"], "when": fault["when"], "command": cmd}) + "\n")
-        if fault["when"] == "after":
-            subprocess.call(["/bin/bash", "-c", cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        os.kill(session_sshd(), signal.SIGKILL)
-        sys.exit(255)
+            f.write(json.dumps({"match": fault["match"], "when": fault["when"], "command": text}) + "\n")
+        return fault
     fault["seen"] = seen
     with open(fault_file + ".tmp", "w") as f:
         json.dump(fault, f)
     os.rename(fault_file + ".tmp", fault_file)
+    return None
+
+def cut():
+    os.kill(session_sshd(), signal.SIGKILL)
+    os._exit(255)
+
+def relay_session():
+    """An agent serve session, relayed request by request (protocol: src/deploy/protocol.ts)."""
+    import threading
+    proc = subprocess.Popen(["/bin/bash", "-c", cmd], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    drop = {}
+    inp, up = sys.stdin.buffer, proc.stdin
+    def frames():
+        while True:
+            head = inp.readline()
+            up.write(head)
+            n = head.strip()
+            if not head.endswith(b"\n") or not n.isdigit() or n == b"0":
+                return
+            up.write(inp.read(int(n)))
+    def upstream():
+        while True:
+            line = inp.readline()
+            if not line.endswith(b"\n"):
+                up.write(line)
+                break
+            if line.strip().isdigit():  # the bootstrap's payload: the agent's text
+                up.write(line + inp.read(int(line.strip())))
+                up.flush()
+                continue
+            req = json.loads(line.decode())
+            fault = hit(" %s %s" % (req["command"], json.dumps(req["args"])))
+            if fault and fault["when"] == "before":
+                cut()
+            if fault:
+                drop[req["id"]] = True
+            up.write(line)
+            if req.get("stdin"):
+                frames()
+            up.flush()
+        up.close()
+    threading.Thread(target=upstream, daemon=True).start()
+    out = sys.stdout.buffer
+    for line in proc.stdout:
+        try:
+            if json.loads(line.decode()).get("id") in drop:
+                cut()  # it ran to its end; its answer is thrown away
+        except ValueError:
+            pass
+        out.write(line)
+        out.flush()
+    sys.exit(proc.wait())
+
+if fault and fault["match"] in cmd:
+    if hit(cmd):
+        if fault["when"] == "after":
+            subprocess.call(["/bin/bash", "-c", cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cut()
+elif fault and " serve" in cmd and "/.ckan-release/agent/" in cmd:
+    relay_session()
 os.execv("/bin/bash", ["bash", "-c", cmd])
 `;
 
