@@ -2,6 +2,7 @@
 // directories and a symlink (members named "./path", owner 0, fixed mtime, as the builder packs them)
 // and its manifest, written as an artifact of a local store (<store>/<ID>/release.tar.gz +
 // manifest.json), so that the host agent and the executor take it as they take a built one.
+import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -14,6 +15,13 @@ import type { StoredArtifact } from '../../src/artifact/store.js';
 export type TreeEntry = string | { content: string; mode?: string } | { dir: true } | { link: string };
 
 export const RELEASE_MTIME = 1_700_000_000;
+
+/** "3.11.7": what the preflight compares with the host's interpreter (they are the same here). */
+function pythonVersion(python: string): string {
+  return execFileSync(python, ['-c', 'import sys; print("%d.%d.%d" % sys.version_info[:3])'], {
+    encoding: 'utf8',
+  }).trim();
+}
 
 const sha256 = (data: Buffer | string) => createHash('sha256').update(data).digest('hex');
 
@@ -86,7 +94,11 @@ export async function writeRelease(
       image_id: 'none',
       base_image: 'none',
       base_venv: '/opt/ckan-release/base-venv',
-      python: { version: '3', path: opts.python ?? 'python3', implementation: 'cpython' },
+      python: {
+        version: pythonVersion(opts.python ?? 'python3'),
+        path: opts.python ?? 'python3',
+        implementation: 'cpython',
+      },
     },
     libraries: [],
     ckan: { source: 'none', ref: 'none', commit: '0'.repeat(40), version: '2.9.11' },
