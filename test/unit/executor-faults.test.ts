@@ -205,3 +205,58 @@ describe('one local host: a fault at each step of a ship', () => {
     expect(leftovers(dir)).toEqual([]);
   });
 });
+
+describe('two local hosts on one root (a mount namespace each)', () => {
+  let fleet: LocalFleet;
+  let A: StoredArtifact;
+  let B: StoredArtifact;
+  const HOSTS = ['at-web1', 'at-web2'];
+
+  beforeAll(async () => {
+    fleet = await localFleet(HOSTS);
+    A = await writeRelease(fleet.store, ID_A, tree('A'), { python: PYTHON, root: fleet.config.root });
+    B = await writeRelease(fleet.store, ID_B, tree('B'), { python: PYTHON, root: fleet.config.root });
+    setupHosts(fleet, PYTHON);
+    const r = await ship(fleet.session(), A);
+    expect(r.hosts.map((h) => [h.host, h.current])).toEqual(HOSTS.map((h) => [h, ID_A]));
+  });
+  afterAll(() => fleet?.close());
+
+  it('each host has its own root; the shared mount point stays empty', () => {
+    expect(readdirSync(fleet.config.root)).toEqual([]);
+    for (const h of fleet.hosts) {
+      expect(fleet.current(h.name)).toBe(`releases/${ID_A}`);
+      expect(readFileSync(path.join(h.dir, 'current', 'ckan.ini'), 'utf8')).toBe(
+        `[app:main]\nckan.site_id = ${ID_A}\n`,
+      );
+      // The shared link names the root's path, as on a real host.
+      expect(readdirSync(path.join(h.dir, 'releases'))).toEqual([ID_A]);
+    }
+  });
+
+  it('one host cut during its receive: no host switches, both cleaned, and the next run ships both', async () => {
+    const s = fleet.session({ 'at-web2': [{ match: agentStep('receive'), when: 'after' }] });
+    await expect(ship(s, B)).rejects.toThrow(/failed before any host switched; nothing changed on any host/);
+    for (const h of fleet.hosts) {
+      expect(fleet.current(h.name), h.name).toBe(`releases/${ID_A}`);
+      expect(leftovers(h.dir), h.name).toEqual([]);
+      expect(lockOf(h.dir), h.name).toBe(null);
+      expect(fleet.ledger(h.name).filter((e) => e.release === ID_B && e.event === 'activated')).toEqual([]);
+    }
+    await ship(fleet.session(), B);
+    for (const h of fleet.hosts) expect(fleet.current(h.name)).toBe(`releases/${ID_B}`);
+  });
+
+  it('one host cut after its switch: every switched host is switched back and restarted', async () => {
+    await rollback(fleet.session(), A);
+    const before = Object.fromEntries(HOSTS.map((h) => [h, fleet.restarts(h).length]));
+    const s = fleet.session({ 'at-web2': [{ match: agentStep('switch'), when: 'after' }] });
+    await expect(ship(s, B)).rejects.toThrow(/failed after switching; every switched host/);
+    for (const h of HOSTS) {
+      expect(fleet.current(h), h).toBe(`releases/${ID_A}`);
+      // Whatever it served meanwhile, the last restart was on A.
+      expect(fleet.restarts(h).slice(before[h]!).at(-1), h).toBe(ID_A);
+      expect(fleet.ledger(h).at(-1), h).toMatchObject({ event: 'rolled_back', release: ID_A });
+    }
+  });
+});
