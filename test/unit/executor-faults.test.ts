@@ -6,145 +6,49 @@
 // One host for the faults at each step (the executor's per-host sequence is deterministic there);
 // two hosts, each in its own mount namespace over the same root, for what one host's failure does to
 // the other. No Docker, no SSH.
-import { execFileSync } from 'node:child_process';
-import { cpSync, existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { StoredArtifact } from '../../src/artifact/store.js';
 import { rollback, setupHosts, ship } from '../support/executor.js';
-import { HEALTHY_FILE, localFleet, type LocalFleet, type LocalSession } from '../support/local-fleet.js';
-import { agentStep, type Fault } from '../support/local-remote.js';
-import { requirePython, TEST_PYTHONS } from '../support/pythons.js';
-import { writeRelease, type TreeEntry } from '../support/release.js';
-
-const PYTHON = requirePython(TEST_PYTHONS.find((p) => p.label === 'python3')!);
-const ID_A = '20260101000000Z-aaaaaaaa';
-const ID_B = '20260102000000Z-bbbbbbbb';
-const ID_BAD = '20260103000000Z-bad00000';
-
-function tree(label: string, healthy = true): Record<string, TreeEntry> {
-  // Big enough that the archive arrives in several chunks (a cut in the middle of it is a real cut).
-  const big = Array.from({ length: 4000 }, (_, i) => `${label} line ${i} ${'x'.repeat(i % 97)}`).join('\n');
-  return {
-    ...(healthy ? { [HEALTHY_FILE]: 'yes\n' } : {}),
-    'app.py': `RELEASE = ${JSON.stringify(label)}\n`,
-    'bin/tool': { content: '#!/bin/sh\necho tool\n', mode: '0755' },
-    'lib/data.txt': big,
-    'lib/link': { link: '../app.py' },
-  };
-}
-
-/** A dead process's pid: what a later run of the tool finds as the holder of a lock a cut run left. */
-function deadPid(): number {
-  return Number(execFileSync('sh', ['-c', 'sh -c "echo \\$\\$"'], { encoding: 'utf8' }).trim());
-}
-
-/** Where the host's root holds anything an operation leaves behind when cut. */
-function leftovers(dir: string): string[] {
-  const releases = readdirSync(path.join(dir, 'releases')).filter((n) => n.startsWith('.'));
-  const tmpDir = path.join(dir, '.ckan-release', 'tmp');
-  const tmp = existsSync(tmpDir) ? readdirSync(tmpDir).map((n) => `tmp/${n}`) : [];
-  const root = readdirSync(dir).filter((n) => n.startsWith('.current'));
-  return [...releases, ...tmp, ...root];
-}
-
-function lockOf(dir: string): { token: string; pid: number } | null {
-  const f = path.join(dir, '.ckan-release', 'lock', 'owner.json');
-  return existsSync(f) ? (JSON.parse(readFileSync(f, 'utf8')) as { token: string; pid: number }) : null;
-}
+import {
+  faultBed,
+  ID_A,
+  ID_B,
+  ID_BAD,
+  leftovers,
+  lockOf,
+  PYTHON,
+  tree,
+  type FaultBed,
+} from '../support/fault-bed.js';
+import { localFleet, type LocalFleet } from '../support/local-fleet.js';
+import { agentStep } from '../support/local-remote.js';
+import { writeRelease } from '../support/release.js';
 
 describe('one local host: a fault at each step of a ship', () => {
+  let bed: FaultBed;
   let fleet: LocalFleet;
   let A: StoredArtifact;
   let B: StoredArtifact;
-  let template: string;
-  const HOST = 'at-one';
   let dir: string;
+  const HOST = 'at-one';
+  let restore: () => void;
+  let cutShip: FaultBed['cutShip'];
 
   beforeAll(async () => {
-    fleet = await localFleet([HOST]);
-    dir = fleet.hosts[0]!.dir;
-    A = await writeRelease(fleet.store, ID_A, tree('A'), { python: PYTHON, root: fleet.config.root });
-    B = await writeRelease(fleet.store, ID_B, tree('B'), { python: PYTHON, root: fleet.config.root });
-    setupHosts(fleet, PYTHON);
-    await ship(fleet.session(), A);
-    expect(fleet.current(HOST)).toBe(`releases/${ID_A}`);
-    template = `${dir}.template`;
-    cpSync(dir, template, { recursive: true, verbatimSymlinks: true });
+    bed = await faultBed(HOST);
+    ({ fleet, A, B, dir, restore, cutShip } = bed);
   });
-  afterAll(async () => {
-    if (template) rmSync(template, { recursive: true, force: true });
-    await fleet?.close();
-  });
-
-  /** The host as it was with A live, before each case. */
-  function restore(): void {
-    rmSync(dir, { recursive: true, force: true });
-    cpSync(template, dir, { recursive: true, verbatimSymlinks: true });
-  }
-
-  /**
-   * Ships B with the fault; then checks the host as the guarantees demand and ships B again without
-   * faults. Returns the cut run's session and whether it failed.
-   */
-  async function cutShip(fault: Fault): Promise<{ s: LocalSession; failed: Error | undefined }> {
-    restore();
-    const s = fleet.session({ [HOST]: [fault] });
-    const log = s.remotes[HOST]!.log;
-    let failed: Error | undefined;
-    try {
-      await ship(s, B);
-    } catch (e) {
-      failed = e as Error;
-    }
-    const cut = log.findIndex((c) => c.outcome !== 'ok');
-    expect(
-      cut,
-      `the fault fired: ${JSON.stringify(log.map((c) => [c.outcome, c.command.slice(0, 90)]))}`,
-    ).toBeGreaterThanOrEqual(0);
-    const cutCommand = log[cut]!.command;
-    // The step that was cut off is never run again by this run (the restart's command line is the
-    // same for the switch back's restart, a step of its own).
-    if (!cutCommand.includes('restarts.log'))
-      expect(log.slice(cut + 1).map((c) => c.command)).not.toContain(cutCommand);
-    if (failed) {
-      // Failed: the old release serves, as before the run (switched back if it had switched).
-      expect(fleet.current(HOST), failed.message).toBe(`releases/${ID_A}`);
-      expect(fleet.ledger(HOST).filter((e) => e.event === 'healthy' && e.release === ID_B)).toEqual([]);
-      // The failed run cleaned up after itself: no partial directory, no uploaded manifest, no link.
-      expect(leftovers(dir)).toEqual([]);
-    } else {
-      // Cut after B was found healthy (the ledger, prune or unlock step): B serves.
-      expect(fleet.current(HOST)).toBe(`releases/${ID_B}`);
-    }
-    // A lock a cut unlock left behind belongs to this run's token; the next run (another process)
-    // finds its holder gone and takes it over.
-    const lock = lockOf(dir);
-    if (lock) {
-      expect(lock.token).toBe(s.op);
-      const f = path.join(dir, '.ckan-release', 'lock', 'owner.json');
-      writeFileSync(f, JSON.stringify({ ...JSON.parse(readFileSync(f, 'utf8')), pid: deadPid() }));
-    }
-    const next = fleet.session();
-    await ship(next, B);
-    expect(fleet.current(HOST)).toBe(`releases/${ID_B}`);
-    expect(fleet.restarts(HOST).at(-1)).toBe(ID_B);
-    expect(fleet.ledger(HOST).at(-1)).toMatchObject({ release: ID_B });
-    expect(leftovers(dir)).toEqual([]);
-    expect(lockOf(dir)).toBe(null);
-    expect(readFileSync(path.join(dir, 'current', 'app.py'), 'utf8')).toBe('RELEASE = "B"\n');
-    return { s, failed };
-  }
+  afterAll(() => bed?.close());
 
   it.each([
+    // One step of each phase (every command, before and after: test/integration/executor-sweep.test.ts).
     ['lock', 'after'],
-    ['receive', 'before'],
     ['receive', 'after'],
     ['finalize', 'after'],
-    ['switch', 'before'],
     ['switch', 'after'],
     ['health', 'after'],
-    ['ledger', 'after'],
     ['prune', 'before'],
     ['unlock', 'before'],
   ] as const)('the connection cut at %s (%s it runs)', async (step, when) => {
