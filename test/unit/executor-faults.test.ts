@@ -24,6 +24,7 @@ import {
 } from '../support/fault-bed.js';
 import { localFleet, type LocalFleet } from '../support/local-fleet.js';
 import { agentStep } from '../support/local-remote.js';
+import { requirePython, TEST_PYTHONS } from '../support/pythons.js';
 import { writeRelease } from '../support/release.js';
 
 describe('one local host: a fault at each step of a ship', () => {
@@ -75,6 +76,20 @@ describe('one local host: a fault at each step of a ship', () => {
     expect(dropped.s.remotes[HOST]!.log.find((c) => c.outcome === 'dropped')?.code).toBe(3);
   });
 
+  it('a rollback cut after its switch: back on the release it left, and the next rollback goes through', async () => {
+    restore();
+    await ship(fleet.session(), B);
+    const cut = fleet.session({ [HOST]: [{ match: agentStep('switch'), when: 'after' }] });
+    await expect(rollback(cut, A)).rejects.toThrow(/rollback failed after switching; every switched host/);
+    expect(fleet.current(HOST)).toBe(`releases/${ID_B}`);
+    expect(fleet.ledger(HOST).filter((e) => e.event === 'bad')).toEqual([]);
+    expect(leftovers(dir)).toEqual([]);
+    const r = await rollback(fleet.session(), A);
+    expect(r.hosts).toEqual([{ host: HOST, previous: ID_B, current: ID_A }]);
+    expect(fleet.current(HOST)).toBe(`releases/${ID_A}`);
+    expect(fleet.restarts(HOST).at(-1)).toBe(ID_A);
+  });
+
   it('a release that never becomes healthy is switched back, marked failed, and rolled back from', async () => {
     restore();
     const bad = await writeRelease(fleet.store, ID_BAD, tree('bad', false), {
@@ -107,6 +122,35 @@ describe('one local host: a fault at each step of a ship', () => {
     expect(readdirSync(path.join(dir, 'releases')).sort()).toEqual([ID_A, ID_B]);
     expect(r.pruned).toEqual([]);
     expect(leftovers(dir)).toEqual([]);
+  });
+});
+
+describe('the agent on Python 2.7 (CentOS 7), driven by the executor', () => {
+  it('ships, survives a cut receive, rolls back', async () => {
+    const py27 = requirePython(TEST_PYTHONS.find((p) => p.label === '2.7')!);
+    const fleet = await localFleet(['at-py27']);
+    try {
+      const opts = { python: py27, root: fleet.config.root };
+      const A = await writeRelease(fleet.store, ID_A, tree('A'), opts);
+      const B = await writeRelease(fleet.store, ID_B, tree('B'), opts);
+      setupHosts(fleet, py27);
+      await ship(fleet.session(), A);
+      const cut = fleet.session({ 'at-py27': [{ match: agentStep('receive'), when: 'after' }] });
+      await expect(ship(cut, B)).rejects.toThrow(/failed before any host switched/);
+      expect(fleet.current('at-py27')).toBe(`releases/${ID_A}`);
+      expect(leftovers(fleet.hosts[0]!.dir)).toEqual([]);
+      await ship(fleet.session(), B);
+      expect(fleet.current('at-py27')).toBe(`releases/${ID_B}`);
+      await rollback(fleet.session(), A);
+      expect(fleet.current('at-py27')).toBe(`releases/${ID_A}`);
+      expect(fleet.ledger('at-py27').at(-1)).toMatchObject({ event: 'bad', release: ID_B });
+      // Every agent command of the run was 2.7's (the artifact's python runs the agent).
+      const agentRuns = cut.remotes['at-py27']!.log.filter((c) => /\.py [a-z-]+ '/.test(c.command));
+      expect(agentRuns.length).toBeGreaterThan(3);
+      for (const c of agentRuns) expect(c.command.startsWith(`${py27} `), c.command).toBe(true);
+    } finally {
+      await fleet.close();
+    }
   });
 });
 
