@@ -6,6 +6,7 @@
 // release, what prune keeps and removes, verify finding changes, server files installed and put back,
 // an unhealthy site. No Docker, no root: owners are the current user's.
 import { execFile, execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import {
   appendFileSync,
   copyFileSync,
@@ -27,6 +28,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { AGENT_SCRIPT } from '../../src/deploy/agent.js';
+import { archiveMtime, makeDeltaArchive } from '../../src/deploy/delta.js';
 import { requirePython, TEST_PYTHONS } from '../support/pythons.js';
 import { rawArchive, writeRelease, type TreeEntry } from '../support/release.js';
 
@@ -356,8 +358,7 @@ describe.each(TEST_PYTHONS)('the host agent on Python $label', (py) => {
   it('verify finds a changed file and an extra one, once the tree seal no longer vouches', async () => {
     const { root, store } = await bed('verify');
     const a = await stage(root, store, ID_A, 'op1');
-    const sha = (await import('node:crypto'))
-      .createHash('sha256')
+    const sha = createHash('sha256')
       .update(readFileSync(path.join(a.dir, 'manifest.json')))
       .digest('hex');
     const args = { root, id: ID_A, manifest_sha256: sha, allowed_extra: ['ckan.ini'] };
@@ -371,6 +372,39 @@ describe.each(TEST_PYTHONS)('the host agent on Python $label', (py) => {
     expect(v.problems).toEqual(['a.txt: sha256 differs from the manifest', 'lib/link is missing']);
     // Another release's manifest is not kept here: the caller must send it.
     expect(await ok('verify', { ...args, id: ID_B })).toEqual({ need_manifest: true });
+  });
+
+  it('delta never takes a file from an earlier release whose content changed; it is sent instead', async () => {
+    const { root, store } = await bed('delta');
+    const shared = { 'lib/same.txt': 'the same in A and B\n', 'lib/other.txt': 'also the same\n' };
+    await stage(root, store, ID_A, 'op1', { ...TREE, ...shared });
+    await ok('switch', { root, id: ID_A, op: 'op1' });
+    // Changed on the host after A was verified (same size: only its content tells).
+    writeFileSync(path.join(root, 'releases', ID_A, 'lib', 'same.txt'), 'THE SAME IN A AND B\n');
+    const b = await writeRelease(store, ID_B, { ...TREE, ...shared, 'a.txt': 'release B\n' });
+    const manifest = path.join(b.dir, 'manifest.json');
+    const mtime = await archiveMtime(b.archive);
+    const plan = await ok('delta', { root, id: ID_B, op: 'op2', manifest, mtime });
+    expect(plan.delta).toBe(true);
+    expect((plan.need as string[]).sort()).toEqual(['a.txt', 'lib/same.txt']);
+    const d = await makeDeltaArchive(b.archive, plan.need as string[]);
+    const sha = createHash('sha256').update(d.data).digest('hex');
+    await ok(
+      'receive',
+      { root, id: ID_B, op: 'op2', manifest, delta: { mtime, bytes: d.data.length, sha256: sha } },
+      d.data,
+    );
+    await ok(
+      'finalize',
+      { root, id: ID_B, op: 'op2', partial: plan.partial, manifest, config_file: 'ckan.ini', shared: [] },
+      '',
+    );
+    const release = path.join(root, 'releases', ID_B);
+    expect(readFileSync(path.join(release, 'lib', 'same.txt'), 'utf8')).toBe('the same in A and B\n');
+    expect(readFileSync(path.join(release, 'lib', 'other.txt'), 'utf8')).toBe('also the same\n');
+    expect(readFileSync(path.join(release, 'a.txt'), 'utf8')).toBe('release B\n');
+    expect(readlinkSync(path.join(release, 'lib', 'link'))).toBe('../a.txt');
+    expect(statSync(path.join(release, 'bin', 'tool')).mode & 0o777).toBe(0o755);
   });
 
   it('install-file installs by rename and keeps what it replaced; restore-file puts it back', async () => {
