@@ -69,10 +69,18 @@ const matches = (m: Fault['match'], text: string, index: number) =>
   typeof m === 'string' ? text.includes(m) : typeof m === 'function' ? m(text, index) : m.test(text);
 
 /**
- * How this machine gives each local host its own view of the root: '' when it can (as root: a mount
- * namespace; else a user namespace that maps the user to root), else why not, with what to do.
+ * How this machine gives each local host its own view of the root (as root: a mount namespace; else a
+ * user namespace that maps the user to root), and `problem`: '' when it can, else why not and what to
+ * do. Probed once per process.
  */
+let support: { argv: string[]; problem: string } | undefined;
+
 export function namespaceSupport(): { argv: string[]; problem: string } {
+  support ??= probeNamespaces();
+  return support;
+}
+
+function probeNamespaces(): { argv: string[]; problem: string } {
   const asRoot = process.getuid?.() === 0;
   const argv = asRoot
     ? ['unshare', '--mount', '--propagation', 'private']
