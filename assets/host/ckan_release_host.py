@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import stat
 import sys
 import tarfile
@@ -1720,7 +1719,6 @@ def apache_load_modules(root, config_file):
     (Include / IncludeOptional, with wildcards and directories), relative paths against ServerRoot.
     <IfModule>/<IfDefine> are not evaluated: a LoadModule anywhere counts."""
     import glob
-    import re
     found = {}
     seen = set()
     server_root = [root or "/"]

@@ -2,7 +2,7 @@
 // typed once. The same command runs one-shot (`agent.py COMMAND JSON`, exit 0 / 3 / other) or as one
 // request of a serve session (README "How a host is driven"), where the exit code's meaning becomes the
 // answer's `status`. Arguments are sent as JSON; an answer is one JSON object.
-import type { HostFacts } from './deploy.js';
+import type { HostFacts } from '../plan.js';
 import type { ServerFacts } from './server-facts.js';
 
 type Owner = { owner?: string | null; group?: string | null };

@@ -7,13 +7,12 @@
 // same release works again. Under a load of 4 clients throughout the rollback and the second ship.
 import path from 'node:path';
 import type Docker from 'dockerode';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { sandboxDown, sandboxUp } from '../../src/sandbox/sandbox.js';
-import { testDocker } from '../support/docker.js';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { currentOf, ledgerOf, onHost, served } from '../support/hosts.js';
 import { startLoad } from '../support/load.js';
 import { APACHE_SERVER_FILES, installTheOldWay, OLD_CONFIG } from '../support/old-install.js';
-import { testProject, type TestProject } from '../support/project.js';
+import type { TestProject } from '../support/project.js';
+import { useSandboxFleet } from '../support/sandbox-fleet.js';
 
 const ROOT = '/usr/lib/ckan';
 const HOST = 'ad-old';
@@ -25,59 +24,45 @@ const HOST2 = 'ad-old2';
 const SSH_PORT2 = 2391;
 const HTTP_PORT2 = 8391;
 
+// The example project with the apache-graceful recipe, the builtin WSGI script and vhost, and the
+// site's own config as legacy_config (README "Migrating from the old Ansible playbooks").
+const fleet = useSandboxFleet(
+  {
+    env: 'site',
+    hosts: [
+      {
+        name: HOST,
+        sshPort: SSH_PORT,
+        httpPort: HTTP_PORT,
+        server: 'apache',
+        vars: { http_listen: `127.0.0.1:${HTTP_PORT}` },
+      },
+      {
+        name: HOST2,
+        sshPort: SSH_PORT2,
+        httpPort: HTTP_PORT2,
+        server: 'apache',
+        vars: { http_listen: `127.0.0.1:${HTTP_PORT2}` },
+      },
+    ],
+    vars: { site_url: 'http://site.test', site_title: 'Site', legacy_config: OLD_CONFIG },
+    head: (text) =>
+      `${text.replace('restart: sudo -n /usr/sbin/apachectl graceful', 'restart: apache-graceful')}\nserver:${APACHE_SERVER_FILES}`,
+  },
+  1_200_000,
+);
+
 let docker: Docker;
 let project: TestProject;
-let config: string;
 let A: string;
 
-async function ok(...argv: string[]): Promise<string> {
-  const r = await project.cli('--config', config, ...argv);
-  if (r.code !== 0) throw new Error(`ckan-release ${argv.join(' ')} exited ${r.code}:\n${r.err}\n${r.out}`);
-  return r.out + r.err;
-}
+const ok = (...argv: string[]) => fleet().ok(...argv);
 
 beforeAll(async () => {
-  docker = await testDocker();
-  project = await testProject();
-  // The example project with the apache-graceful recipe, the builtin WSGI script and vhost, and the
-  // site's own config as legacy_config (README "Migrating from the old Ansible playbooks").
-  config = project.variant('adopt', (text) => {
-    const head = text.slice(0, text.indexOf('environments:'));
-    return `${head.replace('restart: sudo -n /usr/sbin/apachectl graceful', 'restart: apache-graceful')}
-server:${APACHE_SERVER_FILES}
-environments:
-  site:
-    hosts: [${HOST}, ${HOST2}]
-    user: deploy
-    ssh_config: .ckan-release/sandbox/ssh_config
-    host_vars:
-      ${HOST}: { ssh_port: ${SSH_PORT}, http_port: ${HTTP_PORT}, http_listen: '127.0.0.1:${HTTP_PORT}' }
-      ${HOST2}: { ssh_port: ${SSH_PORT2}, http_port: ${HTTP_PORT2}, http_listen: '127.0.0.1:${HTTP_PORT2}' }
-    vars: { site_url: 'http://site.test', site_title: 'Site', legacy_config: ${OLD_CONFIG} }
-    secrets: secrets/staging.yml
-`;
-  });
-  const build = await project.cli('--config', config, 'build');
-  if (build.code !== 0) throw new Error(`build exited ${build.code}:\n${build.err}`);
-  A = build.out.trim().split('\n').pop()!;
+  ({ docker, project } = fleet());
+  A = await fleet().build();
   expect(A).toMatch(/^\d{14}Z-[0-9a-f]{8}$/);
-  await sandboxUp(
-    docker,
-    {
-      dir: path.join(project.dir, '.ckan-release/sandbox'),
-      hosts: [
-        { name: HOST, sshPort: SSH_PORT, httpPort: HTTP_PORT, server: 'apache' },
-        { name: HOST2, sshPort: SSH_PORT2, httpPort: HTTP_PORT2, server: 'apache' },
-      ],
-    },
-    () => undefined,
-  );
-}, 1_200_000);
-
-afterAll(async () => {
-  if (docker && project)
-    await sandboxDown(docker, { dir: path.join(project.dir, '.ckan-release/sandbox') }, () => undefined);
-});
+}, 900_000);
 
 describe('rollback to the release setup adopted from <root>/default', () => {
   it('switches back to the old venv after the first ship, and ship works again', async () => {

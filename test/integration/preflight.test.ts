@@ -4,23 +4,16 @@
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import type Docker from 'dockerode';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import type { Manifest } from '../../src/artifact/manifest.js';
-import { sandboxDown, sandboxUp } from '../../src/sandbox/sandbox.js';
 import { commitFile } from '../support/fixtures.js';
-import { testDocker } from '../support/docker.js';
-import { onHost } from '../support/hosts.js';
-import { testProject, type TestProject } from '../support/project.js';
+import { useSandboxFleet } from '../support/sandbox-fleet.js';
 
 // This helper's port range and host name prefix (no other test uses them).
 const HOST = 'bc-web1';
 const SSH_PORT = 2340;
 const HTTP_PORT = 8340;
 
-let docker: Docker;
-let project: TestProject;
-let config: string;
 let id: string;
 let manifest: Manifest;
 
@@ -53,62 +46,35 @@ async function pqExtension(dir: string): Promise<void> {
   execFileSync('git', ['-C', dir, 'tag', 'v0.1.0']);
 }
 
+const fleet = useSandboxFleet({
+  env: 'bc',
+  hosts: [{ name: HOST, sshPort: SSH_PORT, httpPort: HTTP_PORT }],
+  vars: { site_url: 'http://bc.test', site_title: 'Preflight' },
+  prepare: (project) => pqExtension(path.join(project.dir, 'ckanext-pqlink')),
+  head: (text) =>
+    text.replace(
+      'extensions:\n',
+      'extensions:\n  - name: ckanext-pqlink\n    source: ./ckanext-pqlink\n    ref: v0.1.0\n',
+    ),
+  setup: true,
+});
+
 /** Everything under the root and the Apache config: what "the host untouched" is compared on. */
-async function hostState(): Promise<string> {
-  const r = await onHost(
-    docker,
+function hostState(): Promise<string> {
+  return fleet().sh(
     HOST,
     "find /usr/lib/ckan /etc/apache2 /etc/ckan -printf '%p %y %s %m %l\\n' | sort; md5sum /usr/lib/ckan/.ckan-release/ledger.jsonl 2>/dev/null; readlink /usr/lib/ckan/current || echo 'no current'",
   );
-  return r.out;
 }
 
 beforeAll(async () => {
-  docker = await testDocker();
-  project = await testProject();
-  await pqExtension(path.join(project.dir, 'ckanext-pqlink'));
-  config = project.variant('preflight', (text) => {
-    const head = text
-      .slice(0, text.indexOf('environments:'))
-      .replace(
-        'extensions:\n',
-        'extensions:\n  - name: ckanext-pqlink\n    source: ./ckanext-pqlink\n    ref: v0.1.0\n',
-      );
-    return `${head}environments:
-  bc:
-    hosts: [${HOST}]
-    user: deploy
-    ssh_config: .ckan-release/sandbox/ssh_config
-    host_vars:
-      ${HOST}: { ssh_port: ${SSH_PORT}, http_port: ${HTTP_PORT} }
-    vars: { site_url: 'http://bc.test', site_title: 'Preflight' }
-    secrets: secrets/staging.yml
-`;
-  });
-  const b = await project.cli('--config', config, 'build');
-  if (b.code !== 0) throw new Error(`build exited ${b.code}:\n${b.err}`);
-  id = b.out.trim().split('\n').pop()!;
+  id = await fleet().build();
   manifest = JSON.parse(
-    readFileSync(path.join(project.dir, '.ckan-release/artifacts', id, 'manifest.json'), 'utf8'),
+    readFileSync(path.join(fleet().project.dir, '.ckan-release/artifacts', id, 'manifest.json'), 'utf8'),
   ) as Manifest;
-  await sandboxUp(
-    docker,
-    {
-      dir: path.join(project.dir, '.ckan-release/sandbox'),
-      hosts: [{ name: HOST, sshPort: SSH_PORT, httpPort: HTTP_PORT }],
-    },
-    () => undefined,
-  );
-  const setup = await project.cli('--config', config, 'setup', 'bc');
-  if (setup.code !== 0) throw new Error(`setup exited ${setup.code}:\n${setup.err}`);
   // Whatever the sandbox image brings, this host has no libpq.
-  await onHost(docker, HOST, 'rm -f /usr/lib/x86_64-linux-gnu/libpq.so.5* /usr/lib/libpq.so.5*; ldconfig');
+  await fleet().sh(HOST, 'rm -f /usr/lib/x86_64-linux-gnu/libpq.so.5* /usr/lib/libpq.so.5*; ldconfig');
 }, 900_000);
-
-afterAll(async () => {
-  if (docker && project)
-    await sandboxDown(docker, { dir: path.join(project.dir, '.ckan-release/sandbox') }, () => undefined);
-});
 
 describe('a release that needs a library the host lacks', () => {
   it('records the libraries, the OS release and the Python it needs at build', () => {
@@ -120,7 +86,7 @@ describe('a release that needs a library the host lacks', () => {
   });
 
   it('the dry run shows the refusal', async () => {
-    const r = await project.cli('--config', config, 'ship', 'bc', '--dry-run');
+    const r = await fleet().cli('ship', 'bc', '--dry-run');
     expect(r.out).toContain(
       `    WOULD FAIL: releases need libpq.so.5, which this host lacks (apt-get install libpq5)\n`,
     );
@@ -129,7 +95,7 @@ describe('a release that needs a library the host lacks', () => {
   it('is refused before any change: exit 2, the host untouched', async () => {
     const before = await hostState();
     expect(before).toContain('no current');
-    const r = await project.cli('--config', config, 'ship', 'bc');
+    const r = await fleet().cli('ship', 'bc');
     expect(r.code).toBe(2);
     expect(r.err).toMatch(
       new RegExp(
@@ -139,6 +105,6 @@ describe('a release that needs a library the host lacks', () => {
     );
     expect(r.err).not.toMatch(/unexpected error/);
     expect(await hostState()).toBe(before);
-    expect((await onHost(docker, HOST, `ls /usr/lib/ckan/releases`)).out.trim()).toBe('');
+    expect((await fleet().sh(HOST, 'ls -A /usr/lib/ckan/releases')).trim()).toBe('');
   });
 });

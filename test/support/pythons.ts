@@ -22,8 +22,15 @@ export const TEST_PYTHONS: readonly TestPython[] = [
   { label: 'python3', command: 'python3' },
 ];
 
-/** The interpreter's command, after checking that it exists and is the version it says. */
+const resolved = new Map<string, string>();
+
+/**
+ * The interpreter's executable, after checking that it exists and is the version it says: the real
+ * binary (sys.executable), not a pyenv shim, whose bash start costs ~150 ms on every call.
+ */
 export function requirePython(p: TestPython): string {
+  const known = resolved.get(p.command);
+  if (known) return known;
   const how =
     p.label === 'python3'
       ? 'install python3 (Debian: apt-get install python3)'
@@ -32,10 +39,15 @@ export function requirePython(p: TestPython): string {
   if (p.command.includes('/') && !existsSync(p.command))
     throw new Error(`Python ${p.label} is needed by this test and ${p.command} does not exist: ${how}`);
   let version: string;
+  let executable: string;
   try {
-    version = execFileSync(p.command, ['-c', 'import sys; print("%d.%d" % sys.version_info[:2])'], {
-      encoding: 'utf8',
-    }).trim();
+    [version = '', executable = ''] = execFileSync(
+      p.command,
+      ['-c', 'import sys; print("%d.%d" % sys.version_info[:2]); print(sys.executable)'],
+      { encoding: 'utf8' },
+    )
+      .trim()
+      .split('\n');
   } catch (e) {
     throw new Error(`Python ${p.label} (${p.command}) does not run: ${(e as Error).message}; ${how}`, {
       cause: e,
@@ -43,5 +55,7 @@ export function requirePython(p: TestPython): string {
   }
   if (p.label !== 'python3' && version !== p.label)
     throw new Error(`${p.command} is Python ${version}, not ${p.label}: ${how}`);
-  return p.command;
+  const command = executable && existsSync(executable) ? executable : p.command;
+  resolved.set(p.command, command);
+  return command;
 }

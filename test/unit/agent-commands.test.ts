@@ -1,0 +1,463 @@
+// The host agent's commands (assets/host/ckan_release_host.py) run directly, as the tool runs them
+// (`python agent COMMAND JSON`, stdin), against a temporary root, on Python 2.7, 3.6 and python3: the
+// refusals (each with its kind, and what they leave untouched) and the edges the happy path of
+// scripts-python-versions.test.ts does not reach: hostile archives, a partial changed after receive,
+// switch refusals and switch to nothing, the lock's take-overs, the rollback target past a bad
+// release, what prune keeps and removes, verify finding changes, server files installed and put back,
+// an unhealthy site. No Docker, no root: owners are the current user's.
+import { execFile, execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import {
+  appendFileSync,
+  copyFileSync,
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { AGENT_SCRIPT } from '../../src/deploy/agent.js';
+import { archiveMtime, makeDeltaArchive } from '../../src/deploy/delta.js';
+import { requirePython, TEST_PYTHONS } from '../support/pythons.js';
+import { rawArchive, writeRelease, type TreeEntry } from '../support/release.js';
+
+interface Answer {
+  code: number;
+  json: Record<string, unknown>;
+  stderr: string;
+}
+
+const TREE: Record<string, TreeEntry> = {
+  'a.txt': 'release A\n',
+  'bin/tool': { content: '#!/bin/sh\necho tool\n', mode: '0755' },
+  'lib/link': { link: '../a.txt' },
+};
+const ID_A = '20260101000000Z-aaaaaaaa';
+const ID_B = '20260102000000Z-bbbbbbbb';
+const ID_C = '20260103000000Z-cccccccc';
+const ID_D = '20260104000000Z-dddddddd';
+
+const dirs: string[] = [];
+afterAll(() => {
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+});
+
+function tempDir(label: string): string {
+  const d = mkdtempSync(path.join(os.tmpdir(), `ckan-release-at-${label}-`));
+  dirs.push(d);
+  return d;
+}
+
+const USER = os.userInfo().username;
+const GROUP = execFileSync('id', ['-gn'], { encoding: 'utf8' }).trim();
+
+describe.each(TEST_PYTHONS)('the host agent on Python $label', (py) => {
+  // The agent imported as a module from a copy, as the tool's stub does on a host: Python keeps its
+  // bytecode beside the copy instead of compiling 1,900 lines on every call.
+  let module: string | undefined;
+  function agent(command: string, args: unknown, stdin?: Buffer | string): Promise<Answer> {
+    const python = requirePython(py);
+    if (!module) {
+      module = tempDir(`agent-${py.label}`);
+      copyFileSync(AGENT_SCRIPT, path.join(module, 'ckan_release_host.py'));
+    }
+    const stub = `import sys; sys.path.insert(0, ${JSON.stringify(module)}); import ckan_release_host as a; sys.exit(a.main())`;
+    return new Promise((resolve, reject) => {
+      const child = execFile(
+        python,
+        ['-c', stub, command, JSON.stringify(args)],
+        { encoding: 'utf8', maxBuffer: 16 << 20 },
+        (error, stdout, stderr) => {
+          const code = error ? Number((error as { code?: number }).code ?? 1) : 0;
+          const last = stdout.trim().split('\n').pop() ?? '';
+          try {
+            resolve({ code, json: JSON.parse(last) as Record<string, unknown>, stderr });
+          } catch {
+            reject(new Error(`agent ${command} (exit ${code}) printed no JSON: ${stdout}\n${stderr}`));
+          }
+        },
+      );
+      child.stdin!.on('error', () => undefined); // a refusal may come before all of stdin is read
+      child.stdin!.end(stdin ?? '');
+    });
+  }
+  async function ok(command: string, args: unknown, stdin?: Buffer | string) {
+    const r = await agent(command, args, stdin);
+    if (r.code !== 0)
+      throw new Error(`agent ${command} exit ${r.code}: ${JSON.stringify(r.json)} ${r.stderr}`);
+    return r.json;
+  }
+  /** The refusal's kind and message (exit 3, one JSON line). */
+  async function refused(command: string, args: unknown, stdin?: Buffer | string) {
+    const r = await agent(command, args, stdin);
+    expect(r.code, `${command} ${JSON.stringify(r.json)} ${r.stderr}`).toBe(3);
+    return { kind: String(r.json.error), message: String(r.json.message), details: r.json.details };
+  }
+
+  /** A set-up root, and releases written to a store beside it. */
+  async function bed(label: string) {
+    const dir = tempDir(`${label}-${py.label}`);
+    const root = path.join(dir, 'root');
+    const store = path.join(dir, 'store');
+    await ok('setup', { root, shared: ['data'] });
+    mkdirSync(path.join(root, '.ckan-release', 'tmp'));
+    return { dir, root, store };
+  }
+
+  /** receive + finalize of a release, as a ship stages it. */
+  async function stage(root: string, store: string, id: string, op: string, tree = TREE) {
+    const a = await writeRelease(store, id, tree);
+    const manifest = path.join(a.dir, 'manifest.json');
+    const got = await ok('receive', { root, id, op, manifest }, readFileSync(a.archive));
+    await ok(
+      'finalize',
+      { root, id, op, partial: got.partial, manifest, config_file: 'ckan.ini', shared: [] },
+      '[app:main]\n',
+    );
+    return a;
+  }
+
+  const ledger = (root: string) =>
+    (existsSync(path.join(root, '.ckan-release', 'ledger.jsonl'))
+      ? readFileSync(path.join(root, '.ckan-release', 'ledger.jsonl'), 'utf8')
+      : ''
+    )
+      .trim()
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as { event: string; release?: string });
+
+  it('receive refuses hostile and damaged archives by kind, and clean leaves no partial', async () => {
+    const { dir, root, store } = await bed('receive');
+    const a = await writeRelease(store, ID_A, TREE);
+    const manifest = path.join(a.dir, 'manifest.json');
+    const args = { root, id: ID_A, op: 'op1', manifest };
+    const cases: [string, Buffer, RegExp][] = [
+      ['../', await rawArchive([{ name: '../escape.txt', content: 'x' }]), /points outside the release/],
+      ['absolute', await rawArchive([{ name: '/tmp/at-abs.txt', content: 'x' }]), /points outside/],
+      ['not listed', await rawArchive([{ name: './extra.txt', content: 'x' }]), /not in the manifest/],
+      ['other bytes', await rawArchive([{ name: './a.txt', content: 'release B\n' }]), /a\.txt: sha256/],
+      [
+        'other link',
+        await rawArchive([{ name: './lib/link', type: 'symlink', linkname: '../../etc/passwd' }]),
+        /lib\/link: symlink target '\.\.\/\.\.\/etc\/passwd' differs/,
+      ],
+      ['cut', readFileSync(a.archive).subarray(0, 60), /damaged or truncated/],
+    ];
+    for (const [what, data, message] of cases) {
+      const r = await refused('receive', args, data);
+      expect([what, r.kind], r.message).toEqual([what, 'bad-artifact']);
+      expect(r.message, what).toMatch(message);
+      expect(await ok('clean', { root, op: 'op1' }), what).toEqual({
+        removed: [`.partial-${ID_A}-op1`],
+      });
+    }
+    expect(existsSync(path.join(dir, 'escape.txt'))).toBe(false);
+    expect(existsSync(path.join(root, 'escape.txt'))).toBe(false);
+    expect(existsSync('/tmp/at-abs.txt')).toBe(false);
+    // A manifest for another release, and an ID that is a path: refused before anything is written.
+    expect(await refused('receive', { ...args, id: ID_B }, readFileSync(a.archive))).toMatchObject({
+      kind: 'bad-artifact',
+      message: `manifest is for ${ID_A}, not ${ID_B}`,
+    });
+    expect((await refused('receive', { ...args, id: '../x' }, '')).kind).toBe('bad-input');
+    expect(readdirSync(path.join(root, 'releases'))).toEqual([]);
+    // The whole archive still goes in afterwards.
+    expect(await ok('receive', args, readFileSync(a.archive))).toMatchObject({ entries: 5 });
+  });
+
+  it('finalize refuses a partial changed after receive, and one outside releases/', async () => {
+    const { root, store } = await bed('finalize');
+    const a = await writeRelease(store, ID_A, TREE);
+    const manifest = path.join(a.dir, 'manifest.json');
+    const got = await ok('receive', { root, id: ID_A, op: 'op1', manifest }, readFileSync(a.archive));
+    const partial = String(got.partial);
+    expect(partial).toBe(path.join(root, 'releases', `.partial-${ID_A}-op1`));
+    appendFileSync(path.join(partial, 'a.txt'), 'changed on the host\n');
+    const args = { root, id: ID_A, op: 'op1', partial, manifest, config_file: 'ckan.ini', shared: [] };
+    const r = await refused('finalize', args, '[app:main]\n');
+    expect(r).toMatchObject({ kind: 'bad-artifact' });
+    expect(r.message).toMatch(/differs from its manifest: a\.txt: sha256 differs/);
+    expect(existsSync(path.join(root, 'releases', ID_A))).toBe(false);
+    expect((await refused('finalize', { ...args, partial: path.join(root, 'shared') }, '')).kind).toBe(
+      'bad-input',
+    );
+    await ok('clean', { root, op: 'op1' });
+    expect(readdirSync(path.join(root, 'releases'))).toEqual([]);
+    expect(ledger(root)).toEqual([]);
+  });
+
+  it('switch: refusals leave current as it was, null removes it, no temporary link is left', async () => {
+    const { root, store } = await bed('switch');
+    await stage(root, store, ID_A, 'op1');
+    expect(await ok('switch', { root, id: ID_A, op: 'op2' })).toEqual({ previous: null, current: ID_A });
+    const before = ledger(root);
+    expect(before.at(-1)).toMatchObject({ event: 'activated', release: ID_A });
+    expect(await refused('switch', { root, id: ID_B, op: 'op3' })).toMatchObject({
+      kind: 'missing',
+      message: `releases/${ID_B} does not exist on this host`,
+    });
+    expect((await refused('switch', { root, id: '../../etc', op: 'op3' })).kind).toBe('bad-input');
+    expect((await refused('ledger', { root, entries: [{ event: 'bad', release: 'x/../y' }] })).kind).toBe(
+      'bad-input',
+    );
+    expect(readlinkSync(path.join(root, 'current'))).toBe(`releases/${ID_A}`);
+    expect(ledger(root)).toEqual(before);
+    // config writes into a release directory, never through setup's adopted link.
+    await ok('config', { root, id: ID_A, config_file: 'ckan.ini' }, '[app:main]\nx = 2\n');
+    expect(readFileSync(path.join(root, 'current', 'ckan.ini'), 'utf8')).toBe('[app:main]\nx = 2\n');
+    expect(statSync(path.join(root, 'current', 'ckan.ini')).mode & 0o777).toBe(0o640);
+    symlinkSync('../default', path.join(root, 'releases', ID_B));
+    expect((await refused('config', { root, id: ID_B, config_file: 'ckan.ini' }, 'x')).kind).toBe('missing');
+    // Back to no release at all (a failed first deploy switched back).
+    expect(await ok('switch', { root, id: null, op: 'op4' })).toEqual({ previous: ID_A, current: null });
+    expect(existsSync(path.join(root, 'current'))).toBe(false);
+    expect(readdirSync(root).filter((n) => n.startsWith('.current'))).toEqual([]);
+    // The agent never works through a symlink planted where the layout has a directory.
+    const planted = path.join(path.dirname(root), 'planted');
+    mkdirSync(path.join(planted, 'releases', ID_A), { recursive: true });
+    rmSync(path.join(root, 'releases'), { recursive: true });
+    symlinkSync(path.join(planted, 'releases'), path.join(root, 'releases'));
+    expect((await refused('switch', { root, id: ID_A, op: 'op5' })).kind).toBe('bad-layout');
+    expect(existsSync(path.join(root, 'current'))).toBe(false);
+  });
+
+  it('lock: busy, renewed by its holder, taken over when expired or its process is gone', async () => {
+    const { root } = await bed('lock');
+    const owner = (token: string) => ({ token, user: 'u', machine: 'm', pid: 1, operation: 'ship' });
+    const holder = () =>
+      JSON.parse(readFileSync(path.join(root, '.ckan-release', 'lock', 'owner.json'), 'utf8')) as {
+        token: string;
+        expires: number;
+      };
+    expect(await ok('lock', { root, owner: owner('op1'), ttl: 600 })).toEqual({
+      locked: true,
+      taken_over: null,
+    });
+    const busy = await refused('lock', { root, owner: owner('op2'), ttl: 600 });
+    expect(busy.kind).toBe('locked');
+    expect(busy.message).toMatch(/^locked by u@m \(pid 1, ship, since \d{4}-/);
+    expect(busy.details).toMatchObject({ holder: { token: 'op1' } });
+    // Its holder renews it.
+    const first = holder().expires;
+    await ok('lock', { root, owner: owner('op1'), ttl: 1200 });
+    expect(holder().expires).toBeGreaterThan(first + 500);
+    // The caller names the token of a holder whose process is gone (same machine): taken over.
+    const dead = await ok('lock', { root, owner: owner('op2'), ttl: -1, stale_token: 'op1' });
+    expect(dead.taken_over).toMatchObject({ token: 'op1' });
+    expect(holder().token).toBe('op2');
+    // op2's lock has expired (ttl -1): anyone takes it over, and facts says it is expired.
+    expect(await ok('facts', { root })).toMatchObject({ lock: { token: 'op2' }, lock_expired: true });
+    expect((await ok('lock', { root, owner: owner('op3'), ttl: 600 })).taken_over).toMatchObject({
+      token: 'op2',
+    });
+    // Unlocking with another's token is refused and leaves the lock.
+    expect((await refused('unlock', { root, token: 'op1' })).kind).toBe('locked');
+    expect(holder().token).toBe('op3');
+    expect(await ok('unlock', { root, token: 'op3' })).toMatchObject({ unlocked: true });
+    expect(readdirSync(path.join(root, '.ckan-release')).filter((n) => n.startsWith('lock'))).toEqual([]);
+    expect(await ok('unlock', { root, token: 'op3' })).toEqual({ unlocked: false, holder: null });
+    // A lock directory without its owner file (the taker died between mkdir and write) is held.
+    mkdirSync(path.join(root, '.ckan-release', 'lock'));
+    expect((await refused('lock', { root, owner: owner('op4'), ttl: 600 })).kind).toBe('locked');
+  });
+
+  it('the rollback target skips a bad release; prune keeps current, target, protect and its own files', async () => {
+    const { root, store } = await bed('prune');
+    for (const [id, op] of [
+      [ID_A, 'opa'],
+      [ID_B, 'opb'],
+      [ID_C, 'opc'],
+      [ID_D, 'opd'],
+    ] as const) {
+      await stage(root, store, id, op, { ...TREE, 'a.txt': `release ${id}\n` });
+    }
+    for (const id of [ID_A, ID_B, ID_C]) {
+      await ok('switch', { root, id, op: 'ops' });
+      await ok('ledger', { root, entries: [{ event: 'healthy', release: id }] });
+    }
+    expect(await ok('facts', { root })).toMatchObject({ current: ID_C, rollback_target: ID_B });
+    await ok('ledger', { root, entries: [{ event: 'bad', release: ID_B }] });
+    expect(await ok('facts', { root })).toMatchObject({ rollback_target: ID_A });
+    // Leftovers of an interrupted operation, and this operation's own files.
+    mkdirSync(path.join(root, 'releases', `.partial-${ID_D}-opold`));
+    mkdirSync(path.join(root, 'releases', `.partial-${ID_D}-opnow`));
+    writeFileSync(path.join(root, '.ckan-release', 'tmp', 'opold-manifest.json'), '{}');
+    writeFileSync(path.join(root, '.ckan-release', 'tmp', 'opnow-manifest.json'), '{}');
+    // keep 1: current (C) and target (A) are kept whatever keep says; D is protected by the caller.
+    const pruned = await ok('prune', { root, keep: 1, op: 'opnow', protect: [ID_D] });
+    expect(pruned.kept).toEqual([ID_A, ID_C, ID_D]);
+    expect(pruned.removed).toEqual([
+      { release: ID_B, why: 'beyond keep_releases=1' },
+      {
+        release: null,
+        path: `.partial-${ID_D}-opold`,
+        why: 'partial directory left by an interrupted operation',
+      },
+      {
+        release: null,
+        path: '.ckan-release/tmp/opold-manifest.json',
+        why: 'temporary file left by an interrupted operation',
+      },
+    ]);
+    expect(readdirSync(path.join(root, 'releases')).sort()).toEqual([
+      `.partial-${ID_D}-opnow`,
+      ID_A,
+      ID_C,
+      ID_D,
+    ]);
+    expect(readdirSync(path.join(root, '.ckan-release', 'tmp'))).toEqual(['opnow-manifest.json']);
+    expect(existsSync(path.join(root, '.ckan-release', 'manifests', `${ID_B}.json`))).toBe(false);
+    expect(existsSync(path.join(root, '.ckan-release', 'manifests', `${ID_A}.json`))).toBe(true);
+    expect(ledger(root).at(-1)).toMatchObject({ event: 'pruned', release: ID_B, op: 'opnow' });
+    expect(readlinkSync(path.join(root, 'current'))).toBe(`releases/${ID_C}`);
+    // Found healthy again (named by a rollback --to): no longer bad, the target again once current moves.
+    await ok('switch', { root, id: ID_D, op: 'opt' });
+    await ok('ledger', { root, entries: [{ event: 'healthy', release: ID_D }] });
+    expect(await ok('facts', { root })).toMatchObject({ current: ID_D, rollback_target: ID_C });
+  });
+
+  it('prune removes an adopted release by its link only; setup is idempotent', async () => {
+    const dir = tempDir(`adopt-${py.label}`);
+    const root = path.join(dir, 'root');
+    mkdirSync(path.join(root, 'default', 'bin'), { recursive: true });
+    writeFileSync(path.join(root, 'default', 'bin', 'python'), '');
+    const { adopted } = await ok('setup', { root, shared: [], adopt: true, adopt_id: ID_A });
+    expect(adopted).toBe(ID_A);
+    mkdirSync(path.join(root, '.ckan-release', 'tmp'));
+    expect(await ok('setup', { root, shared: [], adopt: true, adopt_id: ID_A })).toEqual({
+      made: [],
+      adopted: null,
+    });
+    const store = path.join(dir, 'store');
+    for (const [id, op] of [
+      [ID_B, 'opb'],
+      [ID_C, 'opc'],
+    ] as const) {
+      await stage(root, store, id, op);
+      await ok('switch', { root, id, op });
+      await ok('ledger', { root, entries: [{ event: 'healthy', release: id }] });
+    }
+    const pruned = await ok('prune', { root, keep: 1, op: 'opp' });
+    expect(pruned.removed).toEqual([{ release: ID_A, why: 'beyond keep_releases=1' }]);
+    expect(readdirSync(path.join(root, 'releases')).sort()).toEqual([ID_B, ID_C]);
+    expect(readFileSync(path.join(root, 'default', 'bin', 'python'), 'utf8')).toBe('');
+  });
+
+  it('verify finds a changed file and an extra one, once the tree seal no longer vouches', async () => {
+    const { root, store } = await bed('verify');
+    const a = await stage(root, store, ID_A, 'op1');
+    const sha = createHash('sha256')
+      .update(readFileSync(path.join(a.dir, 'manifest.json')))
+      .digest('hex');
+    const args = { root, id: ID_A, manifest_sha256: sha, allowed_extra: ['ckan.ini'] };
+    expect(await ok('verify', args)).toMatchObject({ ok: true, by: 'tree seal', hashed: 0 });
+    const release = path.join(root, 'releases', ID_A);
+    writeFileSync(path.join(release, 'a.txt'), 'release a\n'); // same size, other bytes
+    writeFileSync(path.join(release, 'new.txt'), '');
+    rmSync(path.join(release, 'lib', 'link'));
+    const v = await ok('verify', args);
+    expect(v).toMatchObject({ ok: false, by: 'seal', extra: ['new.txt'] });
+    expect(v.problems).toEqual(['a.txt: sha256 differs from the manifest', 'lib/link is missing']);
+    // Another release's manifest is not kept here: the caller must send it.
+    expect(await ok('verify', { ...args, id: ID_B })).toEqual({ need_manifest: true });
+  });
+
+  it('delta never takes a file from an earlier release whose content changed; it is sent instead', async () => {
+    const { root, store } = await bed('delta');
+    const shared = { 'lib/same.txt': 'the same in A and B\n', 'lib/other.txt': 'also the same\n' };
+    await stage(root, store, ID_A, 'op1', { ...TREE, ...shared });
+    await ok('switch', { root, id: ID_A, op: 'op1' });
+    // Changed on the host after A was verified (same size: only its content tells).
+    writeFileSync(path.join(root, 'releases', ID_A, 'lib', 'same.txt'), 'THE SAME IN A AND B\n');
+    const b = await writeRelease(store, ID_B, { ...TREE, ...shared, 'a.txt': 'release B\n' });
+    const manifest = path.join(b.dir, 'manifest.json');
+    const mtime = await archiveMtime(b.archive);
+    const plan = await ok('delta', { root, id: ID_B, op: 'op2', manifest, mtime });
+    expect(plan.delta).toBe(true);
+    expect((plan.need as string[]).sort()).toEqual(['a.txt', 'lib/same.txt']);
+    const d = await makeDeltaArchive(b.archive, plan.need as string[]);
+    const sha = createHash('sha256').update(d.data).digest('hex');
+    await ok(
+      'receive',
+      { root, id: ID_B, op: 'op2', manifest, delta: { mtime, bytes: d.data.length, sha256: sha } },
+      d.data,
+    );
+    await ok(
+      'finalize',
+      { root, id: ID_B, op: 'op2', partial: plan.partial, manifest, config_file: 'ckan.ini', shared: [] },
+      '',
+    );
+    const release = path.join(root, 'releases', ID_B);
+    expect(readFileSync(path.join(release, 'lib', 'same.txt'), 'utf8')).toBe('the same in A and B\n');
+    expect(readFileSync(path.join(release, 'lib', 'other.txt'), 'utf8')).toBe('also the same\n');
+    expect(readFileSync(path.join(release, 'a.txt'), 'utf8')).toBe('release B\n');
+    expect(readlinkSync(path.join(release, 'lib', 'link'))).toBe('../a.txt');
+    expect(statSync(path.join(release, 'bin', 'tool')).mode & 0o777).toBe(0o755);
+  });
+
+  it('install-file installs by rename and keeps what it replaced; restore-file puts it back', async () => {
+    const { dir, root } = await bed('server-files');
+    const dest = path.join(dir, 'etc', 'site', 'ckan.conf');
+    const file = (extra: object = {}) => ({ root, dest, owner: USER, group: GROUP, mode: 0o640, ...extra });
+    const first = await ok('install-file', file(), 'one\n');
+    expect(first).toMatchObject({ changed: true, existed: false, backup: null, made: path.dirname(dest) });
+    expect(readFileSync(dest, 'utf8')).toBe('one\n');
+    expect(statSync(dest).mode & 0o777).toBe(0o640);
+    expect(await ok('install-file', file(), 'one\n')).toMatchObject({ changed: false });
+    expect(await ok('install-file', file({ check: true }), 'two\n')).toMatchObject({ changed: true });
+    expect(readFileSync(dest, 'utf8')).toBe('one\n');
+    const second = await ok('install-file', file(), 'two\n');
+    expect(second).toMatchObject({ changed: true, existed: true });
+    expect(path.dirname(String(second.backup))).toBe(path.join(root, '.ckan-release', 'server-files'));
+    expect(readFileSync(dest, 'utf8')).toBe('two\n');
+    expect(readdirSync(path.dirname(dest))).toEqual(['ckan.conf']); // no temporary file left
+    await ok('restore-file', { root, dest, backup: second.backup });
+    expect(readFileSync(dest, 'utf8')).toBe('one\n');
+    // No backup: there was no file before, so restoring removes it.
+    await ok('restore-file', { root, dest, backup: null });
+    expect(existsSync(dest)).toBe(false);
+    // Refusals: a relative path, a symlink, a backup from elsewhere, a user the host lacks.
+    expect((await refused('install-file', file({ dest: 'etc/x.conf' }), 'x')).kind).toBe('bad-input');
+    symlinkSync(path.join(dir, 'elsewhere'), dest);
+    expect((await refused('install-file', file(), 'x')).message).toMatch(/is a symlink/);
+    expect(lstatSync(dest).isSymbolicLink()).toBe(true);
+    expect(existsSync(path.join(dir, 'elsewhere'))).toBe(false);
+    rmSync(dest);
+    expect(
+      (await refused('restore-file', { root, dest, backup: path.join(dir, 'etc', 'passwd') })).kind,
+    ).toBe('bad-input');
+    expect(
+      (await refused('install-file', file({ owner: 'ckan-release-no-such-user' }), 'x')).message,
+    ).toMatch(/no user u?'ckan-release-no-such-user'/);
+  });
+
+  it('health: unhealthy after the timeout, saying which plugin status_show lacks', async () => {
+    const server = http.createServer((_req, res) => {
+      res.setHeader('Content-Type', 'application/json');
+      res.end(JSON.stringify({ success: true, result: { ckan_version: '2.9.11', extensions: ['stats'] } }));
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    try {
+      const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/api/3/action/status_show`;
+      const r = await refused('health', { url, timeout: 1, plugins: ['stats', 'showcase'] });
+      expect(r.kind).toBe('unhealthy');
+      expect(r.message).toBe(
+        `${url} did not become healthy within 1s: status_show answered without plugins showcase`,
+      );
+    } finally {
+      server.close();
+    }
+  });
+});
