@@ -1932,6 +1932,8 @@ def cmd_verify(args):
                  "manifest": manifest_path, "by": "seal", "hashed": checked.hashed})
             return
     ok = not problems and not extra
+    if heal and os.path.exists(heal_need_file(p, args["op"])):
+        os.unlink(heal_need_file(p, args["op"]))
     if ok and args.get("keep_manifest"):
         if manifest_path != kept:
             keep_manifest(p, rid, manifest_path)
@@ -2056,7 +2058,7 @@ def cmd_clean(args):
             shutil.rmtree(os.path.join(p["releases"], d), ignore_errors=True)
             removed.append(d)
     for leftover in (os.path.join(p["meta"], "tmp", "%s-manifest.json" % args["op"]), delta_need_file(p, args["op"]),
-                     op_seal_path(p, args["op"])):
+                     op_seal_path(p, args["op"]), heal_need_file(p, args["op"])):
         if os.path.exists(leftover):
             os.unlink(leftover)
     out({"removed": removed})

@@ -189,6 +189,9 @@ function treeOf(dir: string, links = false): string {
     .replace(/^(\S+ l \S+ \S+) \S+ /gm, '$1 - ');
 }
 
+// The deploy owner, as hosts have it (deploy.owner/group), where the test runs as root.
+const OWNER = process.getuid?.() === 0 ? { owner: 'nobody', group: 'nogroup' } : {};
+
 const dirs: string[] = [];
 afterAll(() => {
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
@@ -223,6 +226,7 @@ describe.each(TEST_PYTHONS)('linked releases, heal and the tar receive (Python $
         partial,
         manifest,
         config_file: 'ckan.ini',
+        ...OWNER,
         shared: [{ path: 'data', link: 'storage' }],
       },
       '[app:main]\n',
@@ -331,7 +335,12 @@ describe.each(TEST_PYTHONS)('linked releases, heal and the tar receive (Python $
     const b = artifact(work, ID_B, 2, 0o700);
     const root = await setupRoot(python, 'linked');
     const full = await setupRoot(python, 'full');
-    const got = await ok(python, 'receive', { root, id: ID_A, op: 'op1', manifest: a.manifest }, a.data);
+    const got = await ok(
+      python,
+      'receive',
+      { root, id: ID_A, op: 'op1', manifest: a.manifest, ...OWNER },
+      a.data,
+    );
     await finalize(python, root, ID_A, 'op1', got.partial, a.manifest);
     await ok(python, 'switch', { root, id: ID_A, op: 'op1' });
     await ok(python, 'ledger', { root, entries: [{ event: 'healthy', release: ID_A }] });
@@ -345,6 +354,7 @@ describe.each(TEST_PYTHONS)('linked releases, heal and the tar receive (Python $
       manifest: b.manifest,
       mtime,
       link: 'hardlink',
+      ...OWNER,
     });
     expect(plan).toMatchObject({ delta: true, need: ['lib/pkg/__init__.py'], whole: false });
     const counts = plan.link as { linked: number; reflinked: number; copied: number };
@@ -360,6 +370,7 @@ describe.each(TEST_PYTHONS)('linked releases, heal and the tar receive (Python $
         op: 'op2',
         manifest: b.manifest,
         delta: { mtime, bytes: d.data.length, sha256: sha256(d.data) },
+        ...OWNER,
       },
       d.data,
     );
@@ -369,7 +380,7 @@ describe.each(TEST_PYTHONS)('linked releases, heal and the tar receive (Python $
     const fullGot = await ok(
       python,
       'receive',
-      { root: full, id: ID_B, op: 'op1', manifest: b.manifest },
+      { root: full, id: ID_B, op: 'op1', manifest: b.manifest, ...OWNER },
       b.data,
     );
     await finalize(python, full, ID_B, 'op1', fullGot.partial, b.manifest);
@@ -392,6 +403,7 @@ describe.each(TEST_PYTHONS)('linked releases, heal and the tar receive (Python $
         manifest_sha256: manifestSha,
         allowed_extra: ['ckan.ini', 'storage'],
         keep_manifest: true,
+        ...OWNER,
         ...extra,
       });
     expect(await verifyA()).toMatchObject({ ok: true, by: 'tree seal', hashed: 0 });
@@ -426,6 +438,7 @@ describe.each(TEST_PYTHONS)('linked releases, heal and the tar receive (Python $
         op: 'op3',
         manifest: first.manifest,
         heal: { bytes: h.data.length, sha256: sha256(h.data) },
+        ...OWNER,
       },
       h.data,
     );
@@ -442,7 +455,7 @@ describe.each(TEST_PYTHONS)('linked releases, heal and the tar receive (Python $
     const fullA = await ok(
       python,
       'receive',
-      { root: full, id: ID_A, op: 'op2', manifest: a.manifest },
+      { root: full, id: ID_A, op: 'op2', manifest: a.manifest, ...OWNER },
       a.data,
     );
     await finalize(python, full, ID_A, 'op2', fullA.partial, a.manifest);
