@@ -8,6 +8,7 @@
 //   BENCH_PREFIX  sandbox host names are <prefix>1..8 (default "bench")
 //   BENCH_KEEP=1  keep the sandbox hosts and the project directory afterwards
 //   BENCH_SKIP_S3=1  skip the S3 publish row (it starts a radosgw container)
+//   BENCH_SKIP_DISK=1  skip the disk row (5 kept releases linked vs copied: three more builds, ten ships)
 import { execFileSync, spawn } from 'node:child_process';
 import {
   closeSync,
@@ -422,6 +423,17 @@ async function main(): Promise<void> {
       },
     );
 
+    // The host's CPU for the full ship (agent, sshd, sudo, python starts: the container's cgroup) vs
+    // for ssh + tar -xzf, from the same runs.
+    row(
+      "host CPU per full ship vs tar -xzf's host CPU",
+      fullCpu.map((c) => c.hosts),
+      's',
+      baseCpu.map((c) => c.hosts),
+      'ratio <= 1.3',
+      (_, r) => r !== null && r <= 1.3,
+    );
+
     // ---- delta ship (B after A) vs full ship
     const deltaSecs: number[] = [];
     const deltaBytes: number[] = [];
@@ -496,6 +508,46 @@ async function main(): Promise<void> {
       machine_cpu_s: median(rollbackCpu.map((c) => c.machine)),
       cores: CORES,
     });
+
+    if (!process.env.BENCH_SKIP_DISK) {
+      // ---- disk used by 5 kept releases on one host, linked (deploy.link: hardlink) vs copied: A, B and
+      // three more, each one extension changed from the one before (a pip flag that installs nothing
+      // else makes each its own release).
+      const ids = [A, B];
+      for (const [i, flag] of ['--no-color', '--no-color', '--disable-pip-version-check'].entries()) {
+        const v = project.variant(`disk-${i}`, (t) =>
+          (i % 2 ? t.replace('ref: v1.1.0', 'ref: v1.0.0') : t).replace(
+            '    find_links:',
+            `    extra_args: [${flag}]\n    find_links:`,
+          ),
+        );
+        ids.push((await cli(v, 'build')).out.trim().split('\n').pop()!);
+      }
+      const copy = project.variant('copy', (t) =>
+        t.replace('keep_releases: 5', 'keep_releases: 5\n  link: copy'),
+      );
+      const kib: Record<string, number> = {};
+      for (const [how, cfg] of [
+        ['linked', config],
+        ['copied', copy],
+      ] as const) {
+        await emptyHost(ONE);
+        for (const id of ids) await cli(cfg, 'ship', 'one', id);
+        const du = await onHost(ONE, `du -sk ${ROOT}/releases | cut -f1; ls ${ROOT}/releases | wc -l`);
+        const [k, n] = du.trim().split('\n').map(Number);
+        if (n !== 5) throw new Error(`${ONE} keeps ${n} releases, not 5`);
+        kib[how] = k!;
+        log(`5 kept releases ${how}: ${k} KiB`);
+      }
+      row(
+        'disk used by 5 kept releases, linked vs 5 copies',
+        [kib.linked! / 1024],
+        'MiB',
+        [kib.copied! / 1024],
+        'ratio <= 0.3',
+        (_, r) => r !== null && r <= 0.3,
+      );
+    }
 
     row(
       'warm rebuild (one extension changed) vs cold build',
