@@ -832,12 +832,15 @@ def cmd_receive(args):
         healed = heal_received(p, rid, release, partial, sorted(seen), seal)
         out({"release": release, "healed": healed})
         return
+    linked = 0
+    if not delta and args.get("link") == "hardlink":
+        linked = link_kept(p, rid, partial, manifest, seal, ids)
     seal.save(op_seal_path(p, args["op"]))
     if delta:
         finish_dirs(partial, manifest, float(delta["mtime"]))
     else:
         finish_dirs(partial, manifest, None, dir_mtimes)
-    out({"partial": partial, "entries": len(seen)})
+    out({"partial": partial, "entries": len(seen), "linked": linked})
 
 
 def flat_name(rel):
@@ -1088,8 +1091,9 @@ class TarWriter(object):
         self.proc.wait()
         self.errors.seek(0)
         text = self.errors.read().decode("utf-8", "replace").strip()
-        if "No space left" in text or "Disk quota" in text:
-            raise IOError(errno.ENOSPC, "tar: " + text[-300:])
+        full = [line for line in text.splitlines() if "No space left" in line or "Disk quota" in line]
+        if full:
+            raise IOError(errno.ENOSPC, full[0])
         raise Refused("bad-artifact", "tar could not unpack the checked archive (exit %s): %s" % (self.proc.returncode, text[-500:]))
 
 
@@ -1323,7 +1327,7 @@ class Linker(object):
         return (stat.S_IMODE(st.st_mode) == mode and st.st_uid == self.want_uid and st.st_gid == self.want_gid
                 and _ns(st, "st_mtime") == int(round(self.mtime * 1e9)))
 
-    def place(self, src, dest, sha256, mode, seal, base_rel):
+    def place(self, src, dest, sha256, mode, seal, base_rel, only_link=False):
         """dest (a new path) with src's content if src has the sha256 the manifests promise: a hard link
         when its metadata is the wanted one too, else a reflink or a copy given that metadata. Content
         is proved by the base's seal (or this operation's own links), else by hashing it. Returns dest's
@@ -1337,6 +1341,8 @@ class Linker(object):
             if not stat.S_ISREG(st.st_mode):
                 return None
             key = stat_key(st)
+            if only_link and not self.same_meta(st, mode):
+                return None
             trusted = seal.trusts(base_rel, st) or self.after.get(st.st_ino) == key
             if not trusted and fd_sha256(fd) != sha256:
                 return None
@@ -1349,6 +1355,8 @@ class Linker(object):
                     self.counts["linked"] += 1
                     return new
                 os.unlink(dest)  # src was replaced between the check and the link: not what we proved
+                return None
+            if only_link:
                 return None
             out_fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
             try:
@@ -1417,6 +1425,61 @@ def relink_tree_seal(p, base):
     except (IOError, OSError, ValueError, KeyError, TypeError):
         return False
     return save_tree_seal(p, rid, d, sha, Seal.load(seal_path(p, rid)), exclude)
+
+
+def link_kept(p, rid, partial, manifest, seal, ids):
+    """After a full receive (deploy.link: hardlink): each received file that a kept release here has
+    too, with the same content, mode, owner and mtime, is replaced by a hard link to it (renamed over
+    the received copy), so a full ship costs the disk of what changed as a delta does. Returns how many."""
+    bases = [b for b in delta_bases(p, read_current(p)) if b[0] != rid]
+    if not bases:
+        return 0
+    wanted = dict((e["path"], e) for e in manifest["files"] if e["type"] == "file" and e["path"] in seal.files)
+    shas = set(e["sha256"] for e in wanted.values())
+    index = {}
+    for _, d, mpath in bases:
+        try:
+            with io.open(mpath, encoding="utf-8") as f:
+                files = json.load(f)["files"]
+        except (IOError, ValueError, KeyError):
+            continue
+        for e in files:
+            if e.get("type") == "file" and e.get("sha256") in shas:
+                rel = safe_member_path(e["path"])
+                if rel:
+                    index.setdefault(e["sha256"], []).append((d, rel))
+    seals = dict((d, Seal.load(seal_path(p, b))) for b, d, _ in bases)
+    real_dirs = {}
+    linked = 0
+    linkers = {}
+    for rel, e in sorted(wanted.items()):
+        mtime = seal.files[rel][2]  # as received (the archive's)
+        linker = linkers.get(mtime)
+        if linker is None:
+            linker = linkers[mtime] = Linker(ids, mtime / 1e9)
+        dest = os.path.join(partial, rel)
+        tmp = os.path.join(os.path.dirname(dest), ".ckan-link-%s" % os.path.basename(rel))
+        for d, base_rel in index.get(e["sha256"], []):
+            src_dir = os.path.dirname(os.path.join(d, base_rel))
+            if src_dir not in real_dirs:
+                real_dirs[src_dir] = os.path.realpath(src_dir) == os.path.join(
+                    os.path.realpath(d), os.path.dirname(base_rel)).rstrip("/")
+            if not real_dirs[src_dir]:
+                continue
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+            st = linker.place(os.path.join(d, base_rel), tmp, e["sha256"], int(e["mode"], 8), seals[d], base_rel,
+                              only_link=True)
+            if st is not None:
+                os.rename(tmp, dest)
+                st = os.lstat(dest)
+                linker.renamed(st)
+                seal.record(rel, st)
+                linked += 1
+                break
+    for linker in linkers.values():
+        linker.finish(p, seals=(seal,))
+    return linked
 
 
 def heal_sources(p, rid, release, manifest, checked, wanted):

@@ -549,7 +549,7 @@ async function sendRelease(
     agent,
     'receive',
     'receive',
-    { root: s.config.root, id: m.id, op: s.op, manifest: manifestPath, ...owner },
+    { root: s.config.root, id: m.id, op: s.op, manifest: manifestPath, link: s.config.deploy.link, ...owner },
     {
       stdin: createReadStream(artifact.archive, { highWaterMark: 1 << 20 }),
       onProgress: progress(s, h.name, m.archive.bytes, t0),

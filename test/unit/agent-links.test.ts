@@ -466,6 +466,49 @@ describe.each(TEST_PYTHONS)('linked releases, heal and the tar receive (Python $
     expect(statSync(`${A}/lib/pkg`).mtimeMs / 1000).toBe(MTIME);
     expect(await verifyA(heal)).toMatchObject({ ok: true, by: 'tree seal' });
   });
+
+  it('a full receive links what a kept release has the same, and the release is still a full ship', async () => {
+    const python = requirePython(py);
+    const a = artifact(work, ID_A, 1, 0o755);
+    const b = artifact(work, ID_B, 2, 0o700);
+    const root = await setupRoot(python, 'full-linked');
+    const got = await ok(
+      python,
+      'receive',
+      { root, id: ID_A, op: 'op1', manifest: a.manifest, ...OWNER },
+      a.data,
+    );
+    await finalize(python, root, ID_A, 'op1', got.partial, a.manifest);
+    const gotB = await ok(
+      python,
+      'receive',
+      { root, id: ID_B, op: 'op2', manifest: b.manifest, link: 'hardlink', ...OWNER },
+      b.data,
+    );
+    expect(gotB.linked).toBe(6);
+    await finalize(python, root, ID_B, 'op2', gotB.partial, b.manifest);
+    const A = path.join(root, 'releases', ID_A);
+    const B = path.join(root, 'releases', ID_B);
+    expect(statSync(`${B}/lib/big.bin`).ino).toBe(statSync(`${A}/lib/big.bin`).ino);
+    expect(statSync(`${B}/bin/tool`).ino).not.toBe(statSync(`${A}/bin/tool`).ino);
+    const plain = await setupRoot(python, 'full-plain');
+    const p = await ok(
+      python,
+      'receive',
+      { root: plain, id: ID_B, op: 'op1', manifest: b.manifest, ...OWNER },
+      b.data,
+    );
+    await finalize(python, plain, ID_B, 'op1', p.partial, b.manifest);
+    expect(treeOf(B)).toBe(treeOf(path.join(plain, 'releases', ID_B)));
+    // A's seal moved with the links: proved by stats, no file read.
+    const v = await ok(python, 'verify', {
+      root,
+      id: ID_A,
+      manifest_sha256: sha256(readFileSync(a.manifest)),
+      allowed_extra: ['ckan.ini', 'storage'],
+    });
+    expect(v).toMatchObject({ ok: true, hashed: 0 });
+  });
 });
 
 // Hostile archives, made with Python's tarfile (as guarantees.test.ts makes them), and a pax header
