@@ -1048,12 +1048,16 @@ class TarWriter(object):
 
     def __init__(self, partial, same_owner, procs):
         import subprocess
-        import tempfile
-        self.errors = tempfile.TemporaryFile()
         argv = ["tar", "-x", "-p", "-f", "-", "--numeric-owner", "--same-owner" if same_owner else "--no-same-owner"]
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=self.errors, stderr=self.errors,
-                                     cwd=partial, close_fds=True)
+        with open(os.devnull, "wb") as null:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=null, stderr=subprocess.PIPE,
+                                         cwd=partial, close_fds=True)
         procs.append(self.proc)
+        # tar's messages, read as they come (no temporary file: nothing is written outside the partial).
+        self.errors = []
+        self.reader = threading.Thread(target=self._read_errors)
+        self.reader.daemon = True
+        self.reader.start()
         self.fd = self.proc.stdin.fileno()
         self.parts = []
         self.size = 0
@@ -1087,10 +1091,15 @@ class TarWriter(object):
         if self.proc.wait() != 0:
             self.fail()
 
+    def _read_errors(self):
+        for chunk in iter(lambda: self.proc.stderr.read(65536), b""):
+            if sum(len(c) for c in self.errors) < 1 << 20:
+                self.errors.append(chunk)
+
     def fail(self):
         self.proc.wait()
-        self.errors.seek(0)
-        text = self.errors.read().decode("utf-8", "replace").strip()
+        self.reader.join(10)
+        text = b"".join(self.errors).decode("utf-8", "replace").strip()
         full = [line for line in text.splitlines() if "No space left" in line or "Disk quota" in line]
         if full:
             raise IOError(errno.ENOSPC, full[0])
