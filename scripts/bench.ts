@@ -8,8 +8,9 @@
 //   BENCH_PREFIX  sandbox host names are <prefix>1..8 (default "bench")
 //   BENCH_KEEP=1  keep the sandbox hosts and the project directory afterwards
 //   BENCH_SKIP_S3=1  skip the S3 publish row (it starts a radosgw container)
+//   BENCH_SKIP_DISK=1  skip the disk row (5 kept releases linked vs copied: three more builds, ten ships)
 //   BENCH_ROWS=a,b  only these groups of rows (default all): build (cold and warm builds), s3, full,
-//                 delta, fleet, rollback, fixed, restart. Without `build` the two artifacts are still
+//                 delta, fleet, disk, rollback, fixed, restart. Without `build` the two artifacts are still
 //                 built, once each, untimed; rollback and fixed ship what they need to the hosts first.
 //   BENCH_BASELINE_CLI=PATH  the rows "fixed cost per host" and "rollback on 8 hosts" also run this
 //                 other ckan-release (e.g. /work/main/bin/ckan-release, the code before a change) in the
@@ -461,6 +462,18 @@ async function main(): Promise<void> {
         },
       );
 
+    // The host's CPU for the full ship (agent, sshd, sudo, python starts: the container's cgroup) vs
+    // for ssh + tar -xzf, from the same runs.
+    if (runs('full'))
+      row(
+        "host CPU per full ship vs tar -xzf's host CPU",
+        fullCpu.map((c) => c.hosts),
+        's',
+        baseCpu.map((c) => c.hosts),
+        'ratio <= 1.3',
+        (_, r) => r !== null && r <= 1.3,
+      );
+
     // ---- delta ship (B after A) vs full ship
     const deltaSecs: number[] = [];
     const deltaBytes: number[] = [];
@@ -515,6 +528,46 @@ async function main(): Promise<void> {
         machine_cpu_s: median(fleetCpu.map((c) => c.machine)),
         cores: CORES,
       });
+
+    if (runs('disk') && !process.env.BENCH_SKIP_DISK) {
+      // ---- disk used by 5 kept releases on one host, linked (deploy.link: hardlink) vs copied: A, B and
+      // three more, each one extension changed from the one before (a pip flag that installs nothing
+      // else makes each its own release).
+      const ids = [A, B];
+      for (const [i, flag] of ['--no-color', '--no-color', '--disable-pip-version-check'].entries()) {
+        const v = project.variant(`disk-${i}`, (t) =>
+          (i % 2 ? t.replace('ref: v1.1.0', 'ref: v1.0.0') : t).replace(
+            '    find_links:',
+            `    extra_args: [${flag}]\n    find_links:`,
+          ),
+        );
+        ids.push((await cli(v, 'build')).out.trim().split('\n').pop()!);
+      }
+      const copy = project.variant('copy', (t) =>
+        t.replace('keep_releases: 5', 'keep_releases: 5\n  link: copy'),
+      );
+      const kib: Record<string, number> = {};
+      for (const [how, cfg] of [
+        ['linked', config],
+        ['copied', copy],
+      ] as const) {
+        await emptyHost(ONE);
+        for (const id of ids) await cli(cfg, 'ship', 'one', id);
+        const du = await onHost(ONE, `du -sk ${ROOT}/releases | cut -f1; ls ${ROOT}/releases | wc -l`);
+        const [k, n] = du.trim().split('\n').map(Number);
+        if (n !== 5) throw new Error(`${ONE} keeps ${n} releases, not 5`);
+        kib[how] = k!;
+        log(`5 kept releases ${how}: ${k} KiB`);
+      }
+      row(
+        'disk used by 5 kept releases, linked vs 5 copies',
+        [kib.linked! / 1024],
+        'MiB',
+        [kib.copied! / 1024],
+        'ratio <= 0.3',
+        (_, r) => r !== null && r <= 0.3,
+      );
+    }
 
     // ---- rollback on 8 hosts, and the fixed cost of a ship to one host, without the restart command
     const noRestart = project.variant('no-restart', (t) =>

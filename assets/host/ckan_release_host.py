@@ -691,12 +691,70 @@ def give(path, ids, mode, mtime):
     return os.lstat(path)
 
 
+def check_member(name, kind, linkname, entries, seen, manifest_entries, dirs_ok):
+    """The one check of an archive member against the manifest, made before anything of it is written,
+    by the Python unpacker and by the GNU tar filter alike. kind: "dir", "symlink", "file" or "other".
+    Returns (rel, entry); ("", None) for the archive's root entry. Never through a symlink: every
+    directory above the member must be one the manifest says is a directory (or none it names at all:
+    then only this receive can have made it, as a directory)."""
+    rel = safe_member_path(name)
+    if rel is None:
+        raise Refused("bad-artifact", "archive entry %r points outside the release" % name)
+    if rel == "":
+        return "", None
+    entry = entries.get(rel)
+    if entry is None:
+        raise Refused("bad-artifact", "archive entry %s is not in the manifest" % rel)
+    if rel in seen:
+        raise Refused("bad-artifact", "archive entry %s appears twice" % rel)
+    seen.add(rel)
+    parent = rel.rpartition("/")[0]
+    if parent and parent not in dirs_ok:
+        up = parent
+        while up:
+            e = manifest_entries.get(up)
+            if e is not None and e["type"] != "dir":
+                raise Refused("bad-artifact", "archive entry %s would be written through a symlink" % rel)
+            up = up.rpartition("/")[0]
+        dirs_ok.add(parent)
+    if kind == "dir":
+        if entry["type"] != "dir":
+            raise Refused("bad-artifact", "%s: the archive has a directory, the manifest a %s" % (rel, entry["type"]))
+    elif kind == "symlink":
+        if entry["type"] != "symlink" or linkname != entry["target"]:
+            raise Refused("bad-artifact", "%s: symlink target %r differs from the manifest's %r"
+                          % (rel, linkname, entry.get("target")))
+    elif kind == "file":
+        if entry["type"] != "file":
+            raise Refused("bad-artifact", "%s: the archive has a file, the manifest a %s" % (rel, entry["type"]))
+    else:
+        raise Refused("bad-artifact", "archive entry %s is a device, fifo or hard link: refused" % rel)
+    return rel, entry
+
+
+def member_kind(member):
+    return "dir" if member.isdir() else "symlink" if member.issym() else "file" if member.isreg() else "other"
+
+
+def gnu_tar():
+    """Whether `tar` on PATH is GNU tar (the fast receive writes through it; any other: Python's)."""
+    import subprocess
+    try:
+        proc = subprocess.Popen(["tar", "--version"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        return b"GNU tar" in proc.communicate()[0]
+    except OSError:
+        return False
+
+
 def cmd_receive(args):
     """stdin: release.tar.gz. Unpacks into a hidden partial directory, checking every member against the
     manifest BEFORE writing it, then checks that every manifest entry arrived intact.
 
     With "delta": the partial already exists (made by the delta command, which wrote the list of files
-    it could not take from an earlier release); the archive must hold exactly those files."""
+    it could not take from an earlier release); the archive must hold exactly those files.
+    With "heal": the files a verification could not heal from the host's own releases (its list in
+    tmp/<op>-heal.json), each received into a private directory, then renamed over the wrong file of the
+    release (never written through it)."""
     p = paths(args["root"])
     rid = check_id(args["id"])
     partial = os.path.join(p["releases"], ".partial-%s-%s" % (rid, args["op"]))
@@ -704,10 +762,24 @@ def cmd_receive(args):
         manifest = json.load(f)
     if manifest.get("id") != rid:
         raise Refused("bad-artifact", "manifest is for %s, not %s" % (manifest.get("id"), rid))
-    entries = dict((e["path"], e) for e in manifest["files"])
+    manifest_entries = entries = dict((e["path"], e) for e in manifest["files"])
     expected = set(entries)
     delta = args.get("delta")
-    if delta:
+    heal = args.get("heal")
+    release = None
+    if heal:
+        release = os.path.join(p["releases"], rid)
+        with io.open(heal_need_file(p, args["op"]), encoding="utf-8") as f:
+            need = json.load(f)
+        if need.get("release") != rid or os.path.islink(release) or not os.path.isdir(release):
+            raise Refused("bad-input", "no heal of releases/%s was asked for by operation %s" % (rid, args["op"]))
+        expected = set(need["need"])
+        entries = dict((k, v) for k, v in entries.items() if k in expected and v["type"] == "file")
+        partial = os.path.join(p["meta"], "tmp", "%s-heal" % args["op"])
+        if os.path.lexists(partial):
+            shutil.rmtree(partial)
+        os.mkdir(partial, 0o700)
+    elif delta:
         if not os.path.isdir(partial) or os.path.islink(partial):
             raise Refused("bad-input", "no delta partial directory %s" % partial)
         with io.open(delta_need_file(p, args["op"]), encoding="utf-8") as f:
@@ -717,74 +789,24 @@ def cmd_receive(args):
         if os.path.exists(partial):
             shutil.rmtree(partial)
         os.makedirs(partial)
-    seen = set()
-    dir_mtimes = {}
-    real_partial = os.path.realpath(partial)
-    real_parents = {}
+        # Only the agent's user may enter it until finalize: nobody changes a file between its write
+        # and its seal.
+        os.chmod(partial, 0o700)
     ids = owner_ids(args)
     # The stats of what this operation wrote: finalize need not hash these files again (see Seal).
     seal = Seal.load(op_seal_path(p, args["op"])) if delta else Seal()
     # The whole archive is checked byte for byte below: gzip's stream reader may stop quietly where a cut
     # archive ends. A delta archive is checked against the bytes and sha256 the sender gave for it.
-    want = (delta if delta else manifest.get("archive")) or {}
+    want = (delta or heal or manifest.get("archive")) or {}
     stdin = CountingReader(StdinFd())
     gunzip = GunzipReader(stdin)
+    tar_proc = []
     try:
-        tar = tarfile.open(fileobj=gunzip, mode="r|")
-        for member in tar:
-            rel = safe_member_path(member.name)
-            if rel is None:
-                raise Refused("bad-artifact", "archive entry %r points outside the release" % member.name)
-            if rel == "":
-                continue
-            entry = entries.get(rel)
-            if entry is None:
-                raise Refused("bad-artifact", "archive entry %s is not in the manifest" % rel)
-            if rel in seen:
-                raise Refused("bad-artifact", "archive entry %s appears twice" % rel)
-            seen.add(rel)
-            dest = os.path.join(partial, rel)
-            parent = os.path.dirname(dest)
-            # Never write through a symlink: every parent must be a real directory inside the partial.
-            if parent not in real_parents:
-                real = os.path.realpath(parent)
-                # (Cached per directory: a directory is never replaced by a symlink during the receive,
-                # mkdir and O_EXCL refuse to, and a symlink member is a new path, checked when used.)
-                real_parents[parent] = not os.path.islink(parent) and (
-                    real == real_partial or real.startswith(real_partial + os.sep))
-            if not real_parents[parent]:
-                raise Refused("bad-artifact", "archive entry %s would be written through a symlink" % rel)
-            mode = int(entry["mode"], 8)
-            if member.isdir():
-                if entry["type"] != "dir":
-                    raise Refused("bad-artifact", "%s: the archive has a directory, the manifest a %s" % (rel, entry["type"]))
-                if not os.path.isdir(dest):
-                    os.mkdir(dest, 0o700)
-                dir_mtimes[rel] = member.mtime
-            elif member.issym():
-                if entry["type"] != "symlink" or member.linkname != entry["target"]:
-                    raise Refused("bad-artifact", "%s: symlink target %r differs from the manifest's %r"
-                                  % (rel, member.linkname, entry.get("target")))
-                os.symlink(member.linkname, dest)
-            elif member.isreg():
-                if entry["type"] != "file":
-                    raise Refused("bad-artifact", "%s: the archive has a file, the manifest a %s" % (rel, entry["type"]))
-                src = tar.extractfile(member)
-                h = hashlib.sha256()
-                fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-                with os.fdopen(fd, "wb") as f:
-                    while True:
-                        chunk = src.read(1 << 20)
-                        if not chunk:
-                            break
-                        h.update(chunk)
-                        f.write(chunk)
-                if h.hexdigest() != entry["sha256"]:
-                    raise Refused("bad-artifact", "%s: sha256 %s differs from the manifest's %s" % (rel, h.hexdigest(), entry["sha256"]))
-                seal.record(rel, give(dest, ids, mode, member.mtime))
-            else:
-                raise Refused("bad-artifact", "archive entry %s is a device, fifo or hard link: refused" % rel)
-        tar.close()
+        if not delta and not heal and args.get("unpack") != "python" and gnu_tar():
+            seen, dir_mtimes = unpack_with_tar(partial, gunzip, entries, manifest_entries, ids, seal, tar_proc)
+        else:
+            seen, dir_mtimes = unpack_with_python(partial, gunzip, entries, manifest_entries, ids, seal,
+                                                  heal is not None)
         while gunzip.read(1 << 20):
             pass
         stdin.drain()
@@ -798,18 +820,385 @@ def cmd_receive(args):
             raise Refused("bad-artifact", "the archive is damaged or truncated: %d bytes arrived, expected %d (%s)"
                           % (stdin.bytes, want["bytes"], e))
         raise Refused("bad-artifact", "the archive is damaged or truncated: %s" % e)
+    finally:
+        for proc in tar_proc:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     if "bytes" in want and (stdin.bytes != want["bytes"] or stdin.sha256.hexdigest() != want.get("sha256")):
         raise Refused("bad-artifact", "the archive is damaged or truncated: %d bytes arrived (sha256 %s), expected "
                       "%d (sha256 %s)" % (stdin.bytes, stdin.sha256.hexdigest(), want["bytes"], want.get("sha256")))
     missing = sorted(expected - seen)
     if missing:
         raise Refused("bad-artifact", "%d manifest entries are missing from the archive, e.g. %s" % (len(missing), missing[0]))
+    if heal:
+        healed = heal_received(p, rid, release, partial, sorted(seen), seal)
+        out({"release": release, "healed": healed})
+        return
+    linked = 0
+    if not delta and args.get("link") == "hardlink":
+        linked = link_kept(p, rid, partial, manifest, seal, ids)
     seal.save(op_seal_path(p, args["op"]))
     if delta:
         finish_dirs(partial, manifest, float(delta["mtime"]))
     else:
         finish_dirs(partial, manifest, None, dir_mtimes)
-    out({"partial": partial, "entries": len(seen)})
+    out({"partial": partial, "entries": len(seen), "linked": linked})
+
+
+def flat_name(rel):
+    return hashlib.sha256(rel.encode("utf-8")).hexdigest()[:32]
+
+
+def heal_received(p, rid, release, staging, rels, received):
+    """Renames each received file (staging/<flat_name>) over its path in the release and seals it there
+    (received: the stats they were written with, from bytes that had their sha256)."""
+    seal = Seal.load(seal_path(p, rid))
+    healed = []
+    times = {}
+    for rel in rels:
+        tmp = os.path.join(staging, flat_name(rel))
+        if not heal_into(release, rel, tmp, times):
+            raise Refused("bad-artifact", "releases/%s/%s cannot be healed: its directory is not a real one "
+                          "inside the release" % (rid, rel))
+        st = os.lstat(os.path.join(release, rel))
+        if rel in received.files:
+            seal.record(rel, st)
+        healed.append(rel)
+    restore_dir_times(times)
+    shutil.rmtree(staging, ignore_errors=True)
+    seal.save(seal_path(p, rid))
+    return healed
+
+
+def unpack_with_python(partial, gunzip, entries, manifest_entries, ids, seal, flat=False):
+    """The archive unpacked member by member with tarfile (where there is no GNU tar, for deltas and
+    heals): each member checked (check_member) before it is written, each file hashed as written.
+    flat: files land as partial/<flat_name(path)> (a heal's private directory).
+    Returns (paths seen, directory mtimes)."""
+    seen = set()
+    dirs_ok = set()
+    dir_mtimes = {}
+    real_partial = os.path.realpath(partial)
+    real_parents = {}
+    tar = tarfile.open(fileobj=gunzip, mode="r|")
+    for member in tar:
+        kind = member_kind(member)
+        rel, entry = check_member(member.name, kind, member.linkname, entries, seen, manifest_entries, dirs_ok)
+        if rel == "":
+            continue
+        dest = os.path.join(partial, flat_name(rel) if flat else rel)
+        parent = os.path.dirname(dest)
+        # And on the disk (a delta's partial holds what the delta made): every parent a real directory
+        # inside the partial.
+        if parent not in real_parents:
+            real = os.path.realpath(parent)
+            # (Cached per directory: a directory is never replaced by a symlink during the receive,
+            # mkdir and O_EXCL refuse to, and a symlink member is a new path, checked when used.)
+            real_parents[parent] = not os.path.islink(parent) and (
+                real == real_partial or real.startswith(real_partial + os.sep))
+        if not real_parents[parent]:
+            raise Refused("bad-artifact", "archive entry %s would be written through a symlink" % rel)
+        mode = int(entry["mode"], 8)
+        if kind == "dir":
+            if not os.path.isdir(dest):
+                os.mkdir(dest, 0o700)
+            dir_mtimes[rel] = member.mtime
+        elif kind == "symlink":
+            os.symlink(member.linkname, dest)
+        else:
+            src = tar.extractfile(member)
+            h = hashlib.sha256()
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+            with os.fdopen(fd, "wb") as f:
+                while True:
+                    chunk = src.read(1 << 20)
+                    if not chunk:
+                        break
+                    h.update(chunk)
+                    f.write(chunk)
+            if h.hexdigest() != entry["sha256"]:
+                raise Refused("bad-artifact", "%s: sha256 %s differs from the manifest's %s" % (rel, h.hexdigest(), entry["sha256"]))
+            seal.record(rel, give(dest, ids, mode, member.mtime))
+    tar.close()
+    return seen, dir_mtimes
+
+
+ZERO_BLOCK = b"\0" * 512
+
+
+def tar_number(field):
+    """A tar header's numeric field: octal text, or GNU's base-256 (high bit of the first byte set)."""
+    field = bytearray(field)
+    if field and field[0] & 0x80:
+        n = field[0] & 0x3f
+        for b in field[1:]:
+            n = (n << 8) | b
+        return -n if field[0] & 0x40 else n
+    text = bytes(field).split(b"\0", 1)[0].strip()
+    return int(text, 8) if text else 0
+
+
+def tar_field(value, width):
+    """value as a numeric header field: octal text, base-256 when it does not fit."""
+    if 0 <= value < 8 ** (width - 1):
+        return ("%0*o" % (width - 1, value)).encode("ascii") + b"\0"
+    out = bytearray(width)
+    for i in range(width - 1, 0, -1):
+        out[i] = value & 0xff
+        value >>= 8
+    out[0] = 0x80
+    return bytes(out)
+
+
+def tar_block(name, mode, uid, gid, size, mtime, typeflag, linkname=b""):
+    """One GNU tar header block (names must fit: see tar_header)."""
+    h = bytearray(512)
+    h[0:len(name)] = name
+    h[100:108] = tar_field(mode, 8)
+    h[108:116] = tar_field(uid, 8)
+    h[116:124] = tar_field(gid, 8)
+    h[124:136] = tar_field(size, 12)
+    h[136:148] = tar_field(mtime, 12)
+    h[148:156] = b"        "
+    h[156:157] = typeflag
+    h[157:157 + len(linkname)] = linkname
+    h[257:265] = b"ustar  \0"
+    h[148:156] = ("%06o\0 " % sum(h)).encode("ascii")
+    return bytes(h)
+
+
+def tar_header(name, mode, uid, gid, size, mtime, typeflag, linkname=b""):
+    """The header GNU tar is given for a member the filter checked: written anew from the checked
+    values (GNU long-name records where a name is longer than 100 bytes), so tar can read nothing the
+    filter did not."""
+    pre = []
+    for kind, text in ((b"K", linkname), (b"L", name)):
+        if len(text) > 100:
+            pre.append(tar_block(b"././@LongLink", 0o644, 0, 0, len(text) + 1, 0, kind))
+            pre.append(text + b"\0" * (512 - len(text) % 512))
+    return b"".join(pre) + tar_block(name[:100], mode, uid, gid, size, mtime, typeflag, linkname[:100])
+
+
+class Blocks(object):
+    """The uncompressed tar stream, read as header blocks and member data."""
+
+    def __init__(self, reader):
+        self.reader = reader
+        self.buf = b""
+        self.pos = 0
+
+    def take(self, n):
+        """Exactly n bytes (EOFError when the stream ends first)."""
+        if len(self.buf) - self.pos >= n:
+            self.pos += n
+            return self.buf[self.pos - n:self.pos]
+        parts = [self.buf[self.pos:]]
+        have = len(parts[0])
+        self.buf, self.pos = b"", 0
+        while have < n:
+            chunk = self.reader.read(1 << 20)
+            if not chunk:
+                raise EOFError("the archive ends inside a member")
+            if len(chunk) > n - have:
+                self.buf, self.pos = chunk, n - have
+                chunk = chunk[:n - have]
+            parts.append(chunk)
+            have += len(chunk)
+        return b"".join(parts)
+
+    def pieces(self, n):
+        """n bytes as consecutive pieces, without joining them."""
+        while n > 0:
+            if self.pos >= len(self.buf):
+                self.buf, self.pos = self.reader.read(1 << 20), 0
+                if not self.buf:
+                    raise EOFError("the archive ends inside a member")
+            k = min(n, len(self.buf) - self.pos)
+            yield self.buf[self.pos:self.pos + k] if k < len(self.buf) else self.buf
+            self.pos += k
+            n -= k
+
+
+def pax_records(data):
+    """{keyword: value} of a pax extended header ("LEN keyword=value\\n" records)."""
+    records = {}
+    pos = 0
+    while pos < len(data):
+        space = data.find(b" ", pos)
+        if space < 0 or not data[pos:space].isdigit():
+            break
+        length = int(data[pos:space])
+        record = data[space + 1:pos + length]
+        if length <= 0 or not record.endswith(b"\n") or b"=" not in record:
+            raise tarfile.TarError("bad pax record")
+        key, _, value = record[:-1].partition(b"=")
+        records[key] = value
+        pos += length
+    return records
+
+
+def decode_name(raw):
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return repr(raw)  # names nothing in the manifest: refused as such
+
+
+class TarWriter(object):
+    """GNU tar extracting, in the partial directory, the stream the filter gives it (its stdin), with
+    writes batched to about 1 MiB."""
+
+    def __init__(self, partial, same_owner, procs):
+        import subprocess
+        argv = ["tar", "-x", "-p", "-f", "-", "--numeric-owner", "--same-owner" if same_owner else "--no-same-owner"]
+        with open(os.devnull, "wb") as null:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=null, stderr=subprocess.PIPE,
+                                         cwd=partial, close_fds=True)
+        procs.append(self.proc)
+        # tar's messages, read as they come (no temporary file: nothing is written outside the partial).
+        self.errors = []
+        self.reader = threading.Thread(target=self._read_errors)
+        self.reader.daemon = True
+        self.reader.start()
+        self.fd = self.proc.stdin.fileno()
+        self.parts = []
+        self.size = 0
+        self.total = 0
+
+    def write(self, data):
+        self.parts.append(data)
+        self.size += len(data)
+        if self.size >= 1 << 20:
+            self.flush()
+
+    def flush(self):
+        data = b"".join(self.parts)
+        self.parts, self.size = [], 0
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self.fd, view):]
+        except OSError as e:
+            if e.errno == errno.EPIPE:
+                self.fail()
+            raise
+        self.total += len(data)
+
+    def close(self):
+        """Ends the archive (two zero blocks, padded to tar's 10 KiB records) and waits for tar."""
+        end = 1024 + (-(self.total + self.size + 1024)) % 10240
+        self.write(b"\0" * end)
+        self.flush()
+        self.proc.stdin.close()
+        if self.proc.wait() != 0:
+            self.fail()
+
+    def _read_errors(self):
+        for chunk in iter(lambda: self.proc.stderr.read(65536), b""):
+            if sum(len(c) for c in self.errors) < 1 << 20:
+                self.errors.append(chunk)
+
+    def fail(self):
+        self.proc.wait()
+        self.reader.join(10)
+        text = b"".join(self.errors).decode("utf-8", "replace").strip()
+        full = [line for line in text.splitlines() if "No space left" in line or "Disk quota" in line]
+        if full:
+            raise IOError(errno.ENOSPC, full[0])
+        raise Refused("bad-artifact", "tar could not unpack the checked archive (exit %s): %s" % (self.proc.returncode, text[-500:]))
+
+
+def unpack_with_tar(partial, gunzip, entries, manifest_entries, ids, seal, procs):
+    """The receive at tar's speed: this filter reads the archive's headers, checks each member against
+    the manifest (check_member) before anything of it goes on, and hashes every file's content as it
+    streams through to GNU tar, which does the per-file work (open, write, chown, chmod, utime) in C.
+    tar reads only headers the filter wrote (tar_header) from the checked values: the manifest's mode,
+    the deploy owner, the member's mtime; directories 0700 until finish_dirs, as the Python unpacker
+    makes them. A file whose hash differs is refused once its bytes passed (tar has written them into
+    the partial directory, which the caller removes). Returns (paths seen, directory mtimes)."""
+    root = os.geteuid() == 0
+    uid = ids[0] if ids[0] != -1 else os.geteuid()
+    gid = ids[1] if ids[1] != -1 else os.getegid()
+    me_uid, me_gid = os.geteuid(), os.getegid()
+    tar = TarWriter(partial, root and (uid, gid) != (me_uid, me_gid), procs)
+    blocks = Blocks(gunzip)
+    seen = set()
+    dirs_ok = set()
+    dir_mtimes = {}
+    files = []
+    long_name = long_link = None
+    pax = {}
+    while True:
+        h = blocks.take(512)
+        if h == ZERO_BLOCK:
+            break
+        chksum = tar_number(h[148:156])
+        sum_h = sum(bytearray(h[:148])) + 256 + sum(bytearray(h[156:]))
+        if chksum != sum_h:
+            raise tarfile.TarError("bad checksum in a tar header")
+        typeflag = h[156:157]
+        size = tar_number(h[124:136])
+        if size < 0:
+            raise tarfile.TarError("negative size in a tar header")
+        padded = size + (-size) % 512
+        if typeflag in (b"L", b"K", b"x", b"g"):
+            data = blocks.take(padded)[:size]
+            if typeflag == b"L":
+                long_name = data.split(b"\0", 1)[0]
+            elif typeflag == b"K":
+                long_link = data.split(b"\0", 1)[0]
+            elif typeflag == b"x":
+                pax = pax_records(data)
+                if any(k.startswith(b"GNU.sparse") for k in pax):
+                    raise Refused("bad-artifact", "the archive holds a sparse file: refused")
+            continue
+        name = long_name if long_name is not None else h[0:100].split(b"\0", 1)[0]
+        if long_name is None and h[257:263] == b"ustar\0" and h[345:346] != b"\0":
+            name = h[345:500].split(b"\0", 1)[0] + b"/" + name  # POSIX ustar's prefix field
+        linkname = long_link if long_link is not None else h[157:257].split(b"\0", 1)[0]
+        name = pax.get(b"path", name)
+        linkname = pax.get(b"linkpath", linkname)
+        if b"size" in pax:
+            size = int(pax[b"size"])
+            padded = size + (-size) % 512
+        mtime = int(float(pax[b"mtime"])) if b"mtime" in pax else tar_number(h[136:148])
+        long_name = long_link = None
+        pax = {}
+        kind = {b"0": "file", b"\0": "file", b"7": "file", b"5": "dir", b"2": "symlink"}.get(typeflag, "other")
+        if kind == "other" and typeflag not in (b"1", b"3", b"4", b"6"):
+            raise Refused("bad-artifact", "archive entry %s has tar type %r: refused" % (decode_name(name), typeflag))
+        rel, entry = check_member(decode_name(name), kind, decode_name(linkname), entries, seen, manifest_entries, dirs_ok)
+        raw = rel.encode("utf-8")
+        if kind != "file" or rel == "":
+            for _ in blocks.pieces(padded):
+                pass
+            if kind == "dir" and rel:
+                tar.write(tar_header(raw + b"/", 0o700, me_uid, me_gid, 0, mtime, b"5"))
+                dir_mtimes[rel] = mtime
+            elif kind == "symlink":
+                tar.write(tar_header(raw, 0o777, uid, gid, 0, mtime, b"2", entry["target"].encode("utf-8")))
+            continue
+        tar.write(tar_header(raw, int(entry["mode"], 8), uid, gid, size, mtime, b"0"))
+        digest = hashlib.sha256()
+        for piece in blocks.pieces(size):
+            digest.update(piece)
+            tar.write(piece)
+        if padded > size:
+            blocks.take(padded - size)
+            tar.write(ZERO_BLOCK[:padded - size])
+        if digest.hexdigest() != entry["sha256"]:
+            raise Refused("bad-artifact", "%s: sha256 %s differs from the manifest's %s" % (rel, digest.hexdigest(), entry["sha256"]))
+        files.append((rel, entry, size))
+    tar.close()
+    # Sealed as tar left them (in directories only the agent's user can enter): finalize need not read
+    # them again. One that is not as asked is left unsealed, and finalize hashes it.
+    for rel, entry, size in files:
+        st = os.lstat(os.path.join(partial, rel))
+        if stat.S_ISREG(st.st_mode) and st.st_size == size and "%04o" % stat.S_IMODE(st.st_mode) == entry["mode"] \
+                and (st.st_uid, st.st_gid) == (uid, gid):
+            seal.record(rel, st)
+    return seen, dir_mtimes
 
 
 def finish_dirs(partial, manifest, mtime=None, dir_mtimes=None):
@@ -895,6 +1284,316 @@ def copy_verified(src, dest, sha256, mode, mtime, ids, seal, base_rel):
         os.unlink(dest)
         return None
     return give(dest, ids, mode, mtime)
+
+
+# ------------------------------------------------------------------------------------------ links
+# deploy.link: hardlink (the default). A file of a new release whose content, mode, owner, group and
+# mtime equal a file of a release already here becomes a hard link to it, as rsync --link-dest does;
+# where only the metadata differs, a reflink (FICLONE: XFS, Btrfs) or, without one, a copy. A linked
+# release is then what a full ship writes, entry for entry, and costs only the disk of what changed.
+# A shared inode is never changed in place by the agent: an edit found on one (an operator's editor
+# writing through the link, a chmod: its ctime moves in every release that links it) is healed by
+# replacing the file in the release being checked (rename(2) of the right bytes over it).
+
+FICLONE = 0x40049409  # _IOW(0x94, 9, int), linux/fs.h
+
+
+def reflink(src_fd, dest_fd):
+    """Whether dest now shares src's blocks (copy-on-write); False where the filesystem has no reflinks."""
+    try:
+        import fcntl
+        fcntl.ioctl(dest_fd, FICLONE, src_fd)
+        return True
+    except (IOError, OSError, ImportError):
+        return False
+
+
+def fd_sha256(fd):
+    h = hashlib.sha256()
+    os.lseek(fd, 0, 0)
+    while True:
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return h.hexdigest()
+        h.update(chunk)
+
+
+class Linker(object):
+    """Places files of a release from files of releases already on the host (a delta, a heal), linking
+    where content and metadata are equal. Keeps the book of the inodes it linked: each link moves the
+    inode's ctime, which would void the seal of every release that shares it; finish() moves those
+    seals along (an entry that matched the inode just before our link matches it just after), so a
+    rollback still proves its release by stats, not by reading it."""
+
+    def __init__(self, ids, mtime, link=True):
+        self.want_uid = ids[0] if ids[0] != -1 else os.geteuid()
+        self.want_gid = ids[1] if ids[1] != -1 else os.getegid()
+        self.ids = ids
+        self.mtime = mtime
+        self.link = link
+        self.before = {}  # inode -> its stat key just before this operation first linked it
+        self.after = {}   # inode -> its stat key after the last link
+        self.counts = {"linked": 0, "reflinked": 0, "copied": 0}
+
+    def same_meta(self, st, mode):
+        return (stat.S_IMODE(st.st_mode) == mode and st.st_uid == self.want_uid and st.st_gid == self.want_gid
+                and _ns(st, "st_mtime") == int(round(self.mtime * 1e9)))
+
+    def place(self, src, dest, sha256, mode, seal, base_rel, only_link=False):
+        """dest (a new path) with src's content if src has the sha256 the manifests promise: a hard link
+        when its metadata is the wanted one too, else a reflink or a copy given that metadata. Content
+        is proved by the base's seal (or this operation's own links), else by hashing it. Returns dest's
+        stat, or None (src gone, not a regular file, or other content)."""
+        try:
+            fd = os.open(src, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            key = stat_key(st)
+            if only_link and not self.same_meta(st, mode):
+                return None
+            trusted = seal.trusts(base_rel, st) or self.after.get(st.st_ino) == key
+            if not trusted and fd_sha256(fd) != sha256:
+                return None
+            if self.link and self.same_meta(st, mode):
+                os.link(src, dest)
+                new = os.lstat(dest)
+                if new.st_ino == st.st_ino and new.st_dev == st.st_dev:
+                    self.before.setdefault(st.st_ino, key)
+                    self.after[st.st_ino] = stat_key(new)
+                    self.counts["linked"] += 1
+                    return new
+                os.unlink(dest)  # src was replaced between the check and the link: not what we proved
+                return None
+            if only_link:
+                return None
+            out_fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+            try:
+                if reflink(fd, out_fd):
+                    self.counts["reflinked"] += 1
+                else:
+                    os.lseek(fd, 0, 0)
+                    while True:
+                        chunk = os.read(fd, 1 << 20)
+                        if not chunk:
+                            break
+                        view = memoryview(chunk)
+                        while view:
+                            view = view[os.write(out_fd, view):]
+                    self.counts["copied"] += 1
+            finally:
+                os.close(out_fd)
+            return give(dest, self.ids, mode, self.mtime)
+        finally:
+            os.close(fd)
+
+    def renamed(self, st):
+        """A linked inode renamed into place (rename moves its ctime): its stat now."""
+        if st.st_ino in self.after:
+            self.after[st.st_ino] = stat_key(st)
+
+    def move(self, seal):
+        """Moves one seal along this operation's links; how many entries moved."""
+        moved = 0
+        for rel, key in seal.files.items():
+            if self.before.get(key[0]) == key:
+                seal.files[rel] = self.after[key[0]]
+                moved += 1
+        return moved
+
+    def finish(self, p, skip=(), seals=()):
+        """Moves the seal of every release here (and `seals`, held in memory by the caller) along the
+        links this operation made (see the class). Waits until the newest link is older than the seals'
+        racy window first, so that they trust it."""
+        if not self.after:
+            return
+        for s in seals:
+            self.move(s)
+        newest = max(k[3] for k in self.after.values())
+        wait = newest + SEAL_RACY_NS + 1000000 - now_ns()
+        if wait > 0:
+            time.sleep(wait / 1e9)
+        releases, _ = list_releases(p)
+        for rid in releases:
+            path = seal_path(p, rid)
+            if rid in skip or not os.path.isfile(path):
+                continue
+            s = Seal.load(path)
+            if self.move(s):
+                s.save(path)
+
+
+def relink_tree_seal(p, base):
+    """The tree seal of the release a delta linked from (the current one: the next rollback target),
+    recorded again once its seal moved along the links; the others' are recorded by their next check."""
+    rid, d, mpath = base
+    try:
+        with io.open(tree_seal_path(p, rid), encoding="utf-8") as f:
+            exclude = json.load(f)["exclude"]
+        sha = file_sha256(mpath)
+    except (IOError, OSError, ValueError, KeyError, TypeError):
+        return False
+    return save_tree_seal(p, rid, d, sha, Seal.load(seal_path(p, rid)), exclude)
+
+
+def link_kept(p, rid, partial, manifest, seal, ids):
+    """After a full receive (deploy.link: hardlink): each received file that a kept release here has
+    too, with the same content, mode, owner and mtime, is replaced by a hard link to it (renamed over
+    the received copy), so a full ship costs the disk of what changed as a delta does. Returns how many."""
+    bases = [b for b in delta_bases(p, read_current(p)) if b[0] != rid]
+    if not bases:
+        return 0
+    wanted = dict((e["path"], e) for e in manifest["files"] if e["type"] == "file" and e["path"] in seal.files)
+    shas = set(e["sha256"] for e in wanted.values())
+    index = {}
+    for _, d, mpath in bases:
+        try:
+            with io.open(mpath, encoding="utf-8") as f:
+                files = json.load(f)["files"]
+        except (IOError, ValueError, KeyError):
+            continue
+        for e in files:
+            if e.get("type") == "file" and e.get("sha256") in shas:
+                rel = safe_member_path(e["path"])
+                if rel:
+                    index.setdefault(e["sha256"], []).append((d, rel))
+    seals = dict((d, Seal.load(seal_path(p, b))) for b, d, _ in bases)
+    real_dirs = {}
+    linked = 0
+    linkers = {}
+    for rel, e in sorted(wanted.items()):
+        mtime = seal.files[rel][2]  # as received (the archive's)
+        linker = linkers.get(mtime)
+        if linker is None:
+            linker = linkers[mtime] = Linker(ids, mtime / 1e9)
+        dest = os.path.join(partial, rel)
+        tmp = os.path.join(os.path.dirname(dest), ".ckan-link-%s" % os.path.basename(rel))
+        for d, base_rel in index.get(e["sha256"], []):
+            src_dir = os.path.dirname(os.path.join(d, base_rel))
+            if src_dir not in real_dirs:
+                real_dirs[src_dir] = os.path.realpath(src_dir) == os.path.join(
+                    os.path.realpath(d), os.path.dirname(base_rel)).rstrip("/")
+            if not real_dirs[src_dir]:
+                continue
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+            st = linker.place(os.path.join(d, base_rel), tmp, e["sha256"], int(e["mode"], 8), seals[d], base_rel,
+                              only_link=True)
+            if st is not None:
+                os.rename(tmp, dest)
+                st = os.lstat(dest)
+                linker.renamed(st)
+                seal.record(rel, st)
+                linked += 1
+                break
+    for linker in linkers.values():
+        linker.finish(p, seals=(seal,))
+    return linked
+
+
+def heal_sources(p, rid, release, manifest, checked, wanted):
+    """sha256 -> [(release dir, path, seal)]: where the right bytes of the files to heal may be, this
+    release's own right files first (checked: this verification's seal), then every other release here
+    with a kept manifest."""
+    index = {}
+    for e in manifest["files"]:
+        if e["type"] == "file" and e["sha256"] in wanted and e["path"] in checked.files:
+            index.setdefault(e["sha256"], []).append((release, e["path"], checked))
+    for other, d, mpath in delta_bases(p, read_current(p)):
+        if other == rid:
+            continue
+        try:
+            with io.open(mpath, encoding="utf-8") as f:
+                files = json.load(f)["files"]
+        except (IOError, ValueError, KeyError):
+            continue
+        seal = None
+        for e in files:
+            if e.get("type") == "file" and e.get("sha256") in wanted:
+                rel = safe_member_path(e["path"])
+                if rel:
+                    seal = seal or Seal.load(seal_path(p, other))
+                    index.setdefault(e["sha256"], []).append((d, rel, seal))
+    return index
+
+
+def real_dir_in(release, rel):
+    """Whether rel's directory is a real one inside the release (no symlink on the way)."""
+    parent = os.path.dirname(os.path.join(release, rel))
+    return not os.path.islink(parent) and os.path.realpath(parent) == os.path.join(
+        os.path.realpath(release), os.path.dirname(rel)).rstrip("/")
+
+
+def keep_dir_time(times, path):
+    """Remembers a directory's times before the heal changes its entries (restore_dir_times)."""
+    d = os.path.dirname(path)
+    if d not in times:
+        st = os.lstat(d)
+        times[d] = (st.st_atime, st.st_mtime)
+
+
+def restore_dir_times(times):
+    for d, t in times.items():
+        os.utime(d, t)
+
+
+def heal_into(release, rel, tmp, times):
+    """Renames the new file tmp over release/rel (never writing through the inode it replaces). False
+    when rel's directory is not a real one inside the release, or a directory is where the file goes."""
+    dest = os.path.join(release, rel)
+    if not real_dir_in(release, rel) or (os.path.isdir(dest) and not os.path.islink(dest)):
+        return False
+    keep_dir_time(times, dest)
+    os.rename(tmp, dest)
+    return True
+
+
+def heal_release(p, rid, release, manifest, bad, checked, ids, mtime, op):
+    """Replaces every file of `bad` (path -> problem: wrong bytes, mode or owner, missing) by the right
+    bytes from a file here that still has them; returns (healed, still needed from the artifact)."""
+    entries = dict((e["path"], e) for e in manifest["files"])
+    wanted = set(entries[r]["sha256"] for r in bad)
+    index = heal_sources(p, rid, release, manifest, checked, wanted)
+    linker = Linker(ids, mtime)
+    healed, need = [], []
+    times = {}
+    for rel in sorted(bad):
+        e = entries[rel]
+        tmp = os.path.join(release, os.path.dirname(rel), ".ckan-heal-%s-%s" % (op, os.path.basename(rel)))
+        done = False
+        if not real_dir_in(release, rel):
+            need.append(rel)  # refused when the files arrive
+            continue
+        keep_dir_time(times, tmp)
+        for d, base_rel, seal in index.get(e["sha256"], []):
+            if d == release and base_rel in bad:
+                continue
+            src = os.path.join(d, base_rel)
+            if os.path.realpath(os.path.dirname(src)) != os.path.join(os.path.realpath(d), os.path.dirname(base_rel)).rstrip("/"):
+                continue
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+            try:
+                st = linker.place(src, tmp, e["sha256"], int(e["mode"], 8), seal, base_rel)
+            except OSError:
+                st = None
+            if st is not None and heal_into(release, rel, tmp, times):
+                st = os.lstat(os.path.join(release, rel))
+                linker.renamed(st)
+                checked.record(rel, st)
+                healed.append({"path": rel, "was": bad[rel], "from": os.path.relpath(src, p["releases"])})
+                done = True
+                break
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+        if not done:
+            need.append(rel)
+    restore_dir_times(times)
+    linker.finish(p, skip=(rid,), seals=(checked,))
+    return healed, need
 
 
 def bulk_copy(p, base, partial, old_files, new_entries):
@@ -1020,9 +1719,16 @@ def cmd_delta(args):
         shutil.rmtree(partial)
     # The current release copied whole when its tree seal proves it unchanged, then trimmed to the new
     # manifest: the files kept are the ones both manifests give the same path and content.
-    bulk = bulk_copy(p, bases[0], partial, first_files, dict((e["path"], e) for e in files)) if first_files else None
+    # deploy.link: hardlink (the default) links every file it can, file by file (see Linker); copy
+    # copies, the current release whole when its tree seal proves it unchanged, then trimmed to the new
+    # manifest: the files kept are the ones both manifests give the same path and content.
+    linker = Linker(ids, mtime) if args.get("link") == "hardlink" else None
+    bulk = None
+    if linker is None and first_files:
+        bulk = bulk_copy(p, bases[0], partial, first_files, dict((e["path"], e) for e in files))
     if bulk is None:
         os.makedirs(partial)
+        os.chmod(partial, 0o700)
     need = []
     tampered = []
     real_dirs = {}
@@ -1059,7 +1765,10 @@ def cmd_delta(args):
                 if not real_dirs[src_dir]:
                     tampered.append(os.path.relpath(src, p["releases"]))
                     continue
-                st = copy_verified(src, dest, e["sha256"], int(e["mode"], 8), mtime, ids, seals[d], base_rel)
+                if linker is not None:
+                    st = linker.place(src, dest, e["sha256"], int(e["mode"], 8), seals[d], base_rel)
+                else:
+                    st = copy_verified(src, dest, e["sha256"], int(e["mode"], 8), mtime, ids, seals[d], base_rel)
                 if st is not None:
                     seal.record(rel, st)
                     done = True
@@ -1080,21 +1789,28 @@ def cmd_delta(args):
         os.makedirs(os.path.dirname(need_file))
     with io.open(need_file, "w", encoding="utf-8") as f:
         f.write(u"%s" % json.dumps({"need": need}))
+    if linker is not None:
+        # The earlier releases' seals follow the inodes linked (and this operation's own, for finalize).
+        linker.finish(p, seals=(seal,))
+        relink_tree_seal(p, bases[0])
     seal.save(op_seal_path(p, args["op"]))
     if not need:
         finish_dirs(partial, manifest, mtime)
     out({"delta": True, "partial": partial, "need": need, "reused": reused, "reused_bytes": reused_bytes,
          "tampered": tampered[:20], "tampered_count": len(tampered), "bases": [b[0] for b in bases],
-         "whole": bulk is not None})
+         "whole": bulk is not None, "link": linker.counts if linker is not None else None})
 
 
-def verify_tree(release, manifest, seal=None):
-    """Every manifest entry exists with its type, mode, link target and sha256; nothing else exists.
-    A file the seal vouches for (unchanged since it was hashed, see Seal) is not read again. Returns
-    (problems, extra, the seal of this check: every file's stat as it was found matching)."""
+def verify_tree(release, manifest, seal=None, owner=None):
+    """Every manifest entry exists with its type, mode, link target and sha256 (and, given owner (uid,
+    gid), every file that owner); nothing else exists. A file the seal vouches for (unchanged since it
+    was hashed, see Seal) is not read again. Returns (problems, extra, the seal of this check: every
+    file's stat as it was found matching); the seal's `bad` maps each file entry found wrong in a way a
+    heal can put right (bytes, mode, owner, missing) to its problem."""
     seal = seal if seal is not None else Seal()
     checked = Seal()
     checked.hashed = 0
+    checked.bad = {}
     entries = dict((e["path"], e) for e in manifest["files"])
     allowed = set(manifest.get("_allowed_extra", []))
     release = release.rstrip("/")
@@ -1118,9 +1834,19 @@ def verify_tree(release, manifest, seal=None):
             st = os.lstat(path)
         except OSError:
             problems.append("%s is missing" % rel)
+            if e["type"] == "file":
+                checked.bad[rel] = problems[-1]
             continue
         if "%04o" % stat.S_IMODE(st.st_mode) != e["mode"] and e["type"] != "symlink":
             problems.append("%s has mode %04o, not %s" % (rel, stat.S_IMODE(st.st_mode), e["mode"]))
+            if e["type"] == "file" and stat.S_ISREG(st.st_mode):
+                checked.bad[rel] = problems[-1]
+                continue
+        if owner is not None and e["type"] == "file" and stat.S_ISREG(st.st_mode) and \
+                (st.st_uid, st.st_gid) != owner:
+            problems.append("%s is owned by %d:%d, not %d:%d" % (rel, st.st_uid, st.st_gid, owner[0], owner[1]))
+            checked.bad[rel] = problems[-1]
+            continue
         if e["type"] == "symlink":
             if not stat.S_ISLNK(st.st_mode) or os.readlink(path) != e["target"]:
                 problems.append("%s is not a symlink to %s" % (rel, e["target"]))
@@ -1130,6 +1856,8 @@ def verify_tree(release, manifest, seal=None):
         else:
             if not stat.S_ISREG(st.st_mode):
                 problems.append("%s is not a regular file" % rel)
+                if stat.S_ISLNK(st.st_mode):
+                    checked.bad[rel] = problems[-1]
                 continue
             if seal.trusts(rel, st):
                 checked.record(rel, st)
@@ -1137,6 +1865,7 @@ def verify_tree(release, manifest, seal=None):
             checked.hashed += 1
             if file_sha256(path) != e["sha256"]:
                 problems.append("%s: sha256 differs from the manifest" % rel)
+                checked.bad[rel] = problems[-1]
             else:
                 # The stat from before the read: a change while hashing moves ctime past it.
                 checked.record(rel, st)
@@ -1252,15 +1981,45 @@ def cmd_verify(args):
     if manifest.get("id") != rid:
         raise Refused("bad-artifact", "manifest is for %s, not %s" % (manifest.get("id"), rid))
     manifest["_allowed_extra"] = exclude
-    problems, extra, checked = verify_tree(release, manifest, None if args.get("full") else Seal.load(seal_path(p, rid)))
+    # With "heal" (deploy.link: hardlink), files are also checked for their owner, and every file found
+    # wrong (bytes, mode, owner, missing) is replaced by the right bytes from a release here that still
+    # has them; what none has is answered as heal_need, for the caller to send (receive with "heal").
+    heal = args.get("heal")
+    ids = owner_ids(args)
+    owner = None
+    if heal:
+        owner = (ids[0] if ids[0] != -1 else os.geteuid(), ids[1] if ids[1] != -1 else os.getegid())
+    problems, extra, checked = verify_tree(release, manifest, None if args.get("full") else Seal.load(seal_path(p, rid)),
+                                           owner)
+    healed, need = [], []
+    if heal and problems and not extra and len(checked.bad) == len(problems):
+        healed, need = heal_release(p, rid, release, manifest, checked.bad, checked, ids, float(heal["mtime"]), args["op"])
+        problems = []
+        if need:
+            need_file = heal_need_file(p, args["op"])
+            if not os.path.isdir(os.path.dirname(need_file)):
+                os.makedirs(os.path.dirname(need_file))
+            with io.open(need_file, "w", encoding="utf-8") as f:
+                f.write(u"%s" % json.dumps({"release": rid, "need": need}))
+            # Seal what is right so far: the check after the files arrive reads only those.
+            checked.save(seal_path(p, rid))
+            out({"ok": False, "problems": [], "extra": [], "healed": healed, "heal_need": need,
+                 "manifest": manifest_path, "by": "seal", "hashed": checked.hashed})
+            return
     ok = not problems and not extra
+    if heal and os.path.exists(heal_need_file(p, args["op"])):
+        os.unlink(heal_need_file(p, args["op"]))
     if ok and args.get("keep_manifest"):
         if manifest_path != kept:
             keep_manifest(p, rid, manifest_path)
         checked.save(seal_path(p, rid))
         save_tree_seal(p, rid, release, file_sha256(kept), checked, exclude)
     out({"ok": ok, "problems": problems[:20], "extra": extra[:20], "by": "full" if args.get("full") else "seal",
-         "hashed": checked.hashed})
+         "hashed": checked.hashed, "healed": healed})
+
+
+def heal_need_file(p, op):
+    return os.path.join(p["meta"], "tmp", "%s-heal.json" % op)
 
 
 def cmd_config(args):
@@ -1397,7 +2156,7 @@ def cmd_clean(args):
             shutil.rmtree(os.path.join(p["releases"], d), ignore_errors=True)
             removed.append(d)
     for leftover in (os.path.join(p["meta"], "tmp", "%s-manifest.json" % args["op"]), delta_need_file(p, args["op"]),
-                     op_seal_path(p, args["op"])):
+                     op_seal_path(p, args["op"]), heal_need_file(p, args["op"])):
         if os.path.exists(leftover):
             os.unlink(leftover)
     out({"removed": removed})

@@ -315,6 +315,7 @@ function resolve(raw: Raw, file: string, display: string, root: Node, ctx: Ctx):
     shared: raw.shared,
     deploy: {
       keepReleases: raw.deploy.keep_releases,
+      link: raw.deploy.link,
       owner: raw.deploy.owner,
       group: raw.deploy.group,
       become: raw.deploy.become,

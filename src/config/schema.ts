@@ -19,6 +19,8 @@ import {
 
 export const BUILDER_NETWORKS = ['none', 'default', 'host'] as const;
 export type BuilderNetwork = (typeof BUILDER_NETWORKS)[number];
+/** deploy.link: how a release shares the files it has in common with the releases kept on a host. */
+export const DEPLOY_LINKS = ['hardlink', 'copy'] as const;
 /** The OSes `sandbox up` makes hosts of: docker/sandbox-host built FROM the base of docker/<os>. */
 export const SANDBOX_OSES = ['debian11', 'debian12', 'debian13'] as const;
 export type SandboxOs = (typeof SANDBOX_OSES)[number];
@@ -245,6 +247,7 @@ export const configSchema = obj({
   deploy: required(
     obj({
       keep_releases: withDefault(int(1, 1000), () => 5),
+      link: withDefault(oneOf(DEPLOY_LINKS), () => 'hardlink' as const),
       owner: optional(str({ expected: 'a user name', pattern: /^[a-z_][a-z0-9_.-]*$/i })),
       group: optional(str({ expected: 'a group name', pattern: /^[a-z_][a-z0-9_.-]*$/i })),
       become: optional(bool()),

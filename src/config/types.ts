@@ -84,6 +84,11 @@ export interface Config {
   shared: { path: string; link: string }[];
   deploy: {
     keepReleases: number;
+    /**
+     * hardlink: a file equal to a kept release's (content, mode, owner, group, mtime) is a hard link to
+     * it, and an edit found on a shared inode is healed; copy: every release has its own copies.
+     */
+    link: 'hardlink' | 'copy';
     owner: string | undefined;
     group: string | undefined;
     /** Privileged steps through `sudo -n`; undefined: when owner is set and the SSH user is not root. */

@@ -134,3 +134,23 @@ export class DeltaCache {
     return p;
   }
 }
+
+/** What a delta took from the host's releases, as the ship's output says it. */
+export function reusedText(plan: {
+  reused?: number;
+  reused_bytes?: number;
+  bases: string[];
+  whole?: boolean;
+  link?: { linked: number; reflinked: number; copied: number } | null;
+}): string {
+  const what = `${plan.reused} files (${((plan.reused_bytes ?? 0) / 1e6).toFixed(1)} MB)`;
+  const from = `${plan.bases[0]}${plan.bases.length > 1 ? ' and older releases' : ''}`;
+  if (plan.link) {
+    const { linked, reflinked, copied } = plan.link;
+    const other = [reflinked ? `${reflinked} reflinked` : '', copied ? `${copied} copied` : '']
+      .filter(Boolean)
+      .join(', ');
+    return `${what} linked from ${from}${other ? ` (${linked} hard links; ${other}: their mode, owner or mtime differ)` : ''}`;
+  }
+  return `${what} copied from ${plan.bases[0]}${plan.whole ? ' (whole, proved unchanged by its tree seal)' : ''}${plan.bases.length > 1 ? ' and older releases' : ''}`;
+}

@@ -13,7 +13,8 @@ import { releaseDir, tmpDir, tmpManifest, tmpNeed } from '../layout.js';
 import type { HostFacts, HostPlan } from '../plan.js';
 import { renderFile, renderString } from '../render/template.js';
 import { callAgent, type AgentHost } from './agent.js';
-import type { DeltaCache } from './delta.js';
+import { reusedText, type DeltaCache } from './delta.js';
+import { healArgs, healFromArtifact, type VerifyAnswer } from './heal.js';
 import { lockHost, lockOwner } from './lock.js';
 import { agentFor, type HostSession, type Session } from './session.js';
 import { cmd, maybeSudo } from './shell.js';
@@ -63,15 +64,10 @@ export async function stageOnHost(
     if (m.files.length > 0) {
       // The host's kept manifest (same sha256) and the release's seals usually prove it unchanged
       // without sending the manifest or reading a file (README "Performance"); else it is sent.
+      const heal = await healArgs(s.config.deploy.link, s.op, deltas, ownerOf(s));
       const verify = (manifest?: string) =>
-        callAgent<{
-          ok: boolean;
-          problems: string[];
-          extra: string[];
-          need_manifest?: boolean;
-          by?: 'tree seal' | 'seal' | 'full';
-          hashed?: number;
-        }>(agent, 'verify', 'verify', {
+        callAgent<VerifyAnswer>(agent, 'verify', 'verify', {
+          ...heal,
           root: s.config.root,
           id: m.id,
           manifest_sha256: createHash('sha256').update(manifestJson(m)).digest('hex'),
@@ -82,11 +78,22 @@ export async function stageOnHost(
           full: s.rehash ?? false,
         });
       let v = await verify();
+      let uploaded: string | undefined;
       if (v.need_manifest) {
-        const manifestPath = await uploadManifest(s, h, m);
-        v = await verify(manifestPath);
-        await h.remote.exec(cmd(maybeSudo(['rm', '-f', manifestPath], h.sudo)));
+        uploaded = await uploadManifest(s, h, m);
+        v = await verify(uploaded);
       }
+      const healed = await healFromArtifact(
+        agent,
+        h.name,
+        { root: s.config.root, id: m.id, op: s.op, ...ownerOf(s) },
+        v,
+        deltas,
+        () => verify(uploaded),
+      );
+      v = healed.answer;
+      healed.said.forEach((line) => s.say(line));
+      if (uploaded) await h.remote.exec(cmd(maybeSudo(['rm', '-f', uploaded], h.sudo)));
       if (!v.ok) {
         throw new OperationError(
           `${h.name}: releases/${m.id} differs from its manifest, refusing to switch to it: ${[...v.problems, ...v.extra.map((x) => `unexpected ${x}`)].slice(0, 5).join('; ')}`,
@@ -160,6 +167,8 @@ interface DeltaPlan {
   bases: string[];
   /** The current release was copied whole (cp -a) and trimmed, not file by file. */
   whole?: boolean;
+  /** deploy.link: hardlink: how the files were placed. */
+  link?: { linked: number; reflinked: number; copied: number } | null;
 }
 
 /** Beyond this share of the release's bytes still to send, a delta is not worth it: the full archive. */
@@ -185,13 +194,14 @@ async function sendRelease(
   const t0 = Date.now();
   const mtime = await deltas.mtime();
   // Received and copied files get their owner at once: finalize then trusts their seal (no re-hash).
-  const owner = { owner: s.config.deploy.owner ?? null, group: s.config.deploy.group ?? null };
+  const owner = ownerOf(s);
   const plan = await callAgent<DeltaPlan>(agent, 'delta', 'delta', {
     root: s.config.root,
     id: m.id,
     op: s.op,
     manifest: manifestPath,
     mtime,
+    link: s.config.deploy.link,
     ...owner,
   });
   if (plan.tampered_count) {
@@ -204,7 +214,7 @@ async function sendRelease(
     const total = m.files.reduce((n, f) => n + f.size, 0);
     const needBytes = plan.need.reduce((n, p) => n + (sizes.get(p) ?? 0), 0);
     if (needBytes <= total * DELTA_MAX_SHARE) {
-      const copied = `${plan.reused} files (${((plan.reused_bytes ?? 0) / 1e6).toFixed(1)} MB) copied from ${plan.bases[0]}${plan.whole ? ' (whole, proved unchanged by its tree seal)' : ''}${plan.bases.length > 1 ? ' and older releases' : ''}`;
+      const copied = reusedText(plan);
       if (plan.need.length === 0) {
         s.say(`${h.name}: delta: nothing to send, ${copied}`);
         return plan.partial!;
@@ -248,6 +258,10 @@ async function sendRelease(
     `${h.name}: received ${(m.archive.bytes / 1e6).toFixed(1)} MB in ${secs.toFixed(1)} s, every file checked against the manifest`,
   );
   return received.partial;
+}
+
+function ownerOf(s: Session): { owner: string | null; group: string | null } {
+  return { owner: s.config.deploy.owner ?? null, group: s.config.deploy.group ?? null };
 }
 
 /** Puts the manifest where the agent reads it: <root>/.ckan-release/tmp/<op>-manifest.json. */

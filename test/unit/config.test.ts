@@ -121,6 +121,16 @@ describe('build inputs', () => {
     expect(reqs('false')).toEqual([]);
   });
 
+  it('deploy.link: hardlink unless copy is asked for', () => {
+    expect(parseConfig(VALID, file, { env: {} }).deploy.link).toBe('hardlink');
+    const c = parseConfig(
+      edit('  restart: sudo systemctl reload httpd', '  restart: sudo systemctl reload httpd\n  link: copy'),
+      file,
+      { env: {} },
+    );
+    expect(c.deploy.link).toBe('copy');
+  });
+
   it('builder.pip.constraints, .overrides and builder.extra_requirements default to none', () => {
     const c = parseConfig(VALID, file, { env: {} });
     expect(c.builder.pip).toMatchObject({ constraints: [], overrides: [] });
@@ -179,6 +189,14 @@ describe('malformed configs', () => {
       'an unknown builder os',
       edit('  os: debian12', '  os: debian21'),
       'FILE:7: builder.os: no builder image "debian21": expected one of centos7, debian11, debian12, debian13, el8, el9, ubuntu2204, ubuntu2404; did you mean "debian11"?',
+    ],
+    [
+      'a bad deploy.link',
+      edit(
+        '  restart: sudo systemctl reload httpd',
+        '  restart: sudo systemctl reload httpd\n  link: symlink',
+      ),
+      'FILE:17: deploy.link: expected one of hardlink, copy, got "symlink"',
     ],
     [
       'a bad builder network',
