@@ -20,6 +20,7 @@ import { SshRemote, SudoPasswordError, type ConnectOptions, type Remote } from '
 import { resolveTarget } from '../remote/target.js';
 import { AgentRefusal, callAgent, installAgent, type AgentHost } from './agent.js';
 import { DeltaCache } from './delta.js';
+import { fetchRelease, placeManifest } from './fetch.js';
 import { healthcheckHost } from './server-facts.js';
 import {
   installServerFiles,
@@ -417,7 +418,7 @@ async function stageOnHost(
         `${h.name}: preflight: ${facts.disk_free} bytes free under ${s.config.root}, the release needs about ${need}`,
       );
     }
-    const manifestPath = await uploadManifest(s, h, m);
+    const manifestPath = await placeManifest(s, h, agent, m, () => uploadManifest(s, h, m));
     s.events?.emit({ type: 'phase', host: h.name, phase: 'upload', detail: `${m.archive.bytes} bytes` });
     const received = await sendRelease(s, h, agent, artifact, manifestPath, deltas);
     s.events?.emit({ type: 'phase', host: h.name, phase: 'finalize' });
@@ -535,6 +536,8 @@ async function sendRelease(
       `${h.name}: a delta would send ${((needBytes / total) * 100).toFixed(0)}% of the release: sending the full archive`,
     );
   }
+  const fetched = await fetchRelease(s, h, agent, m, manifestPath, owner);
+  if (fetched) return fetched;
   const received = await callAgent<{ partial: string }>(
     agent,
     'receive',
