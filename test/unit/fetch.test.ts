@@ -23,9 +23,13 @@ environments:
 describe('deploy.fetch', () => {
   it('is ssh unless the config says direct, which needs an S3 store', () => {
     expect(parseConfig(`${BASE}deploy: { restart: 'true' }\n`, file, { env: {} }).deploy.fetch).toBe('ssh');
-    const c = parseConfig(`${BASE}store: s3://my-bucket/p\ndeploy: { restart: 'true', fetch: direct }\n`, file, {
-      env: {},
-    });
+    const c = parseConfig(
+      `${BASE}store: s3://my-bucket/p\ndeploy: { restart: 'true', fetch: direct }\n`,
+      file,
+      {
+        env: {},
+      },
+    );
     expect(c.deploy.fetch).toBe('direct');
     expect(() =>
       parseConfig(`${BASE}deploy: { restart: 'true', fetch: direct }\n`, file, { env: {} }),
