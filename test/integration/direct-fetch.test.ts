@@ -7,11 +7,11 @@
 // URL is in the output, the ledgers or any command line the hosts' sshd ran.
 import { createHash } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import { GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import type Docker from 'dockerode';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { countSshWrites } from '../../bench/client-meter.mjs';
 import type { Manifest } from '../../src/artifact/manifest.js';
 import { sandboxDown } from '../../src/sandbox/sandbox.js';
 import { testDocker } from '../support/docker.js';
@@ -35,22 +35,9 @@ let s3: S3Server;
 let project: TestProject;
 let A: string;
 
-// Bytes this process writes to SSH connections, by the remote port (one sandbox host each): a socket
-// is SSH when the first thing written to it is an SSH identification string.
-const sshBytes = new Map<number, number>();
-const write = net.Socket.prototype.write;
-type Counted = net.Socket & { ckanSsh?: boolean };
-net.Socket.prototype.write = function (this: Counted, chunk: unknown, ...rest: unknown[]) {
-  if (typeof chunk === 'string' || chunk instanceof Uint8Array) {
-    const n = typeof chunk === 'string' ? Buffer.byteLength(chunk) : chunk.byteLength;
-    this.ckanSsh ??= Buffer.from(typeof chunk === 'string' ? chunk.slice(0, 4) : chunk.subarray(0, 4))
-      .toString('latin1')
-      .startsWith('SSH-');
-    if (this.ckanSsh && this.remotePort)
-      sshBytes.set(this.remotePort, (sshBytes.get(this.remotePort) ?? 0) + n);
-  }
-  return (write as (...a: unknown[]) => boolean).call(this, chunk, ...rest);
-} as typeof write;
+// Bytes this process writes to SSH connections, by the remote port (one sandbox host each).
+const ssh = countSshWrites();
+const sshBytes = ssh.byPort;
 
 async function ok(...argv: string[]) {
   const r = await runCli('--config', project.config, ...argv);
@@ -132,7 +119,7 @@ beforeAll(async () => {
 }, 900_000);
 
 afterAll(async () => {
-  net.Socket.prototype.write = write;
+  ssh.restore();
   if (docker && project)
     await sandboxDown(docker, { dir: path.join(project.dir, '.ckan-release/sandbox') }, () => undefined);
   await stopS3Server();
