@@ -7,15 +7,18 @@
 //
 //   BENCH_PREFIX  sandbox host names are <prefix>1..8 (default "bench")
 //   BENCH_KEEP=1  keep the sandbox hosts and the project directory afterwards
-//   BENCH_SKIP_S3=1  skip the S3 publish row (it starts a radosgw container)
+//   BENCH_SKIP_S3=1  skip the S3 rows (publish, fetch: direct; they start a radosgw container)
 //   BENCH_SKIP_DISK=1  skip the disk row (5 kept releases linked vs copied: three more builds, ten ships)
 //   BENCH_ROWS=a,b  only these groups of rows (default all): build (cold and warm builds), s3, full,
-//                 delta, fleet, disk, rollback, fixed, restart. Without `build` the two artifacts are still
+//                 delta, fleet, direct, disk, rollback, fixed, restart. Without `build` the two artifacts are still
 //                 built, once each, untimed; rollback and fixed ship what they need to the hosts first.
 //   BENCH_BASELINE_CLI=PATH  the rows "fixed cost per host" and "rollback on 8 hosts" also run this
 //                 other ckan-release (e.g. /work/main/bin/ckan-release, the code before a change) in the
 //                 same run, as their baseline; both report SSH channels and sudo runs per host, counted
 //                 by bench/count-channels.mjs the same way for either tool.
+//
+// Every CLI run is measured from inside its process too (bench/client-meter.mjs): the bytes it wrote
+// to SSH connections and its CPU time.
 import { execFileSync, spawn } from 'node:child_process';
 import {
   closeSync,
@@ -37,6 +40,7 @@ import { testDocker } from '../test/support/docker.js';
 import { testProject, type TestProject } from '../test/support/project.js';
 import { restartContrast } from '../bench/restart-contrast.js';
 import { publishDelta } from '../bench/s3-publish.js';
+import { s3Server, stopS3Server } from '../test/support/s3.js';
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const BUILD_RUNS = Number(process.env.BENCH_BUILD_RUNS ?? 2);
@@ -88,30 +92,53 @@ let docker: Docker;
 let project: TestProject;
 let sandboxDir: string;
 
-/** Runs the CLI as a user would (bin/ckan-release), returns seconds and output; fails on non-zero exit. */
-function cli(config: string, ...argv: string[]): Promise<{ secs: number; out: string; err: string }> {
+/** What the CLI process measured of itself (bench/client-meter.mjs). */
+interface ClientMeter {
+  ssh_bytes: number;
+  by_port: Record<string, number>;
+  cpu_s: number;
+}
+
+const METER = path.resolve('bench/client-meter.mjs');
+let meterCount = 0;
+
+type CliRun = { secs: number; out: string; err: string; client: ClientMeter };
+
+/**
+ * Runs the CLI as a user would (bin/ckan-release), returns seconds, output and what the process
+ * measured of itself (SSH bytes written, CPU); fails on non-zero exit.
+ */
+function cli(config: string, ...argv: string[]): Promise<CliRun> {
   return cliOf('bin/ckan-release', config, ...argv);
 }
 
 /** cli() with another ckan-release (BENCH_BASELINE_CLI), counting its SSH channels (count-channels.mjs). */
-function cliOf(
-  bin: string,
-  config: string,
-  ...argv: string[]
-): Promise<{ secs: number; out: string; err: string }> {
+function cliOf(bin: string, config: string, ...argv: string[]): Promise<CliRun> {
   return new Promise((resolve, reject) => {
+    const meter = path.join(os.tmpdir(), `ckan-release-bench-meter-${process.pid}-${meterCount++}.json`);
     const start = performance.now();
-    const child = spawn(process.execPath, ['--import', COUNTER, bin, '--config', config, ...argv], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: process.env,
-    });
+    const child = spawn(
+      process.execPath,
+      ['--import', COUNTER, '--import', METER, bin, '--config', config, ...argv],
+      {
+        stdio: ['ignore', 'pipe', 'pipe'],
+        env: { ...process.env, CKAN_RELEASE_BENCH_METER: meter },
+      },
+    );
     let out = '';
     let err = '';
     child.stdout.on('data', (c: Buffer) => (out += c.toString()));
     child.stderr.on('data', (c: Buffer) => (err += c.toString()));
     child.on('close', (code) => {
       const secs = (performance.now() - start) / 1000;
-      if (code === 0) resolve({ secs, out, err });
+      let client: ClientMeter = { ssh_bytes: NaN, by_port: {}, cpu_s: NaN };
+      try {
+        client = JSON.parse(readFileSync(meter, 'utf8')) as ClientMeter;
+        rmSync(meter);
+      } catch {
+        // no meter: the process died before its exit handler
+      }
+      if (code === 0) resolve({ secs, out, err, client });
       else reject(new Error(`ckan-release ${argv.join(' ')} exited ${code}:\n${err.slice(-3000)}`));
     });
   });
@@ -323,6 +350,54 @@ function stepTimes(err: string): string {
   return steps.map(([t, name], i) => `${name} ${((steps[i + 1]?.[0] ?? t) - t).toFixed(1)}s`).join(', ');
 }
 
+/**
+ * Full ships of A to the 8 empty hosts with `deploy.fetch: direct` from a radosgw on this machine
+ * (A published there first): the bytes the client wrote to SSH, its CPU and the wall time per run.
+ */
+async function directFleet(
+  config: string,
+  a: string,
+  archive: string,
+): Promise<{ runs: { ssh_bytes: number; cpu_s: number; secs: number }[] }> {
+  const s3 = await s3Server();
+  try {
+    Object.assign(process.env, s3.env);
+    const bucket = await s3.bucket(`bench-direct-${process.pid}-${Date.now()}`);
+    const variant = path.join(path.dirname(config), 'bench-direct.yml');
+    writeFileSync(
+      variant,
+      readFileSync(config, 'utf8')
+        .replace(/^project: (.*)$/m, `project: $1\nstore: s3://${bucket}/bench`)
+        .replace(/^deploy:\n/m, 'deploy:\n  fetch: direct\n'),
+    );
+    await cli(variant, 'artifacts', 'publish', a);
+    const runs: { ssh_bytes: number; cpu_s: number; secs: number }[] = [];
+    for (let i = 0; i < RUNS; i++) {
+      // Empty hosts and empty chunk caches: every chunk is downloaded.
+      await Promise.all(
+        FLEET.map(async (h) => {
+          await emptyHost(h);
+          await onHost(
+            h,
+            `mkdir -p /var/tmp/bench-trash && if [ -e ${ROOT}/.ckan-release/chunks ]; then mv ${ROOT}/.ckan-release/chunks ${trash('/var/tmp/bench-trash')}; fi`,
+          );
+        }),
+      );
+      const r = await cli(variant, 'ship', 'fleet', a);
+      const fetched = r.err.split('\n').filter((l) => /: fetched from s3:/.test(l));
+      if (fetched.length !== FLEET.length)
+        throw new Error(`not every host fetched from the store:\n${r.err.slice(-3000)}`);
+      runs.push({ ssh_bytes: r.client.ssh_bytes, cpu_s: r.client.cpu_s, secs: r.secs });
+      log(
+        `fleet ship with fetch: direct ${r.secs.toFixed(1)} s: client wrote ${r.client.ssh_bytes} bytes to SSH (artifact ${statSync(archive).size}), client CPU ${r.client.cpu_s.toFixed(2)} s; ${fetched[0]}`,
+      );
+    }
+    return { runs };
+  } finally {
+    await stopS3Server();
+  }
+}
+
 async function main(): Promise<void> {
   docker = await testDocker();
   log(`runs: ${RUNS} (builds ${BUILD_RUNS}); hosts ${FLEET.join(', ')}`);
@@ -433,6 +508,7 @@ async function main(): Promise<void> {
     const full: number[] = [];
     const baseline: number[] = [];
     const fullCpu: { hosts: number; machine: number }[] = [];
+    const fullClientCpu: number[] = [];
     const baseCpu: { hosts: number; machine: number }[] = [];
     for (let i = 0; i < (runs('full') || runs('delta') ? RUNS : 0); i++) {
       const b = await cpuDuring([ONE], async () => timeBaseline(archiveA));
@@ -442,6 +518,7 @@ async function main(): Promise<void> {
       const r = await cpuDuring([ONE], () => cli(config, 'ship', 'one', A));
       full.push(r.result.secs);
       fullCpu.push(r);
+      fullClientCpu.push(r.result.client.cpu_s);
       log(
         `full ship ${r.result.secs.toFixed(1)} s (host CPU ${r.hosts.toFixed(1)} s, machine ${r.machine.toFixed(1)} s; baseline ${b.result.toFixed(1)} s, host CPU ${b.hosts.toFixed(1)} s, machine ${b.machine.toFixed(1)} s): ${phases(r.result.err)}`,
       );
@@ -513,13 +590,15 @@ async function main(): Promise<void> {
     // ---- 8 hosts vs 1 host (full ships)
     const fleet: number[] = [];
     const fleetCpu: { hosts: number; machine: number }[] = [];
+    const fleetClientCpu: number[] = [];
     for (let i = 0; i < (runs('fleet') ? RUNS : 0); i++) {
       await Promise.all(FLEET.map((h) => emptyHost(h)));
       const r = await cpuDuring(FLEET, () => cli(config, 'ship', 'fleet', A));
       fleet.push(r.result.secs);
       fleetCpu.push(r);
+      fleetClientCpu.push(r.result.client.cpu_s);
       log(
-        `fleet ship ${r.result.secs.toFixed(1)} s: hosts' CPU ${r.hosts.toFixed(1)} s, machine ${r.machine.toFixed(1)} s (${CORES} cores: at least ${(r.machine / CORES).toFixed(1)} s)`,
+        `fleet ship ${r.result.secs.toFixed(1)} s: hosts' CPU ${r.hosts.toFixed(1)} s, machine ${r.machine.toFixed(1)} s (${CORES} cores: at least ${(r.machine / CORES).toFixed(1)} s), client CPU ${r.result.client.cpu_s.toFixed(2)} s`,
       );
     }
     if (runs('fleet'))
@@ -528,6 +607,51 @@ async function main(): Promise<void> {
         machine_cpu_s: median(fleetCpu.map((c) => c.machine)),
         cores: CORES,
       });
+
+    if (runs('fleet') && runs('full')) {
+      // What each host more costs this machine's CPU: the ship's own process, 8 hosts against 1 (full
+      // ships of the same artifact to empty hosts, each run's pair from the same round of the bench).
+      row(
+        "the client's CPU per extra host (full ship, 8 hosts vs 1)",
+        fleetClientCpu.map((c, i) => (c - fullClientCpu[i]!) / (FLEET.length - 1)),
+        's',
+        null,
+        '<= 0.3 s',
+        (v) => v <= 0.3,
+        { client_cpu_1_host_s: median(fullClientCpu), client_cpu_8_hosts_s: median(fleetClientCpu) },
+      );
+      // The hosts share this machine's cores: everything every process did in the ship (the hosts'
+      // containers, the client, anything else running) over the core count is a floor under its time.
+      row(
+        'ship to 8 hosts: wall time vs the CPU floor (machine CPU / cores)',
+        fleet,
+        's',
+        fleetCpu.map((c) => c.machine / CORES),
+        'ratio <= 1.1',
+        (_, r) => r !== null && r <= 1.1,
+        { machine_cpu_s: median(fleetCpu.map((c) => c.machine)), cores: CORES },
+      );
+    }
+
+    // ---- 8 hosts with deploy.fetch: direct: the hosts download A from the S3 store themselves
+    if (runs('direct') && !process.env.BENCH_SKIP_S3) {
+      const d = await directFleet(config, A, archiveA);
+      row(
+        'ship to 8 hosts with fetch: direct: client bytes / artifact bytes',
+        d.runs.map((r) => (100 * r.ssh_bytes) / manifestA.archive.bytes),
+        '%',
+        null,
+        '<= 1 %',
+        (v) => v <= 1,
+        {
+          client_ssh_bytes: median(d.runs.map((r) => r.ssh_bytes)),
+          artifact_bytes: manifestA.archive.bytes,
+          wall_s: median(d.runs.map((r) => r.secs)),
+          ssh_fleet_wall_s: median(fleet),
+          client_cpu_s: median(d.runs.map((r) => r.cpu_s)),
+        },
+      );
+    }
 
     if (runs('disk') && !process.env.BENCH_SKIP_DISK) {
       // ---- disk used by 5 kept releases on one host, linked (deploy.link: hardlink) vs copied: A, B and

@@ -24,7 +24,9 @@ import io
 import json
 import os
 import platform
+import re
 import shutil
+import socket
 import stat
 import sys
 import tarfile
@@ -36,6 +38,14 @@ try:
     import queue
 except ImportError:  # Python 2
     import Queue as queue
+
+try:
+    import http.client as httplib
+    from urllib.error import HTTPError, URLError
+    from urllib.request import urlopen
+except ImportError:  # Python 2
+    import httplib
+    from urllib2 import HTTPError, URLError, urlopen
 
 ID_CHARS = set("0123456789abcdefghijklmnopqrstuvwxyzZ-")
 
@@ -747,8 +757,13 @@ def gnu_tar():
 
 
 def cmd_receive(args):
-    """stdin: release.tar.gz. Unpacks into a hidden partial directory, checking every member against the
-    manifest BEFORE writing it, then checks that every manifest entry arrived intact.
+    out(receive(args, StdinFd()))
+
+
+def receive(args, raw):
+    """raw: release.tar.gz (stdin, or the chunks `fetch` downloaded). Unpacks into a hidden partial
+    directory, checking every member against the manifest BEFORE writing it, then checks that every
+    manifest entry arrived intact.
 
     With "delta": the partial already exists (made by the delta command, which wrote the list of files
     it could not take from an earlier release); the archive must hold exactly those files.
@@ -798,7 +813,7 @@ def cmd_receive(args):
     # The whole archive is checked byte for byte below: gzip's stream reader may stop quietly where a cut
     # archive ends. A delta archive is checked against the bytes and sha256 the sender gave for it.
     want = (delta or heal or manifest.get("archive")) or {}
-    stdin = CountingReader(StdinFd())
+    stdin = CountingReader(raw)
     gunzip = GunzipReader(stdin)
     tar_proc = []
     try:
@@ -833,8 +848,7 @@ def cmd_receive(args):
         raise Refused("bad-artifact", "%d manifest entries are missing from the archive, e.g. %s" % (len(missing), missing[0]))
     if heal:
         healed = heal_received(p, rid, release, partial, sorted(seen), seal)
-        out({"release": release, "healed": healed})
-        return
+        return {"release": release, "healed": healed}
     linked = 0
     if not delta and args.get("link") == "hardlink":
         linked = link_kept(p, rid, partial, manifest, seal, ids)
@@ -843,7 +857,7 @@ def cmd_receive(args):
         finish_dirs(partial, manifest, float(delta["mtime"]))
     else:
         finish_dirs(partial, manifest, None, dir_mtimes)
-    out({"partial": partial, "entries": len(seen), "linked": linked})
+    return {"partial": partial, "entries": len(seen), "linked": linked}
 
 
 def flat_name(rel):
@@ -2626,6 +2640,250 @@ def cmd_health(args):
         time.sleep(0.5)
 
 
+# ------------------------------------------------------------------------------------------ fetch
+# deploy.fetch: direct. The host downloads the artifact from the S3 store itself, through presigned GET
+# URLs the tool gives on stdin: never on a command line, and never printed (each carries a signature;
+# errors name chunks by their sha256, and no_url() takes any URL out of a message). Every chunk's
+# length and sha256 are checked as it arrives; the chunks then go, in order, through the same receive
+# as an archive sent over SSH. Chunks are kept in .ckan-release/chunks/<sha256>, the chunk cache: a
+# later full ship downloads only what it lacks; after a receive it keeps that artifact's chunks only.
+
+FETCH_PARALLEL = 4
+FETCH_TIMEOUT = 30
+
+
+class StoreUnreachable(Exception):
+    """No usable answer from the store (refused, DNS, TLS, a timeout, 403 or another HTTP error): the
+    tool sends through SSH instead."""
+
+
+class StoreDamaged(Exception):
+    """The store answered with the wrong bytes, or has no object where the manifest says: refused."""
+
+
+def no_url(text):
+    return re.sub(r"[A-Za-z][A-Za-z0-9+.-]*://\S*", "<url>", text)
+
+
+def reason_of(e):
+    if isinstance(e, HTTPError):
+        code = ""
+        try:
+            m = re.search(r"<Code>([A-Za-z0-9]+)</Code>", e.read(4096).decode("utf-8", "replace"))
+            code = " %s" % m.group(1) if m else ""
+        except Exception:  # the body is only a detail
+            pass
+        return "HTTP %d%s" % (e.code, code)
+    if isinstance(e, URLError):
+        e = e.reason
+    return no_url("%s: %s" % (type(e).__name__, e))
+
+
+NETWORK_ERRORS = (URLError, httplib.HTTPException, socket.error, socket.timeout, ValueError, EnvironmentError)
+
+
+def download(url, size, sha256, dest):
+    """GETs url into dest (through a temporary file, renamed once its length and sha256 match)."""
+    tmp = "%s.part-%d-%d" % (dest, os.getpid(), id(threading.current_thread()))
+    try:
+        try:
+            r = urlopen(url, timeout=FETCH_TIMEOUT)
+        except HTTPError as e:
+            if e.code == 404:
+                raise StoreDamaged("the store does not have it (%s)" % reason_of(e))
+            raise StoreUnreachable(reason_of(e))
+        except NETWORK_ERRORS as e:
+            raise StoreUnreachable(reason_of(e))
+        h = hashlib.sha256()
+        n = 0
+        with open(tmp, "wb") as f:
+            while True:
+                try:
+                    data = r.read(1 << 20)
+                except NETWORK_ERRORS as e:
+                    raise StoreUnreachable(reason_of(e))
+                if not data:
+                    break
+                n += len(data)
+                if n > size:
+                    raise StoreDamaged("the store sent more than its %d bytes" % size)
+                h.update(data)
+                f.write(data)
+        r.close()
+        if n != size or h.hexdigest() != sha256:
+            raise StoreDamaged("the store sent %d bytes with sha256 %s, expected %d bytes with sha256 %s"
+                               % (n, h.hexdigest(), size, sha256))
+        os.rename(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def chunk_cache(p):
+    d = os.path.join(p["meta"], "chunks")
+    if not os.path.isdir(d):
+        os.makedirs(d)
+    return d
+
+
+def store_refusal(e, what):
+    if isinstance(e, StoreUnreachable):
+        return Refused("store-unreachable", "cannot fetch %s from the store: %s" % (what, e))
+    return Refused("bad-artifact", "%s from the store is refused: %s (the bucket holds a damaged or missing "
+                   "object: publish the artifact again, `ckan-release artifacts publish ID`)" % (what, e))
+
+
+def cmd_fetch_manifest(args):
+    """stdin: {"url": the manifest's presigned URL, "chunks": [{sha256, bytes}] of its archive}. Puts the
+    manifest at args["manifest"] (checked against the bytes and sha256 the tool read from the store) and
+    answers the chunks the chunk cache holds, each read and checked (a damaged one is removed)."""
+    p = paths(args["root"])
+    rid = check_id(args["id"])
+    given = json.loads(read_stdin_bytes().decode("utf-8"))
+    dest = args["manifest"]
+    if not os.path.isdir(os.path.dirname(dest)):
+        os.makedirs(os.path.dirname(dest))
+    try:
+        download(given["url"], args["bytes"], args["sha256"], dest)
+    except (StoreUnreachable, StoreDamaged) as e:
+        raise store_refusal(e, "the manifest of %s" % rid)
+    with io.open(dest, encoding="utf-8") as f:
+        if json.load(f).get("id") != rid:
+            raise Refused("bad-artifact", "the store's manifest is not that of %s" % rid)
+    cache = chunk_cache(p)
+    cached = []
+    for c in given["chunks"]:
+        path = os.path.join(cache, c["sha256"])
+        if c["sha256"] in cached or not os.path.isfile(path):
+            continue
+        if os.path.getsize(path) == c["bytes"] and file_sha256(path) == c["sha256"]:
+            cached.append(c["sha256"])
+        else:
+            os.unlink(path)
+    out({"cached": cached})
+
+
+class Fetching(object):
+    """The downloads of one fetch: FETCH_PARALLEL threads, an event per chunk, the first failure."""
+
+    def __init__(self, cache, todo):
+        self.cache = cache
+        self.todo = list(todo)  # (sha256, bytes, url), in the archive's order
+        self.ready = dict((sha, threading.Event()) for sha, _, _ in self.todo)
+        self.first = threading.Event()
+        self.failure = None
+        self.stopped = False
+        self.lock = threading.Lock()
+        self.next = 0
+        self.downloaded = 0
+        self.threads = [threading.Thread(target=self._work) for _ in range(min(FETCH_PARALLEL, len(self.todo)))]
+        for t in self.threads:
+            t.daemon = True
+            t.start()
+        if not self.todo:
+            self.first.set()
+
+    def _work(self):
+        while True:
+            with self.lock:
+                if self.failure is not None or self.stopped or self.next >= len(self.todo):
+                    return
+                sha, size, url = self.todo[self.next]
+                self.next += 1
+            try:
+                download(url, size, sha, os.path.join(self.cache, sha))
+                with self.lock:
+                    self.downloaded += size
+            except Exception as e:  # every failure ends the fetch, and is reported by the main thread
+                with self.lock:
+                    if self.failure is None:
+                        self.failure = (sha, e)
+                for ev in list(self.ready.values()) + [self.first]:
+                    ev.set()
+                return
+            self.ready[sha].set()
+            self.first.set()
+
+    def wait(self, sha):
+        ev = self.ready.get(sha)
+        if ev is not None:
+            while not ev.wait(1):
+                pass
+        if self.failure is not None:
+            raise IOError("a download failed")
+
+    def refusal(self):
+        sha, e = self.failure
+        if isinstance(e, (StoreUnreachable, StoreDamaged)):
+            return store_refusal(e, "chunk %s" % sha)
+        if no_space(e):
+            return Refused("no-space", "no space left on the host for the chunk cache: %s" % e)
+        return Refused("store-unreachable", "cannot fetch chunk %s from the store: %s" % (sha, no_url(str(e))))
+
+
+class ChunkStream(object):
+    """The archive for receive: the chunks in order, each read from the cache once it is there."""
+
+    def __init__(self, fetching, shas):
+        self.fetching = fetching
+        self.shas = shas
+        self.i = 0
+        self.f = None
+
+    def read(self, n=-1):
+        while self.i < len(self.shas):
+            if self.f is None:
+                self.fetching.wait(self.shas[self.i])
+                self.f = open(os.path.join(self.fetching.cache, self.shas[self.i]), "rb")
+            data = self.f.read(n if n is not None and n > 0 else 1 << 20)
+            if data:
+                return data
+            self.f.close()
+            self.f = None
+            self.i += 1
+        return b""
+
+
+def cmd_fetch(args):
+    """stdin: {"chunks": [{sha256, bytes, url?}]}, the archive's chunks in order, with a presigned URL for
+    each one the chunk cache lacks. Downloads those (FETCH_PARALLEL at once) and feeds every chunk, in
+    order and as soon as it is there, to receive: the same checks as an archive sent through SSH. Nothing
+    is unpacked before the first download has arrived, so a store this host cannot reach is refused
+    ("store-unreachable": the tool sends through SSH instead) with the partial directory untouched."""
+    p = paths(args["root"])
+    chunks = json.loads(read_stdin_bytes().decode("utf-8"))["chunks"]
+    cache = chunk_cache(p)
+    todo, seen = [], set()
+    for c in chunks:
+        if c["sha256"] in seen:
+            continue
+        seen.add(c["sha256"])
+        if c.get("url"):
+            todo.append((c["sha256"], c["bytes"], c["url"]))
+        elif not os.path.isfile(os.path.join(cache, c["sha256"])):
+            raise Refused("bad-input", "chunk %s is not in the chunk cache and has no URL" % c["sha256"])
+    fetching = Fetching(cache, todo)
+    started = time.time()
+    while not fetching.first.wait(1):
+        pass
+    if fetching.failure is not None:
+        raise fetching.refusal()
+    try:
+        got = receive(args, ChunkStream(fetching, [c["sha256"] for c in chunks]))
+    except Refused:
+        if fetching.failure is not None:
+            raise fetching.refusal()
+        raise
+    finally:
+        fetching.stopped = True
+    for name in os.listdir(cache):
+        if name not in seen:
+            os.unlink(os.path.join(cache, name))
+    got.update({"downloaded": len(todo), "downloaded_bytes": fetching.downloaded,
+                "cached": len(seen) - len(todo), "seconds": round(time.time() - started, 3)})
+    out(got)
+
+
 def no_space(e):
     """A full disk (blocks or inodes) or an exhausted quota."""
     return getattr(e, "errno", None) in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
@@ -2637,6 +2895,8 @@ COMMANDS = {
     "lock": cmd_lock,
     "unlock": cmd_unlock,
     "receive": cmd_receive,
+    "fetch-manifest": cmd_fetch_manifest,
+    "fetch": cmd_fetch,
     "delta": cmd_delta,
     "finalize": cmd_finalize,
     "verify": cmd_verify,

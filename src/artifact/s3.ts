@@ -17,6 +17,7 @@ import {
   readSync,
   renameSync,
   rmSync,
+  writeFileSync,
 } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { createWriteStream } from 'node:fs';
@@ -29,6 +30,7 @@ import {
   S3Client,
   S3ServiceException,
 } from '@aws-sdk/client-s3';
+import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import { ARTIFACT_ID } from './id.js';
 import { OperationError, UsageError } from '../errors.js';
 import { s3Url, type S3Location } from './location.js';
@@ -211,14 +213,32 @@ export class S3Store {
    * .s3-manifests/) and read from there afterwards.
    */
   async manifest(id: string, cacheDir: string): Promise<Manifest | undefined> {
+    const body = await this.manifestBytes(id, cacheDir);
+    return body && this.parseManifest(id, body, cacheDir);
+  }
+
+  /** The published manifest's bytes as the bucket holds them (kept in `cacheDir`, as manifest() does). */
+  async manifestBytes(id: string, cacheDir: string): Promise<Buffer | undefined> {
     const cached = path.join(cacheDir, '.s3-manifests', `${id}.json`);
-    let text: string;
-    if (existsSync(cached)) text = readFileSync(cached, 'utf8');
-    else {
-      const body = await this.getBytes(this.manifestKey(id), 'read');
-      if (!body) return undefined;
-      text = body.toString('utf8');
-    }
+    if (existsSync(cached)) return readFileSync(cached);
+    const body = await this.getBytes(this.manifestKey(id), 'read');
+    if (body) this.parseManifest(id, body, cacheDir);
+    return body;
+  }
+
+  /**
+   * A GET URL of one object, signed for `seconds` (deploy.fetch: direct hands them to hosts). Signed
+   * here, with this machine's credentials; nothing is sent. The URL carries a signature: never print it.
+   */
+  presignGet(key: string, seconds: number): Promise<string> {
+    return getSignedUrl(this.client, new GetObjectCommand({ Bucket: this.loc.bucket, Key: key }), {
+      expiresIn: seconds,
+    });
+  }
+
+  private parseManifest(id: string, body: Buffer, cacheDir: string): Manifest {
+    const cached = path.join(cacheDir, '.s3-manifests', `${id}.json`);
+    const text = body.toString('utf8');
     let m: Manifest;
     try {
       m = JSON.parse(text) as Manifest;
@@ -228,7 +248,7 @@ export class S3Store {
     if (m.id !== id) throw new OperationError(`${this.url}: ${this.manifestKey(id)} says it is ${m.id}`);
     if (!existsSync(cached)) {
       mkdirSync(path.dirname(cached), { recursive: true });
-      await writeFile(`${cached}.${process.pid}`, text);
+      writeFileSync(`${cached}.${process.pid}`, body);
       renameSync(`${cached}.${process.pid}`, cached);
     }
     return m;

@@ -230,6 +230,12 @@ function resolve(raw: Raw, file: string, display: string, root: Node, ctx: Ctx):
     forcePathStyle: raw.s3?.force_path_style,
   };
 
+  if (raw.deploy.fetch === 'direct' && !s3)
+    err(
+      ['deploy', 'fetch'],
+      'direct: hosts download the artifact from an S3 store, but `store:` is not an s3://BUCKET/PREFIX URL',
+    );
+
   const environments: Record<string, Environment> = {};
   const envNames = Object.keys(raw.environments);
   for (const [name, e] of Object.entries(raw.environments)) {
@@ -316,6 +322,7 @@ function resolve(raw: Raw, file: string, display: string, root: Node, ctx: Ctx):
     deploy: {
       keepReleases: raw.deploy.keep_releases,
       link: raw.deploy.link,
+      fetch: raw.deploy.fetch,
       owner: raw.deploy.owner,
       group: raw.deploy.group,
       become: raw.deploy.become,

@@ -18,6 +18,9 @@ import {
 } from './validate.js';
 
 export const BUILDER_NETWORKS = ['none', 'default', 'host'] as const;
+/** How hosts get an artifact: sent through SSH, or downloaded from the S3 store themselves. */
+export const FETCH_MODES = ['ssh', 'direct'] as const;
+export type FetchMode = (typeof FETCH_MODES)[number];
 export type BuilderNetwork = (typeof BUILDER_NETWORKS)[number];
 /** deploy.link: how a release shares the files it has in common with the releases kept on a host. */
 export const DEPLOY_LINKS = ['hardlink', 'copy'] as const;
@@ -248,6 +251,7 @@ export const configSchema = obj({
     obj({
       keep_releases: withDefault(int(1, 1000), () => 5),
       link: withDefault(oneOf(DEPLOY_LINKS), () => 'hardlink' as const),
+      fetch: withDefault(oneOf(FETCH_MODES), () => 'ssh' as const),
       owner: optional(str({ expected: 'a user name', pattern: /^[a-z_][a-z0-9_.-]*$/i })),
       group: optional(str({ expected: 'a group name', pattern: /^[a-z_][a-z0-9_.-]*$/i })),
       become: optional(bool()),

@@ -1,5 +1,5 @@
 // The validated configuration, with defaults applied and paths resolved against the config's directory.
-import type { BuilderNetwork, SandboxOs } from './schema.js';
+import type { BuilderNetwork, FetchMode, SandboxOs } from './schema.js';
 
 export interface GitSource {
   /** As written in the config (a URL, or a path relative to the config). */
@@ -89,6 +89,8 @@ export interface Config {
      * it, and an edit found on a shared inode is healed; copy: every release has its own copies.
      */
     link: 'hardlink' | 'copy';
+    /** ssh: the client sends the archive; direct: hosts download it from the S3 store (deploy/fetch.ts). */
+    fetch: FetchMode;
     owner: string | undefined;
     group: string | undefined;
     /** Privileged steps through `sudo -n`; undefined: when owner is set and the SSH user is not root. */

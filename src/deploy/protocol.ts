@@ -33,9 +33,33 @@ export interface AgentCommands {
       op: string;
       manifest: string;
       delta?: { mtime: number; bytes: number; sha256: string };
+      /** deploy.link: hardlink links files equal to a kept release's (README "Linked releases") */
+      link?: string;
     };
-    answer: { partial: string; entries: number };
+    answer: { partial: string; entries: number; linked?: number };
     /** the archive (release.tar.gz, or the delta's archive) */
+    stdin: true;
+  };
+  /** deploy.fetch: direct (deploy/fetch.ts): the manifest from the store, and which chunks are cached */
+  'fetch-manifest': {
+    args: { root: string; id: string; manifest: string; bytes?: number; sha256?: string };
+    answer: { cached: string[] };
+    /** JSON: the presigned URL of the manifest and the artifact's chunks */
+    stdin: true;
+  };
+  /** deploy.fetch: direct: the chunks it lacks downloaded by the host, then received as `receive` does */
+  fetch: {
+    args: Owner & { root: string; id: string; op: string; manifest: string; link?: string };
+    answer: {
+      partial: string;
+      entries: number;
+      linked?: number;
+      downloaded: number;
+      downloaded_bytes: number;
+      cached: number;
+      seconds: number;
+    };
+    /** JSON: the chunks, each with a presigned URL unless the host has it cached */
     stdin: true;
   };
   delta: {
@@ -160,6 +184,8 @@ export const READS_STDIN: Record<AgentCommand, boolean> = {
   restart: false,
   'server-facts': false,
   'install-agent': false,
+  'fetch-manifest': true,
+  fetch: true,
 };
 
 // ---- the serve protocol on the wire (JSON lines), as the agent's serve() reads and writes it

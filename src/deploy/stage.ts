@@ -14,6 +14,7 @@ import type { HostFacts, HostPlan } from '../plan.js';
 import { renderFile, renderString } from '../render/template.js';
 import { callAgent, type AgentHost } from './agent.js';
 import { reusedText, type DeltaCache } from './delta.js';
+import { fetchRelease, placeManifest } from './fetch.js';
 import { healArgs, healFromArtifact, type VerifyAnswer } from './heal.js';
 import { lockHost, lockOwner } from './lock.js';
 import { agentFor, type HostSession, type Session } from './session.js';
@@ -127,7 +128,7 @@ export async function stageOnHost(
         `${h.name}: preflight: ${facts.disk_free} bytes free under ${s.config.root}, the release needs about ${need}`,
       );
     }
-    const manifestPath = await uploadManifest(s, h, m);
+    const manifestPath = await placeManifest(s, h, agent, m, () => uploadManifest(s, h, m));
     s.events?.emit({ type: 'phase', host: h.name, phase: 'upload', detail: `${m.archive.bytes} bytes` });
     const received = await sendRelease(s, h, agent, artifact, manifestPath, deltas);
     s.events?.emit({ type: 'phase', host: h.name, phase: 'finalize' });
@@ -243,11 +244,13 @@ async function sendRelease(
       `${h.name}: a delta would send ${((needBytes / total) * 100).toFixed(0)}% of the release: sending the full archive`,
     );
   }
+  const fetched = await fetchRelease(s, h, agent, m, manifestPath, owner, s.config.deploy.link);
+  if (fetched) return fetched;
   const received = await callAgent<{ partial: string }>(
     agent,
     'receive',
     'receive',
-    { root: s.config.root, id: m.id, op: s.op, manifest: manifestPath, ...owner },
+    { root: s.config.root, id: m.id, op: s.op, manifest: manifestPath, link: s.config.deploy.link, ...owner },
     {
       stdin: createReadStream(artifact.archive, { highWaterMark: 1 << 20 }),
       onProgress: progress(s, h.name, m.archive.bytes, t0),

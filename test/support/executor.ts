@@ -10,7 +10,10 @@ import type { LocalFleet } from './local-fleet.js';
 
 /** Plan, then execute, as the commands do (src/commands/hosts.ts shipArtifact). */
 async function run(s: Session, artifact: StoredArtifact, operation: string): Promise<DeployResult> {
-  const { plan, facts } = await planShip(s, artifact.manifest, operation, { dryRun: false, label: operation });
+  const { plan, facts } = await planShip(s, artifact.manifest, operation, {
+    dryRun: false,
+    label: operation,
+  });
   return deploy(s, artifact, plan, facts, { operation });
 }
 

@@ -13,6 +13,18 @@ process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 
 const CONTAINER = 'tm-s3-radosgw';
 export const S3_PORT = 47080;
+
+/**
+ * Another server beside the default one (a test of its own port range): its container name, its S3
+ * port, and the ports of the Ceph daemons behind it (mon: monPort and monPort + 1; the OSD and
+ * radosgw messengers: msPorts), so that two test files can run at once.
+ */
+export interface S3ServerOptions {
+  container: string;
+  port: number;
+  monPort: number;
+  msPorts: [number, number];
+}
 const ACCESS_KEY = 'CKANS3ACCESSKEY00001';
 const SECRET_KEY = 'ckan-s3-secret-key-0000000000000000000000';
 
@@ -30,18 +42,21 @@ export interface S3Server {
 }
 
 let started: Promise<S3Server> | undefined;
+let container = CONTAINER;
 
 async function running(docker: Docker): Promise<boolean> {
   try {
-    const c = await docker.getContainer(CONTAINER).inspect();
+    const c = await docker.getContainer(container).inspect();
     return c.State.Running;
   } catch {
     return false;
   }
 }
 
-export function s3Server(): Promise<S3Server> {
+export function s3Server(opts?: S3ServerOptions): Promise<S3Server> {
+  const port = opts?.port ?? S3_PORT;
   started ??= (async () => {
+    container = opts?.container ?? CONTAINER;
     const docker = await testDocker();
     const say = (l: string) => process.stderr.write(`[test-s3] ${l}\n`);
     const image = await ensureImage(
@@ -51,13 +66,20 @@ export function s3Server(): Promise<S3Server> {
     );
     if (!(await running(docker))) {
       await docker
-        .getContainer(CONTAINER)
+        .getContainer(container)
         .remove({ force: true })
         .catch(() => undefined);
       const c = await docker.createContainer({
-        name: CONTAINER,
+        name: container,
         Image: image.tag,
-        Env: [`S3_PORT=${S3_PORT}`, `S3_ACCESS_KEY=${ACCESS_KEY}`, `S3_SECRET_KEY=${SECRET_KEY}`],
+        Env: [
+          `S3_PORT=${port}`,
+          `S3_ACCESS_KEY=${ACCESS_KEY}`,
+          `S3_SECRET_KEY=${SECRET_KEY}`,
+          ...(opts
+            ? [`MON_PORT=${opts.monPort}`, `MS_PORT_MIN=${opts.msPorts[0]}`, `MS_PORT_MAX=${opts.msPorts[1]}`]
+            : []),
+        ],
         Labels: { 'ckan-release.test': 's3' },
         HostConfig: { NetworkMode: 'host', Init: true },
       });
@@ -65,17 +87,17 @@ export function s3Server(): Promise<S3Server> {
     }
     const deadline = Date.now() + 120_000;
     for (;;) {
-      const r = await execInContainer(docker, CONTAINER, ['test', '-f', '/var/lib/ckan-s3/ready']);
+      const r = await execInContainer(docker, container, ['test', '-f', '/var/lib/ckan-s3/ready']);
       if (r.code === 0) break;
       if (!(await running(docker)))
-        throw new Error(`the radosgw container ${CONTAINER} exited: see \`docker logs ${CONTAINER}\``);
-      if (Date.now() > deadline) throw new Error(`radosgw in ${CONTAINER} not ready after 120 s`);
+        throw new Error(`the radosgw container ${container} exited: see \`docker logs ${container}\``);
+      if (Date.now() > deadline) throw new Error(`radosgw in ${container} not ready after 120 s`);
       await new Promise((r) => setTimeout(r, 300));
     }
-    const endpoint = `http://127.0.0.1:${S3_PORT}`;
+    const endpoint = `http://127.0.0.1:${port}`;
     const server: S3Server = {
       endpoint,
-      port: S3_PORT,
+      port,
       region: 'us-east-1',
       accessKey: ACCESS_KEY,
       secretKey: SECRET_KEY,
@@ -115,7 +137,7 @@ export async function stopS3Server(): Promise<void> {
   started = undefined;
   const docker = await testDocker();
   await docker
-    .getContainer(CONTAINER)
+    .getContainer(container)
     .remove({ force: true })
     .catch(() => undefined);
 }

@@ -1,0 +1,1 @@
+export function countSshWrites(): { byPort: Map<number, number>; restore(): void };
