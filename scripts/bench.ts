@@ -8,6 +8,7 @@
 //   BENCH_PREFIX  sandbox host names are <prefix>1..8 (default "bench")
 //   BENCH_KEEP=1  keep the sandbox hosts and the project directory afterwards
 //   BENCH_SKIP_S3=1  skip the S3 publish row (it starts a radosgw container)
+//   BENCH_ONLY_BUILDS=1  only the build rows (and the S3 row unless skipped): no hosts, ships, restarts
 import { execFileSync, spawn } from 'node:child_process';
 import {
   closeSync,
@@ -359,6 +360,15 @@ async function main(): Promise<void> {
       if (i === 0) B = b.out.trim().split('\n').pop()!;
       log(`warm build ${b.secs.toFixed(1)} s: ${stepTimes(b.err)}`);
     }
+    row(
+      'warm rebuild (one extension changed) vs cold build',
+      warmRuns,
+      's',
+      cold,
+      'ratio <= 0.15',
+      (_, r) => r !== null && r <= 0.15,
+    );
+
     const store = path.join(project.dir, '.ckan-release', 'artifacts');
     const manifestA = JSON.parse(readFileSync(path.join(store, A, 'manifest.json'), 'utf8')) as {
       files: { size: number }[];
@@ -386,129 +396,123 @@ async function main(): Promise<void> {
       );
     }
 
-    // ---- hosts
-    await cli(config, 'sandbox', 'up');
-    await cli(config, 'setup', 'fleet');
+    // BENCH_ONLY_BUILDS=1: the build rows only (no sandbox hosts, no ship rows).
+    if (!process.env.BENCH_ONLY_BUILDS) {
+      // ---- hosts
+      await cli(config, 'sandbox', 'up');
+      await cli(config, 'setup', 'fleet');
 
-    // ---- full ship to one host vs ssh + tar -xzf
-    const full: number[] = [];
-    const baseline: number[] = [];
-    const fullCpu: { hosts: number; machine: number }[] = [];
-    const baseCpu: { hosts: number; machine: number }[] = [];
-    for (let i = 0; i < RUNS; i++) {
-      const b = await cpuDuring([ONE], async () => timeBaseline(archiveA));
-      baseline.push(b.result);
-      baseCpu.push(b);
-      await emptyHost(ONE);
-      const r = await cpuDuring([ONE], () => cli(config, 'ship', 'one', A));
-      full.push(r.result.secs);
-      fullCpu.push(r);
-      log(
-        `full ship ${r.result.secs.toFixed(1)} s (host CPU ${r.hosts.toFixed(1)} s, machine ${r.machine.toFixed(1)} s; baseline ${b.result.toFixed(1)} s, host CPU ${b.hosts.toFixed(1)} s, machine ${b.machine.toFixed(1)} s): ${phases(r.result.err)}`,
+      // ---- full ship to one host vs ssh + tar -xzf
+      const full: number[] = [];
+      const baseline: number[] = [];
+      const fullCpu: { hosts: number; machine: number }[] = [];
+      const baseCpu: { hosts: number; machine: number }[] = [];
+      for (let i = 0; i < RUNS; i++) {
+        const b = await cpuDuring([ONE], async () => timeBaseline(archiveA));
+        baseline.push(b.result);
+        baseCpu.push(b);
+        await emptyHost(ONE);
+        const r = await cpuDuring([ONE], () => cli(config, 'ship', 'one', A));
+        full.push(r.result.secs);
+        fullCpu.push(r);
+        log(
+          `full ship ${r.result.secs.toFixed(1)} s (host CPU ${r.hosts.toFixed(1)} s, machine ${r.machine.toFixed(1)} s; baseline ${b.result.toFixed(1)} s, host CPU ${b.hosts.toFixed(1)} s, machine ${b.machine.toFixed(1)} s): ${phases(r.result.err)}`,
+        );
+      }
+      row(
+        'full ship to one host vs ssh+tar -xzf',
+        full,
+        's',
+        baseline,
+        'ratio <= 1.15',
+        (_, r) => r !== null && r <= 1.15,
+        {
+          host_cpu_s: median(fullCpu.map((c) => c.hosts)),
+          machine_cpu_s: median(fullCpu.map((c) => c.machine)),
+          baseline_host_cpu_s: median(baseCpu.map((c) => c.hosts)),
+          baseline_machine_cpu_s: median(baseCpu.map((c) => c.machine)),
+        },
       );
-    }
-    row(
-      'full ship to one host vs ssh+tar -xzf',
-      full,
-      's',
-      baseline,
-      'ratio <= 1.15',
-      (_, r) => r !== null && r <= 1.15,
-      {
-        host_cpu_s: median(fullCpu.map((c) => c.hosts)),
-        machine_cpu_s: median(fullCpu.map((c) => c.machine)),
-        baseline_host_cpu_s: median(baseCpu.map((c) => c.hosts)),
-        baseline_machine_cpu_s: median(baseCpu.map((c) => c.machine)),
-      },
-    );
 
-    // ---- delta ship (B after A) vs full ship
-    const deltaSecs: number[] = [];
-    const deltaBytes: number[] = [];
-    for (let i = 0; i < RUNS; i++) {
-      const r = await cli(config, 'ship', 'one', B);
-      deltaSecs.push(r.secs);
-      log(`delta ship ${r.secs.toFixed(1)} s: ${phases(r.err)}`);
-      const m = /delta: sent \d+ files \((\d+) bytes compressed/.exec(r.err);
-      if (!m) throw new Error(`the ship of B was not a delta:\n${r.err}`);
-      deltaBytes.push(Number(m[1]));
-      await onHost(
-        ONE,
-        `ln -s releases/${A} ${ROOT}/current.bench && mv -T ${ROOT}/current.bench ${ROOT}/current && ` +
-          `mkdir -p /var/tmp/bench-trash && mv ${ROOT}/releases/${B} ${trash('/var/tmp/bench-trash')} && rm -f ${ROOT}/.ckan-release/manifests/${B}.*`,
+      // ---- delta ship (B after A) vs full ship
+      const deltaSecs: number[] = [];
+      const deltaBytes: number[] = [];
+      for (let i = 0; i < RUNS; i++) {
+        const r = await cli(config, 'ship', 'one', B);
+        deltaSecs.push(r.secs);
+        log(`delta ship ${r.secs.toFixed(1)} s: ${phases(r.err)}`);
+        const m = /delta: sent \d+ files \((\d+) bytes compressed/.exec(r.err);
+        if (!m) throw new Error(`the ship of B was not a delta:\n${r.err}`);
+        deltaBytes.push(Number(m[1]));
+        await onHost(
+          ONE,
+          `ln -s releases/${A} ${ROOT}/current.bench && mv -T ${ROOT}/current.bench ${ROOT}/current && ` +
+            `mkdir -p /var/tmp/bench-trash && mv ${ROOT}/releases/${B} ${trash('/var/tmp/bench-trash')} && rm -f ${ROOT}/.ckan-release/manifests/${B}.*`,
+        );
+      }
+      const fullBytes = statSync(archiveB).size;
+      row(
+        'delta ship (one extension changed) vs full: bytes sent',
+        deltaBytes,
+        'B',
+        deltaBytes.map(() => fullBytes),
+        'ratio <= 0.02',
+        (_, r) => r !== null && r <= 0.02,
       );
-    }
-    const fullBytes = statSync(archiveB).size;
-    row(
-      'delta ship (one extension changed) vs full: bytes sent',
-      deltaBytes,
-      'B',
-      deltaBytes.map(() => fullBytes),
-      'ratio <= 0.02',
-      (_, r) => r !== null && r <= 0.02,
-    );
-    row(
-      'delta ship (one extension changed) vs full: time',
-      deltaSecs,
-      's',
-      full,
-      'ratio <= 0.15',
-      (_, r) => r !== null && r <= 0.15,
-    );
-
-    // ---- 8 hosts vs 1 host (full ships)
-    const fleet: number[] = [];
-    const fleetCpu: { hosts: number; machine: number }[] = [];
-    for (let i = 0; i < RUNS; i++) {
-      await Promise.all(FLEET.map((h) => emptyHost(h)));
-      const r = await cpuDuring(FLEET, () => cli(config, 'ship', 'fleet', A));
-      fleet.push(r.result.secs);
-      fleetCpu.push(r);
-      log(
-        `fleet ship ${r.result.secs.toFixed(1)} s: hosts' CPU ${r.hosts.toFixed(1)} s, machine ${r.machine.toFixed(1)} s (${CORES} cores: at least ${(r.machine / CORES).toFixed(1)} s)`,
+      row(
+        'delta ship (one extension changed) vs full: time',
+        deltaSecs,
+        's',
+        full,
+        'ratio <= 0.15',
+        (_, r) => r !== null && r <= 0.15,
       );
+
+      // ---- 8 hosts vs 1 host (full ships)
+      const fleet: number[] = [];
+      const fleetCpu: { hosts: number; machine: number }[] = [];
+      for (let i = 0; i < RUNS; i++) {
+        await Promise.all(FLEET.map((h) => emptyHost(h)));
+        const r = await cpuDuring(FLEET, () => cli(config, 'ship', 'fleet', A));
+        fleet.push(r.result.secs);
+        fleetCpu.push(r);
+        log(
+          `fleet ship ${r.result.secs.toFixed(1)} s: hosts' CPU ${r.hosts.toFixed(1)} s, machine ${r.machine.toFixed(1)} s (${CORES} cores: at least ${(r.machine / CORES).toFixed(1)} s)`,
+        );
+      }
+      row('ship to 8 hosts vs 1 host', fleet, 's', full, 'ratio <= 1.5', (_, r) => r !== null && r <= 1.5, {
+        host_cpu_s: median(fleetCpu.map((c) => c.hosts)),
+        machine_cpu_s: median(fleetCpu.map((c) => c.machine)),
+        cores: CORES,
+      });
+
+      // ---- rollback on 8 hosts, without the restart command
+      await cli(config, 'ship', 'fleet', B);
+      const noRestart = project.variant('no-restart', (t) => t.replace(/restart: .*/, 'restart: "true"'));
+      const rollback: number[] = [];
+      const rollbackCpu: { hosts: number; machine: number }[] = [];
+      for (let i = 0; i < RUNS; i++) {
+        const r = await cpuDuring(FLEET, () => cli(noRestart, 'rollback', 'fleet', '--to', i % 2 ? B : A));
+        rollback.push(r.result.secs);
+        rollbackCpu.push(r);
+        log(
+          `rollback ${r.result.secs.toFixed(1)} s: hosts' CPU ${r.hosts.toFixed(1)} s, machine ${r.machine.toFixed(1)} s; ${r.result.err
+            .split('\n')
+            .filter((l) => /already there/.test(l))
+            .slice(0, 1)
+            .join('')}`,
+        );
+      }
+      row('rollback on 8 hosts (restart excluded)', rollback, 's', null, '<= 3 s', (v) => v <= 3, {
+        host_cpu_s: median(rollbackCpu.map((c) => c.hosts)),
+        machine_cpu_s: median(rollbackCpu.map((c) => c.machine)),
+        cores: CORES,
+      });
+
+      await emptyTrash(FLEET);
     }
-    row('ship to 8 hosts vs 1 host', fleet, 's', full, 'ratio <= 1.5', (_, r) => r !== null && r <= 1.5, {
-      host_cpu_s: median(fleetCpu.map((c) => c.hosts)),
-      machine_cpu_s: median(fleetCpu.map((c) => c.machine)),
-      cores: CORES,
-    });
 
-    // ---- rollback on 8 hosts, without the restart command
-    await cli(config, 'ship', 'fleet', B);
-    const noRestart = project.variant('no-restart', (t) => t.replace(/restart: .*/, 'restart: "true"'));
-    const rollback: number[] = [];
-    const rollbackCpu: { hosts: number; machine: number }[] = [];
-    for (let i = 0; i < RUNS; i++) {
-      const r = await cpuDuring(FLEET, () => cli(noRestart, 'rollback', 'fleet', '--to', i % 2 ? B : A));
-      rollback.push(r.result.secs);
-      rollbackCpu.push(r);
-      log(
-        `rollback ${r.result.secs.toFixed(1)} s: hosts' CPU ${r.hosts.toFixed(1)} s, machine ${r.machine.toFixed(1)} s; ${r.result.err
-          .split('\n')
-          .filter((l) => /already there/.test(l))
-          .slice(0, 1)
-          .join('')}`,
-      );
-    }
-    row('rollback on 8 hosts (restart excluded)', rollback, 's', null, '<= 3 s', (v) => v <= 3, {
-      host_cpu_s: median(rollbackCpu.map((c) => c.hosts)),
-      machine_cpu_s: median(rollbackCpu.map((c) => c.machine)),
-      cores: CORES,
-    });
-
-    row(
-      'warm rebuild (one extension changed) vs cold build',
-      warmRuns,
-      's',
-      cold,
-      'ratio <= 0.15',
-      (_, r) => r !== null && r <= 0.15,
-    );
-
-    await emptyTrash(FLEET);
-
-    if (!process.env.BENCH_SKIP_RESTART) {
+    if (!process.env.BENCH_SKIP_RESTART && !process.env.BENCH_ONLY_BUILDS) {
       // The restart recipe's contrast (README "Web servers"): a small release, one Apache host.
       const c = await restartContrast(RESTART_SWITCHES, log);
       log(
