@@ -39,6 +39,11 @@ export const BASE_VENV = '/opt/ckan-release/base-venv';
 /** The Docker volume that keeps the archive's compressed chunks between builds (see pack() in the script). */
 export const PACK_CACHE_VOLUME = 'ckan-release-pack-cache';
 const PACK_CACHE_MOUNT = '/cache';
+/**
+ * The Docker volume mounted at <root>/releases in the release container: copies of base venvs, one
+ * per base image, of which each release is made by hard links (see BaseCopy in the script).
+ */
+export const BASE_COPIES_VOLUME = 'ckan-release-base-copies';
 
 export type BuildStep =
   | 'resolve'
@@ -66,6 +71,8 @@ export interface BuildOptions {
   cacheDir?: string;
   /** The Docker volume of compressed archive chunks; default $CKAN_RELEASE_PACK_CACHE_VOLUME or PACK_CACHE_VOLUME. */
   packCacheVolume?: string;
+  /** The Docker volume of base venv copies; default $CKAN_RELEASE_BASE_COPIES_VOLUME or BASE_COPIES_VOLUME. */
+  baseCopiesVolume?: string;
   onEvent?: (event: BuildEvent) => void;
   now?: () => Date;
 }
@@ -237,7 +244,8 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
       script: digest(scriptText.toString()),
     });
     const id = artifactId(now(), inputsDigest);
-    const releasePath = path.posix.join(config.root, 'releases', id);
+    const releasesDir = path.posix.join(config.root, 'releases');
+    const releasePath = path.posix.join(releasesDir, id);
     emit({ kind: 'info', message: `artifact ${id}, built at ${releasePath}` });
 
     // The release step's input: extension trees, patches, find-links, the spec and the script.
@@ -272,6 +280,9 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
         current: path.posix.join(config.root, 'current'),
         output: '/output',
         pack_cache: PACK_CACHE_MOUNT,
+        base_copies: releasesDir,
+        // Keyed by the base image's id, not its tag: a base rebuilt under the same tag is a new copy.
+        base_copy_key: (await docker.getImage(baseTag).inspect()).Id.replace(/^sha256:/, '').slice(0, 32),
         python_path: pythonPath,
         pip: { ...pipSettings, find_links: findLinks },
         extensions: inputs.extensions.map((x) => ({
@@ -287,9 +298,15 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
     );
     writeFileSync(path.join(input, 'build.py'), scriptText);
 
-    const packCache = await ensurePackCache(
+    const packCache = await ensureVolume(
       docker,
       opts.packCacheVolume ?? process.env.CKAN_RELEASE_PACK_CACHE_VOLUME ?? PACK_CACHE_VOLUME,
+      'pack-cache',
+    );
+    const baseCopies = await ensureVolume(
+      docker,
+      opts.baseCopiesVolume ?? process.env.CKAN_RELEASE_BASE_COPIES_VOLUME ?? BASE_COPIES_VOLUME,
+      'base-copies',
     );
 
     staging = path.join(config.store, `.staging-${id}-${process.pid}`);
@@ -300,7 +317,10 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
       emit,
       fetchOutputTo: staging,
       logFile,
-      volume: { name: packCache, target: PACK_CACHE_MOUNT },
+      volumes: [
+        { name: packCache, target: PACK_CACHE_MOUNT },
+        { name: baseCopies, target: releasesDir },
+      ],
     });
 
     emit({ kind: 'step', step: 'store' });
@@ -472,19 +492,19 @@ interface StepOptions {
   commitAs?: string;
   /** Copy the container's /output into this directory. */
   fetchOutputTo?: string;
-  /** A named volume to mount (the pack cache; the release step only). */
-  volume?: { name: string; target: string };
+  /** Named volumes to mount (the pack cache and the base copies; the release step only). */
+  volumes?: { name: string; target: string }[];
 }
 
-/** The pack cache volume, created (labelled as ckan-release's) if missing; returns its name. */
-async function ensurePackCache(docker: Docker, name: string): Promise<string> {
+/** A volume of the build (pack-cache, base-copies), created (labelled as ckan-release's) if missing. */
+async function ensureVolume(docker: Docker, name: string, kind: string): Promise<string> {
   try {
     await docker.getVolume(name).inspect();
   } catch (e) {
     if ((e as { statusCode?: number }).statusCode !== 404) throw e;
     await docker.createVolume({
       Name: name,
-      Labels: { 'ckan-release': '1', 'ckan-release.volume': 'pack-cache' },
+      Labels: { 'ckan-release': '1', 'ckan-release.volume': kind },
     });
   }
   return name;
@@ -508,7 +528,11 @@ async function runStep(
     Labels: { 'ckan-release': '1', 'ckan-release.step': command },
     HostConfig: {
       NetworkMode: opts.network === 'default' ? 'default' : opts.network,
-      Mounts: opts.volume ? [{ Type: 'volume', Source: opts.volume.name, Target: opts.volume.target }] : [],
+      Mounts: (opts.volumes ?? []).map((v) => ({
+        Type: 'volume' as const,
+        Source: v.name,
+        Target: v.target,
+      })),
     },
     AttachStdout: true,
     AttachStderr: true,
