@@ -200,6 +200,6 @@ describe.each(TEST_PYTHONS)('the builder clone on Python $label', (py) => {
     expect(full!.chunks).toBe(cold!.chunks);
     expect(r.archives_equal).toBe(true);
     expect(r.refused).toBe('lib/big.dat changed while the release was packed');
-    expect(r.damaged_entry).toBe('lib/pkg/__init__.py differs from the base image\'s');
+    expect(r.damaged_entry).toBe("lib/pkg/__init__.py differs from the base image's");
   });
 });
