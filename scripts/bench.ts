@@ -48,6 +48,9 @@ const CORES = os.cpus().length;
 // The bench's own pack cache volume, emptied before each cold build (README "Builds").
 const PACK_CACHE = 'ckan-release-bench-pack-cache';
 process.env.CKAN_RELEASE_PACK_CACHE_VOLUME = PACK_CACHE;
+// And its own base venv copies (the hard-link source of the clone), removed with the pack cache.
+const BASE_COPIES = 'ckan-release-bench-base-copies';
+process.env.CKAN_RELEASE_BASE_COPIES_VOLUME = BASE_COPIES;
 
 const t0 = performance.now();
 const log = (line: string) =>
@@ -336,7 +339,7 @@ async function main(): Promise<void> {
       const coldStart = () => {
         if (baseTag) execFileSync('docker', ['rmi', baseTag], { stdio: 'ignore' });
         rmSync(process.env.CKAN_RELEASE_CACHE!, { recursive: true, force: true });
-        execFileSync('docker', ['volume', 'rm', '-f', PACK_CACHE], { stdio: 'ignore' });
+        execFileSync('docker', ['volume', 'rm', '-f', PACK_CACHE, BASE_COPIES], { stdio: 'ignore' });
       };
       coldStart();
       let b = await cli(config, 'build');
@@ -562,7 +565,7 @@ async function main(): Promise<void> {
     if (!process.env.BENCH_KEEP) {
       await sandboxDown(docker, { dir: sandboxDir }, () => undefined).catch(() => undefined);
       rmSync(project.dir, { recursive: true, force: true });
-      execFileSync('docker', ['volume', 'rm', '-f', PACK_CACHE], { stdio: 'ignore' });
+      execFileSync('docker', ['volume', 'rm', '-f', PACK_CACHE, BASE_COPIES], { stdio: 'ignore' });
     }
   }
 }
