@@ -540,6 +540,26 @@ async function runStep(
   const tail: string[] = [];
   let failure: ScriptEvent | undefined;
   let result: ScriptEvent | undefined;
+  // /output is whole once the script reports its result: it is copied out while the script still
+  // removes the release from the base copies volume (seconds), and used only if the step succeeds.
+  let fetching: Promise<void> | undefined;
+  const fetchOutput = async () => {
+    const to = opts.fetchOutputTo!;
+    await moving(`copying the artifact out of the build container into ${to}`, async () => {
+      mkdirSync(to, { recursive: true });
+      const archive = (await container.getArchive({ path: '/output' })) as NodeJS.ReadableStream;
+      await new Promise<void>((resolve, reject) => {
+        const extract = tar.extract(to, {
+          map: (h) => ({ ...h, name: h.name.replace(/^output\/?/, '') }),
+          ignore: (_name, h) => h?.name === 'output' || h?.name === 'output/',
+        });
+        extract.on('finish', resolve);
+        extract.on('error', reject);
+        archive.on('error', reject);
+        archive.pipe(extract);
+      });
+    });
+  };
   try {
     await moving(`sending ${workDir} into the build container`, async () => {
       const pack = tar.pack(workDir, {
@@ -566,7 +586,13 @@ async function runStep(
             opts.log.write(`${String(ev.message)}\n`);
             opts.emit({ kind: 'info', message: String(ev.message) });
           } else if (ev.event === 'error') failure = ev;
-          else if (ev.event === 'result') result = ev;
+          else if (ev.event === 'result') {
+            result = ev;
+            if (opts.fetchOutputTo && !fetching) {
+              fetching = fetchOutput();
+              fetching.catch(() => undefined);
+            }
+          }
           continue;
         }
         opts.log.write(line + '\n');
@@ -583,6 +609,8 @@ async function runStep(
     const { StatusCode } = (await container.wait()) as { StatusCode: number };
     await Promise.race([ended, new Promise((r) => setTimeout(r, 3000))]);
     if (pending) onText('\n');
+    // A step that failed after its result: let the copy finish before its directory is removed.
+    if (fetching && (failure || StatusCode !== 0)) await fetching.catch(() => undefined);
     if (failure)
       throw new BuildFailedError(
         `build failed (${failure.kind}): ${failure.message}`,
@@ -599,23 +627,7 @@ async function runStep(
       const [repo, tag] = opts.commitAs.split(':') as [string, string];
       await container.commit({ repo, tag, comment: 'ckan-release base venv' });
     }
-    if (opts.fetchOutputTo) {
-      const to = opts.fetchOutputTo;
-      await moving(`copying the artifact out of the build container into ${to}`, async () => {
-        mkdirSync(to, { recursive: true });
-        const archive = (await container.getArchive({ path: '/output' })) as NodeJS.ReadableStream;
-        await new Promise<void>((resolve, reject) => {
-          const extract = tar.extract(to, {
-            map: (h) => ({ ...h, name: h.name.replace(/^output\/?/, '') }),
-            ignore: (_name, h) => h?.name === 'output' || h?.name === 'output/',
-          });
-          extract.on('finish', resolve);
-          extract.on('error', reject);
-          archive.on('error', reject);
-          archive.pipe(extract);
-        });
-      });
-    }
+    if (opts.fetchOutputTo) await (fetching ?? fetchOutput());
     return result ?? { event: 'done' };
   } finally {
     await container.remove({ force: true }).catch(() => undefined);
