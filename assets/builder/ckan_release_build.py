@@ -929,11 +929,18 @@ def release_steps(spec, state):
 
     emit("step", name="pack")
     archive = os.path.join(out_dir, "release.tar.gz")
-    stats = pack(release, files, archive, spec.get("pack_cache"))
-    emit("info", message="pack: %d entries in %d chunks, %d compressed, %d from the cache%s, %.1f MB"
+    skip = None
+    if "local_members" in spec:
+        # The build machine assembles release.tar.gz: it gets only the members it does not hold.
+        skip = set(spec["local_members"])
+        archive = os.path.join(out_dir, "members.gz")
+    stats = pack(release, files, archive, spec.get("pack_cache"), skip)
+    emit("info", message="pack: %d entries in %d chunks, %d compressed, %d from the cache%s, %.1f MB%s"
          % (len(files), stats["chunks"], stats["compressed"], stats["cached"],
             ", %d damaged cache entries replaced" % stats["damaged"] if stats["damaged"] else "",
-            stats["bytes"] / 1e6))
+            stats["bytes"] / 1e6,
+            "; %d members sent, %d already on the build machine" % (stats["chunks"] - stats["skipped"],
+                                                                  stats["skipped"]) if skip is not None else ""))
     emit("result", plugins=facts["plugins"], freeze=freeze_lines, python_version=facts["python_version"],
          ckan_version=facts["ckan_version"], archive_bytes=stats["bytes"], archive_sha256=stats["sha256"],
          archive_chunks=stats["members"], files=len(files), requirements=requirements_used,
@@ -1215,15 +1222,17 @@ class PackCache(object):
         return removed, total
 
 
-def pack(release, files, archive, cache_dir):
-    """Writes release.tar.gz; returns the counts for the log, its size and sha256."""
+def pack(release, files, archive, cache_dir, skip=None):
+    """Writes release.tar.gz; returns the counts for the log, its size and sha256. With skip (sha256s
+    of members the build machine already holds), archive gets only the other members, in order: the
+    size, sha256 and member list are still the whole archive's."""
     cache = None
     if cache_dir:
         try:
             cache = PackCache(cache_dir)
         except (IOError, OSError) as e:
             log("pack cache unusable, compressing everything: %s" % e)
-    stats = {"chunks": 0, "compressed": 0, "cached": 0, "damaged": 0}
+    stats = {"chunks": 0, "compressed": 0, "cached": 0, "damaged": 0, "skipped": 0}
 
     def member(pieces):
         path = cache.path(pieces) if cache else None
@@ -1248,10 +1257,14 @@ def pack(release, files, archive, cache_dir):
     with open(archive, "wb") as out:
         def write(result):
             data, how = result
-            out.write(data)
+            sha256 = hashlib.sha256(data).hexdigest()
+            if skip and sha256 in skip:
+                stats["skipped"] += 1
+            else:
+                out.write(data)
             digest.update(data)
             size[0] += len(data)
-            members.append({"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+            members.append({"bytes": len(data), "sha256": sha256})
             stats["chunks"] += 1
             stats[how] += 1
             if how == "damaged":

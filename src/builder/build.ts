@@ -28,6 +28,7 @@ import { redactUrls } from '../redact.js';
 import { exportTree } from './git.js';
 import { artifactId } from '../artifact/id.js';
 import { digest, findLinksListing, resolveInputs, type BuildInputs } from './inputs.js';
+import { assembleArchive, localMembers } from './members.js';
 
 export const BUILD_SCRIPT = path.resolve(
   path.dirname(fileURLToPath(import.meta.url)),
@@ -248,6 +249,7 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
     const releasePath = path.posix.join(releasesDir, id);
     emit({ kind: 'info', message: `artifact ${id}, built at ${releasePath}` });
 
+    const localArchiveMembers = localMembers(config.store);
     // The release step's input: extension trees, patches, find-links, the spec and the script.
     const input = path.join(work, 'release', 'input');
     await Promise.all(
@@ -280,6 +282,8 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
         current: path.posix.join(config.root, 'current'),
         output: '/output',
         pack_cache: PACK_CACHE_MOUNT,
+        // The members the newest local artifacts hold: the container sends only the others.
+        local_members: [...localArchiveMembers.keys()],
         base_copies: releasesDir,
         // Keyed by the base image's id, not its tag: a base rebuilt under the same tag is a new copy.
         base_copy_key: (await docker.getImage(baseTag).inspect()).Id.replace(/^sha256:/, '').slice(0, 32),
@@ -324,6 +328,16 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
     });
 
     emit({ kind: 'step', step: 'store' });
+    const sent = path.join(staging, 'members.gz');
+    await moving(`assembling the archive in ${staging}`, () =>
+      assembleArchive(
+        (result.archive_chunks as ArchiveChunk[] | undefined) ?? [],
+        localArchiveMembers,
+        sent,
+        path.join(staging!, 'release.tar.gz'),
+      ),
+    );
+    rmSync(sent);
     const archiveSha = await sha256File(path.join(staging, 'release.tar.gz'));
     if (archiveSha !== result.archive_sha256) {
       throw new OperationError(
