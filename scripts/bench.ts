@@ -340,6 +340,8 @@ async function main(): Promise<void> {
         if (baseTag) execFileSync('docker', ['rmi', baseTag], { stdio: 'ignore' });
         rmSync(process.env.CKAN_RELEASE_CACHE!, { recursive: true, force: true });
         execFileSync('docker', ['volume', 'rm', '-f', PACK_CACHE, BASE_COPIES], { stdio: 'ignore' });
+        // No local artifact either: a build takes the archive members it lacks from the newest ones.
+        rmSync(path.join(project.dir, '.ckan-release', 'artifacts'), { recursive: true, force: true });
       };
       coldStart();
       let b = await cli(config, 'build');
