@@ -759,10 +759,19 @@ class BaseCopy(object):
             shutil.rmtree(path)
 
     def record(self):
-        """The inode and ctime of every listed file of the copy, after the clone and the rewrite."""
+        """The inode and ctime of every listed file of the copy, after the clone and the rewrite.
+        Returns once the clock has passed the newest recorded ctime by more than the file system's
+        timestamp granularity (a second where ctimes are whole seconds, else the kernel's coarse
+        clock tick), so that any later change moves a ctime."""
+        latest, whole = 0, True
         for rel in self.files:
             st = os.lstat(os.path.join(self.venv, rel))
             self.recorded[rel] = (st.st_ino, st.st_ctime)
+            latest = max(latest, st.st_ctime)
+            whole = whole and st.st_ctime == int(st.st_ctime)
+        wait = latest + (1.05 if whole else 0.02) - time.time()
+        if wait > 0:
+            time.sleep(wait)
         return set(ino for ino, _ in self.recorded.values())
 
     def check(self):
