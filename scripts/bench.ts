@@ -8,6 +8,7 @@
 //   BENCH_PREFIX  sandbox host names are <prefix>1..8 (default "bench")
 //   BENCH_KEEP=1  keep the sandbox hosts and the project directory afterwards
 //   BENCH_SKIP_S3=1  skip the S3 rows (publish, fetch: direct; they start a radosgw container)
+//   BENCH_ONLY_BUILDS=1  only the build rows (and the S3 row unless skipped): BENCH_ROWS=build,s3
 //   BENCH_SKIP_DISK=1  skip the disk row (5 kept releases linked vs copied: three more builds, ten ships)
 //   BENCH_ROWS=a,b  only these groups of rows (default all): build (cold and warm builds), s3, full,
 //                 delta, fleet, direct, disk, rollback, fixed, restart. Without `build` the two artifacts are still
@@ -56,13 +57,19 @@ const BALLAST_DIR = path.resolve(
 const FIXED_GIT_DATE = '2024-01-01T00:00:00Z';
 const RESTART_SWITCHES = Number(process.env.BENCH_RESTART_SWITCHES ?? 10);
 const CORES = os.cpus().length;
-const ROWS = process.env.BENCH_ROWS?.split(',').map((x) => x.trim());
+// BENCH_ONLY_BUILDS=1 is BENCH_ROWS=build,s3 (the build rows, and the S3 row unless skipped).
+const ROWS = process.env.BENCH_ONLY_BUILDS
+  ? ['build', 's3']
+  : process.env.BENCH_ROWS?.split(',').map((x) => x.trim());
 const runs = (group: string) => !ROWS || ROWS.includes(group);
 const BASELINE_CLI = process.env.BENCH_BASELINE_CLI;
 const COUNTER = path.resolve('bench/count-channels.mjs');
 // The bench's own pack cache volume, emptied before each cold build (README "Builds").
 const PACK_CACHE = 'ckan-release-bench-pack-cache';
 process.env.CKAN_RELEASE_PACK_CACHE_VOLUME = PACK_CACHE;
+// And its own base venv copies (the hard-link source of the clone), removed with the pack cache.
+const BASE_COPIES = 'ckan-release-bench-base-copies';
+process.env.CKAN_RELEASE_BASE_COPIES_VOLUME = BASE_COPIES;
 
 const t0 = performance.now();
 const log = (line: string) =>
@@ -440,7 +447,9 @@ async function main(): Promise<void> {
       const coldStart = () => {
         if (baseTag) execFileSync('docker', ['rmi', baseTag], { stdio: 'ignore' });
         rmSync(process.env.CKAN_RELEASE_CACHE!, { recursive: true, force: true });
-        execFileSync('docker', ['volume', 'rm', '-f', PACK_CACHE], { stdio: 'ignore' });
+        execFileSync('docker', ['volume', 'rm', '-f', PACK_CACHE, BASE_COPIES], { stdio: 'ignore' });
+        // No local artifact either: a build takes the archive members it lacks from the newest ones.
+        rmSync(path.join(project.dir, '.ckan-release', 'artifacts'), { recursive: true, force: true });
       };
       coldStart();
       let b = await cli(config, 'build');
@@ -500,9 +509,11 @@ async function main(): Promise<void> {
       );
     }
 
-    // ---- hosts
-    await cli(config, 'sandbox', 'up');
-    await cli(config, 'setup', 'fleet');
+    // ---- hosts (none when only build or s3 rows run)
+    if (['full', 'delta', 'fleet', 'direct', 'disk', 'rollback', 'fixed'].some(runs)) {
+      await cli(config, 'sandbox', 'up');
+      await cli(config, 'setup', 'fleet');
+    }
 
     // ---- full ship to one host vs ssh + tar -xzf
     const full: number[] = [];
@@ -853,7 +864,7 @@ async function main(): Promise<void> {
     if (!process.env.BENCH_KEEP) {
       await sandboxDown(docker, { dir: sandboxDir }, () => undefined).catch(() => undefined);
       rmSync(project.dir, { recursive: true, force: true });
-      execFileSync('docker', ['volume', 'rm', '-f', PACK_CACHE], { stdio: 'ignore' });
+      execFileSync('docker', ['volume', 'rm', '-f', PACK_CACHE, BASE_COPIES], { stdio: 'ignore' });
     }
   }
 }

@@ -32,6 +32,9 @@ import zlib
 FIXED_MTIME = 946684800
 # In the base image, beside the base venv: the files and links that name the base venv's path.
 BASE_PATHS = "/opt/ckan-release/base-venv-paths.json"
+# Also there: path, size, mode and sha256 of every regular file of the base venv (the release step
+# takes the hashes of the files it shares with the base from here instead of reading them).
+BASE_FILES = "/opt/ckan-release/base-venv-files.json"
 # Kernels cut #! lines at 127 bytes (BINPRM_BUF_SIZE 128); longer ones need pip's /bin/sh trampoline.
 MAX_SHEBANG = 127
 
@@ -320,7 +323,20 @@ def cmd_base(spec):
     with io.open(BASE_PATHS, "w", encoding="utf-8") as f:
         f.write(json.dumps(named, sort_keys=True) + u"\n")
     log("base: %d files and links name %s" % (len(named), base))
+    with io.open(BASE_FILES, "w", encoding="utf-8") as f:
+        f.write(json.dumps(base_files(base, named), sort_keys=True) + u"\n")
     emit("done")
+
+
+def base_files(base, named):
+    """Every regular file of the base that does not name its path (those the clone rewrites):
+    path -> [size, mode, sha256]. In the base image's layer, what a base copy is checked against."""
+    listed = set(named)
+    out = {}
+    for entry in manifest(base, base)[0]:
+        if entry["type"] == "file" and entry["path"] not in listed:
+            out[entry["path"]] = [entry["size"], entry["mode"], entry["sha256"]]
+    return out
 
 
 # ------------------------------------------------------------------------------------------- release
@@ -381,9 +397,13 @@ def rewrite_paths(release, old, new, listed):
             binaries.append(rel)
             continue
         data = fix_shebang(data.replace(old_b, new_b), path)
-        with open(path, "wb") as f:
+        # A new file renamed over the old one: the clone's files may be hard links to the base copy,
+        # which a write in place would change.
+        tmp = path + ".ckan-release-rewrite"
+        with open(tmp, "wb") as f:
             f.write(data)
-        os.chmod(path, stat.S_IMODE(st.st_mode))
+        os.chmod(tmp, stat.S_IMODE(st.st_mode))
+        os.rename(tmp, path)
         changed += 1
     return changed, binaries
 
@@ -416,12 +436,20 @@ sys.exit(0 if ok else 1)
 '''
 
 
-def compile_tree(python, top, current, force):
+def compile_tree(python, top, current, force, shared=None):
     """Fixed mtimes, then compileall naming sources <current>/... (-d): the .pyc of an unchanged
     source is byte-identical from one release to the next (deltas). Without force, only bytecode whose
     header does not match its source's mtime is made: drop_stale_bytecode() first removes what a
-    same-mtime header would hide."""
-    run(["find", top, "-exec", "touch", "-h", "-d", "@%d" % FIXED_MTIME, "{}", "+"])
+    same-mtime header would hide. With shared (the inodes the tree shares with the base copy), only
+    the regular files that are not shared and whose mtime differs are touched (a shared inode is
+    the base's: its mtime is the base's, and a touch would change the base copy)."""
+    if shared is None:
+        run(["find", top, "-exec", "touch", "-h", "-d", "@%d" % FIXED_MTIME, "{}", "+"])
+    else:
+        for path in walk(top):
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode) and st.st_mtime != FIXED_MTIME and st.st_ino not in shared:
+                os.utime(path, (FIXED_MTIME, FIXED_MTIME))
     code, out = run([python, "-c", COMPILE, top, current, "1" if force else "0"])
     if code != 0:
         # Venvs hold files that are not valid for this Python (templates, py2-only tests): not fatal.
@@ -641,19 +669,194 @@ def link_who_ini(release, version):
     return None
 
 
+# How many base copies the volume keeps (the most recently used; one per base image).
+BASE_COPIES_KEEP = 3
+
+
+class BaseCopy(object):
+    """A copy of the base venv in a Docker volume mounted at <root>/releases, the release's parent:
+    the release is made of hard links to it (cp -al), not a copy of 286 MB. The base venv in the
+    image's layer cannot be the source: overlayfs copies a lower layer's file up before it links it.
+
+    A hard link shares the inode, so whatever writes into a release file in place writes into the
+    base copy. The build writes nothing in place itself (rewrites go to a new file renamed over the
+    link; touch and compile skip shared inodes), and proves that nothing else did: the ctime of every
+    inode of the copy is recorded after the clone (the kernel moves it on any write, truncate, chmod
+    or link count change; user space cannot set it); after the install, a file whose ctime moved is
+    read again and compared with the base image's own list (BASE_FILES, in the image's layer, which no
+    build can change). A copy with a changed file is removed; the next build makes it again from the
+    image. The files proved unchanged are the ones the manifest need not read.
+
+    One build at a time uses a volume (an exclusive lock); a build that died while using a copy
+    leaves a mark that makes the next one replace it."""
+
+    def __init__(self, releases, key, base):
+        self.releases = releases
+        self.top = os.path.join(releases, ".ckan-release-base")
+        self.dir = os.path.join(self.top, key)
+        self.venv = os.path.join(self.dir, "venv")
+        self.base = base
+        self.recorded = {}
+        self.lock_file = None
+        with io.open(BASE_FILES, encoding="utf-8") as f:
+            self.files = json.load(f)
+
+    def prepare(self):
+        """Locks the volume, removes what crashed builds left, and makes sure the copy is whole."""
+        import fcntl
+        import shutil
+        if not os.path.isdir(self.top):
+            os.makedirs(self.top)
+        self.lock_file = open(os.path.join(self.top, "lock"), "a")
+        fcntl.flock(self.lock_file.fileno(), fcntl.LOCK_EX)
+        for name in os.listdir(self.releases):
+            if name != ".ckan-release-base":
+                log("base copy volume: removing %s, left by an earlier build" % name)
+                shutil.rmtree(os.path.join(self.releases, name))
+        ok, dirty = os.path.join(self.dir, "ok"), os.path.join(self.dir, "dirty")
+        reason = None
+        if not os.path.exists(ok):
+            reason = "none yet" if not os.path.exists(self.dir) else "unfinished"
+        elif os.path.exists(dirty):
+            reason = "an earlier build using it did not finish"
+        else:
+            reason = self.damaged_entry()
+        if reason:
+            log("base copy %s: making it (%s)" % (self.dir, reason))
+            if os.path.exists(self.dir):
+                shutil.rmtree(self.dir)
+            os.makedirs(self.dir)
+            code, _ = run(["cp", "-a", self.base, self.venv])
+            if code != 0:
+                raise BuildFailure("clone", "copying the base venv to %s failed" % self.venv)
+            io.open(ok, "w").close()
+        io.open(dirty, "w").close()
+        self.prune()
+
+    def damaged_entry(self):
+        """A file of the list that is missing in the copy or differs in size or mode (a cheap lstat
+        of each: what cannot go unseen between builds), or None."""
+        for rel, (size, mode, _) in self.files.items():
+            try:
+                st = os.lstat(os.path.join(self.venv, rel))
+            except OSError:
+                return "%s is missing" % rel
+            if not stat.S_ISREG(st.st_mode) or st.st_size != size or "%04o" % stat.S_IMODE(st.st_mode) != mode:
+                return "%s differs from the base image's" % rel
+        return None
+
+    def prune(self):
+        import shutil
+        others = []
+        for name in os.listdir(self.top):
+            path = os.path.join(self.top, name)
+            if name == "lock" or path == self.dir:
+                continue
+            ok = os.path.join(path, "ok")
+            others.append((os.path.getmtime(ok) if os.path.exists(ok) else 0, path))
+        for _, path in sorted(others, reverse=True)[BASE_COPIES_KEEP - 1:]:
+            log("base copy volume: removing %s (least recently used)" % path)
+            shutil.rmtree(path)
+
+    def record(self):
+        """The inode and ctime of every listed file of the copy, after the clone and the rewrite.
+        Returns once the clock has passed the newest recorded ctime by more than the file system's
+        timestamp granularity (a second where ctimes are whole seconds, else the kernel's coarse
+        clock tick), so that any later change moves a ctime."""
+        latest, whole = 0, True
+        for rel in self.files:
+            st = os.lstat(os.path.join(self.venv, rel))
+            self.recorded[rel] = (st.st_ino, st.st_ctime)
+            latest = max(latest, st.st_ctime)
+            whole = whole and st.st_ctime == int(st.st_ctime)
+        wait = latest + (1.05 if whole else 0.02) - time.time()
+        if wait > 0:
+            time.sleep(wait)
+        return set(ino for ino, _ in self.recorded.values())
+
+    def check(self):
+        """The inodes proved unchanged (inode -> (size, sha256)) and the files found changed."""
+        known, changed = {}, []
+        for rel, (size, mode, sha256) in self.files.items():
+            path = os.path.join(self.venv, rel)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                changed.append(rel)
+                continue
+            if (st.st_ino, st.st_ctime) != self.recorded.get(rel):
+                # Moved: a link removed (pip replacing a file), or a write. The bytes say which.
+                if (st.st_size != size or "%04o" % stat.S_IMODE(st.st_mode) != mode
+                        or file_sha256(path) != sha256):
+                    changed.append(rel)
+                    continue
+            known[st.st_ino] = (size, sha256)
+        return known, changed
+
+    def finish(self, changed):
+        import shutil
+        if changed:
+            log("base copy %s: %d files changed during the build (%s): removed, the next build makes it again"
+                % (self.dir, len(changed), ", ".join(sorted(changed)[:5])))
+            shutil.rmtree(self.dir)
+        else:
+            os.unlink(os.path.join(self.dir, "dirty"))
+            os.utime(os.path.join(self.dir, "ok"), None)
+        self.lock_file.close()
+        self.lock_file = None
+
+
+def file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def cmd_release(spec):
+    copy = None
+    if spec.get("base_copies"):
+        copy = BaseCopy(spec["base_copies"], spec["base_copy_key"], spec["base"])
+    state = {"copy": copy, "changed": None}
+    try:
+        release_steps(spec, state)
+    finally:
+        # The release in the volume goes (the artifact is in /output); the copy is checked if the
+        # build stopped before it was, and kept only if nothing changed it.
+        if state["copy"] and state["copy"].lock_file:
+            if os.path.lexists(spec["release"]):
+                run(["rm", "-rf", spec["release"]])
+            if state["changed"] is None:
+                state["changed"] = state["copy"].check()[1]
+            state["copy"].finish(state["changed"])
+
+
+def release_steps(spec, state):
     base, release = spec["base"], spec["release"]
     python = os.path.join(release, "bin", "python")
+    copy = state["copy"]
 
     emit("step", name="clone")
+    shared = None
+    if copy:
+        copy.prepare()
     if os.path.exists(release):
         raise BuildFailure("clone", "%s already exists in the build container" % release)
     parent = os.path.dirname(release)
     if not os.path.isdir(parent):
         os.makedirs(parent)
-    code, _ = run(["cp", "-a", base, release])
-    if code != 0:
-        raise BuildFailure("clone", "copying the base venv to %s failed" % release)
+    if copy:
+        code, _ = run(["cp", "-al", copy.venv, release])
+        if code != 0:
+            log("hard links from the base copy failed; copying the base venv instead")
+            run(["rm", "-rf", release])
+            copy.finish([])
+            copy = state["copy"] = None
+    if not copy:
+        code, _ = run(["cp", "-a", base, release])
+        if code != 0:
+            raise BuildFailure("clone", "copying the base venv to %s failed" % release)
     with io.open(BASE_PATHS, encoding="utf-8") as f:
         listed = json.load(f)
     changed, binaries = rewrite_paths(release, base, release, listed)
@@ -661,6 +864,9 @@ def cmd_release(spec):
         raise BuildFailure("clone", "binary files name the base venv path %s and cannot be rewritten: %s"
                            % (base, ", ".join(binaries[:10])), files=binaries)
     log("rewrote the base venv path in %d files and links" % changed)
+    if copy:
+        shared = copy.record()
+        log("cloned by hard links from %s (%d files shared)" % (copy.venv, len(shared)))
 
     emit("step", name="extensions")
     for ext in spec["extensions"]:
@@ -679,7 +885,7 @@ def cmd_release(spec):
 
     emit("step", name="compile")
     log("removed %d stale .pyc files" % drop_stale_bytecode(release))
-    compile_tree(python, release, spec["current"], force=False)
+    compile_tree(python, release, spec["current"], force=False, shared=shared)
 
     emit("step", name="verify")
     code, out = run([python, "-m", "pip", "check"])
@@ -716,7 +922,11 @@ def cmd_release(spec):
     run(["touch", "-h", "-d", "@%d" % FIXED_MTIME, os.path.join(release, "RELEASE.json"), release])
 
     emit("step", name="manifest")
-    files, offenders = manifest(release, base)
+    known = None
+    if copy:
+        known, state["changed"] = copy.check()
+        log("base copy: %d shared files unchanged, %d changed" % (len(known), len(state["changed"])))
+    files, offenders = manifest(release, base, known)
     if offenders:
         raise BuildFailure("verify", "files still name the base venv path %s: %s" % (base, ", ".join(offenders[:10])),
                            files=offenders)
@@ -728,11 +938,18 @@ def cmd_release(spec):
 
     emit("step", name="pack")
     archive = os.path.join(out_dir, "release.tar.gz")
-    stats = pack(release, files, archive, spec.get("pack_cache"))
-    emit("info", message="pack: %d entries in %d chunks, %d compressed, %d from the cache%s, %.1f MB"
+    skip = None
+    if "local_members" in spec:
+        # The build machine assembles release.tar.gz: it gets only the members it does not hold.
+        skip = set(spec["local_members"])
+        archive = os.path.join(out_dir, "members.gz")
+    stats = pack(release, files, archive, spec.get("pack_cache"), skip)
+    emit("info", message="pack: %d entries in %d chunks, %d compressed, %d from the cache%s, %.1f MB%s"
          % (len(files), stats["chunks"], stats["compressed"], stats["cached"],
             ", %d damaged cache entries replaced" % stats["damaged"] if stats["damaged"] else "",
-            stats["bytes"] / 1e6))
+            stats["bytes"] / 1e6,
+            "; %d members sent, %d already on the build machine" % (stats["chunks"] - stats["skipped"],
+                                                                  stats["skipped"]) if skip is not None else ""))
     emit("result", plugins=facts["plugins"], freeze=freeze_lines, python_version=facts["python_version"],
          ckan_version=facts["ckan_version"], archive_bytes=stats["bytes"], archive_sha256=stats["sha256"],
          archive_chunks=stats["members"], files=len(files), requirements=requirements_used,
@@ -746,7 +963,8 @@ def cmd_release(spec):
 # members, one per chunk of entries. A gzip file of several members is one valid gzip file (RFC 1952):
 # gzip -d, tar -xz and Node's gunzip read it whole. The chunks are compressed in parallel (zlib
 # releases the GIL), and a chunk whose bytes an earlier build already compressed is taken from the
-# cache, so a warm build compresses only what changed.
+# cache, so a warm build compresses only what changed. The cache names a chunk by its headers and its
+# files' sizes and sha256 (from the manifest): a chunk found there reads none of its files.
 PACK_LEVEL = 6
 # GNU tar's record: the archive ends with two zero blocks, padded to a multiple of 20 blocks.
 TAR_RECORD = 10240
@@ -759,7 +977,7 @@ CHUNK_CUTS = ((4, 1 << 20), (5, 4 << 20), (0, 16 << 20))
 # The cache keeps at most this many bytes; the members least recently used go first, never one the
 # current build used.
 PACK_CACHE_CAP = 2 << 30
-PACK_CACHE_KEY = ("ckan-release pack: gzip member of a tar chunk, zlib level %d, zlib %s\n"
+PACK_CACHE_KEY = ("ckan-release pack: gzip member of a tar chunk named by its pieces, zlib level %d, zlib %s\n"
                   % (PACK_LEVEL, getattr(zlib, "ZLIB_RUNTIME_VERSION", zlib.ZLIB_VERSION))).encode("ascii")
 
 
@@ -802,12 +1020,14 @@ def tar_long(value, typeflag):
     return tar_header(b"././@LongLink", 0o644, len(data), typeflag, mtime=0) + data + tar_padding(len(data))
 
 
-def tar_entry(release, entry):
-    """The tar bytes of one files.json entry: its header(s), its content and the padding."""
+def tar_pieces(entry):
+    """The tar bytes of one files.json entry as pieces: raw bytes (its header(s) and padding) and, for
+    a file, ("file", entry) standing for its content, whose size and sha256 the manifest gives. A chunk
+    is named by its pieces, so a cached chunk is found without reading the files it holds."""
     name = fsencode("./" + entry["path"])
     mode = int(entry["mode"], 8)
     link = b""
-    data = b""
+    size = 0
     if entry["type"] == "dir":
         name += b"/"
         typeflag = b"5"
@@ -816,39 +1036,86 @@ def tar_entry(release, entry):
         typeflag = b"2"
     else:
         typeflag = b"0"
-        with open(os.path.join(release, entry["path"]), "rb") as f:
-            data = f.read()
-        if len(data) != entry["size"]:
-            raise BuildFailure("pack", "%s changed while the release was packed" % entry["path"])
-    parts = []
+        size = entry["size"]
+    head = []
     if len(link) > 100:
-        parts.append(tar_long(link, b"K"))
+        head.append(tar_long(link, b"K"))
     if len(name) > 100:
-        parts.append(tar_long(name, b"L"))
-    parts += [tar_header(name, mode, len(data), typeflag, link), data, tar_padding(len(data))]
-    return b"".join(parts)
+        head.append(tar_long(name, b"L"))
+    head.append(tar_header(name, mode, size, typeflag, link))
+    pieces = [b"".join(head)]
+    if entry["type"] == "file":
+        pieces += [("file", entry), tar_padding(size)]
+    return pieces, sum(len(p) for p in pieces if isinstance(p, bytes)) + size
 
 
-def tar_chunks(release, files):
-    """The archive's tar bytes in chunks cut at path-stable boundaries; the end-of-archive zero blocks
-    are a chunk of their own (they depend on the total size, which any change moves)."""
+def tar_chunks(files):
+    """The archive's tar stream as chunks of pieces, cut at path-stable boundaries; the end-of-archive
+    zero blocks are a chunk of their own (they depend on the total size, which any change moves)."""
     parts, size, total, previous = [], 0, 0, None
     for entry in files:
         components = entry["path"].split("/")
         if parts:
             for depth, minimum in CHUNK_CUTS:
                 if size >= minimum and (not depth or components[:depth] != previous[:depth]):
-                    yield b"".join(parts)
+                    yield parts
                     parts, size = [], 0
                     break
-        data = tar_entry(release, entry)
-        parts.append(data)
-        size += len(data)
-        total += len(data)
+        pieces, length = tar_pieces(entry)
+        parts += pieces
+        size += length
+        total += length
         previous = components
     if parts:
-        yield b"".join(parts)
-    yield b"\0" * (1024 + (-(total + 1024) % TAR_RECORD))
+        yield parts
+    yield [b"\0" * (1024 + (-(total + 1024) % TAR_RECORD))]
+
+
+def chunk_key(pieces):
+    """The pack cache's name for a chunk: the sha256 of its raw pieces and of its files' sizes and
+    content hashes (which fix their bytes), with the level and the zlib version."""
+    h = hashlib.sha256(PACK_CACHE_KEY)
+    for piece in pieces:
+        if isinstance(piece, bytes):
+            h.update(("r%d:" % len(piece)).encode("ascii"))
+            h.update(piece)
+        else:
+            h.update(("f%d:%s" % (piece[1]["size"], piece[1]["sha256"])).encode("ascii"))
+    return h.hexdigest()
+
+
+def chunk_bytes(release, pieces):
+    """A chunk's raw tar bytes, its files read from the release (each checked against its size and
+    sha256: the archive holds exactly what the manifest says)."""
+    out = []
+    for piece in pieces:
+        if isinstance(piece, bytes):
+            out.append(piece)
+            continue
+        entry = piece[1]
+        with open(os.path.join(release, entry["path"]), "rb") as f:
+            data = f.read()
+        if len(data) != entry["size"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise BuildFailure("pack", "%s changed while the release was packed" % entry["path"])
+        out.append(data)
+    return b"".join(out)
+
+
+def chunk_holds(raw, pieces):
+    """Whether raw is the chunk the pieces describe: every raw piece byte for byte, every file's
+    content of its size and sha256, nothing more."""
+    at = 0
+    for piece in pieces:
+        if isinstance(piece, bytes):
+            if raw[at:at + len(piece)] != piece:
+                return False
+            at += len(piece)
+        else:
+            size = piece[1]["size"]
+            if at + size > len(raw) or hashlib.sha256(raw[at:at + size]).hexdigest() != piece[1]["sha256"]:
+                return False
+            at += size
+    return at == len(raw)
 
 
 def gzip_member(raw):
@@ -870,15 +1137,19 @@ def stream_ended(d):
     return probe.unused_data == b"\0"
 
 
-def member_holds(data, raw):
-    """Whether data is exactly one gzip member whose content is raw: a cached member is never trusted
-    for its name alone (a damaged or truncated file, or a disk error, would ship a broken archive)."""
+def member_content(data):
+    """The content of data if it is exactly one whole gzip member, else None."""
     d = zlib.decompressobj(31)
     try:
         out = d.decompress(data)
     except zlib.error:
-        return False
-    return not d.unused_data and stream_ended(d) and out == raw
+        return None
+    return out if not d.unused_data and stream_ended(d) else None
+
+
+def member_holds(data, raw):
+    """Whether data is exactly one gzip member whose content is raw."""
+    return member_content(data) == raw
 
 
 class PackCache(object):
@@ -893,13 +1164,13 @@ class PackCache(object):
         if not os.path.isdir(self.dir):
             os.makedirs(self.dir)
 
-    def path(self, raw):
-        h = hashlib.sha256(PACK_CACHE_KEY)
-        h.update(raw)
-        return os.path.join(self.dir, h.hexdigest() + ".gz")
+    def path(self, pieces):
+        return os.path.join(self.dir, chunk_key(pieces) + ".gz")
 
-    def get(self, path, raw):
-        """The cached member for raw: (data, None), (None, "damaged") or (None, None) if absent."""
+    def get(self, path, pieces):
+        """The cached member for the chunk: (data, None), (None, "damaged") or (None, None) if absent.
+        Never trusted for its name alone (a damaged or truncated file, a disk error, or code a build
+        ran writing into the volume): it is decompressed and checked against the chunk's pieces."""
         with self.lock:
             self.used.add(path)
         try:
@@ -907,7 +1178,8 @@ class PackCache(object):
                 data = f.read()
         except (IOError, OSError):
             return None, None
-        if not member_holds(data, raw):
+        raw = member_content(data)
+        if raw is None or not chunk_holds(raw, pieces):
             return None, "damaged"
         try:
             os.utime(path, None)
@@ -959,23 +1231,26 @@ class PackCache(object):
         return removed, total
 
 
-def pack(release, files, archive, cache_dir):
-    """Writes release.tar.gz; returns the counts for the log, its size and sha256."""
+def pack(release, files, archive, cache_dir, skip=None):
+    """Writes release.tar.gz; returns the counts for the log, its size and sha256. With skip (sha256s
+    of members the build machine already holds), archive gets only the other members, in order: the
+    size, sha256 and member list are still the whole archive's."""
     cache = None
     if cache_dir:
         try:
             cache = PackCache(cache_dir)
         except (IOError, OSError) as e:
             log("pack cache unusable, compressing everything: %s" % e)
-    stats = {"chunks": 0, "compressed": 0, "cached": 0, "damaged": 0}
+    stats = {"chunks": 0, "compressed": 0, "cached": 0, "damaged": 0, "skipped": 0}
 
-    def member(raw):
-        path = cache.path(raw) if cache else None
+    def member(pieces):
+        path = cache.path(pieces) if cache else None
         if path:
-            data, problem = cache.get(path, raw)
+            data, problem = cache.get(path, pieces)
             if data is not None:
                 return data, "cached"
-        data = gzip_member(raw)
+        # Only a chunk that is not in the cache reads its files.
+        data = gzip_member(chunk_bytes(release, pieces))
         if path:
             cache.put(path, data)
             if problem:
@@ -991,10 +1266,14 @@ def pack(release, files, archive, cache_dir):
     with open(archive, "wb") as out:
         def write(result):
             data, how = result
-            out.write(data)
+            sha256 = hashlib.sha256(data).hexdigest()
+            if skip and sha256 in skip:
+                stats["skipped"] += 1
+            else:
+                out.write(data)
             digest.update(data)
             size[0] += len(data)
-            members.append({"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+            members.append({"bytes": len(data), "sha256": sha256})
             stats["chunks"] += 1
             stats[how] += 1
             if how == "damaged":
@@ -1003,16 +1282,16 @@ def pack(release, files, archive, cache_dir):
         try:
             from concurrent.futures import ThreadPoolExecutor
         except ImportError:  # Python 2.7: one chunk after the other
-            for raw in tar_chunks(release, files):
-                write(member(raw))
+            for pieces in tar_chunks(files):
+                write(member(pieces))
         else:
             import collections
             pool = ThreadPoolExecutor(workers)
             pending = collections.deque()
             try:
                 # At most a few chunks in flight: memory stays a few MB per worker.
-                for raw in tar_chunks(release, files):
-                    pending.append(pool.submit(member, raw))
+                for pieces in tar_chunks(files):
+                    pending.append(pool.submit(member, pieces))
                     while len(pending) > 2 * workers:
                         write(pending.popleft().result())
                 while pending:
@@ -1028,12 +1307,15 @@ def pack(release, files, archive, cache_dir):
     return stats
 
 
-def manifest(release, base):
+def manifest(release, base, known=None):
     """Every entry under the release: path, type, mode, size, sha256, link target. Also finds any file
-    that still names the base venv path (text or binary)."""
+    that still names the base venv path (text or binary). known maps the inodes the release shares
+    with an unchanged base copy to their sha256: those files are not read (the base step hashed them
+    and found no mention of its path in them)."""
     base_b = base.encode("utf-8")
     files = []
     offenders = []
+    known = known or {}
     for path in walk(release):
         rel = os.path.relpath(path, release)
         st = os.lstat(path)
@@ -1045,6 +1327,9 @@ def manifest(release, base):
             files.append({"path": rel, "type": "symlink", "mode": mode, "size": 0, "sha256": None, "target": target})
         elif stat.S_ISDIR(st.st_mode):
             files.append({"path": rel, "type": "dir", "mode": mode, "size": 0, "sha256": None, "target": None})
+        elif stat.S_ISREG(st.st_mode) and known.get(st.st_ino, (None,))[0] == st.st_size:
+            files.append({"path": rel, "type": "file", "mode": mode, "size": st.st_size,
+                          "sha256": known[st.st_ino][1], "target": None})
         elif stat.S_ISREG(st.st_mode):
             h = hashlib.sha256()
             tail = b""

@@ -28,6 +28,7 @@ import { redactUrls } from '../redact.js';
 import { exportTree } from './git.js';
 import { artifactId } from '../artifact/id.js';
 import { digest, findLinksListing, resolveInputs, type BuildInputs } from './inputs.js';
+import { assembleArchive, localMembers } from './members.js';
 
 export const BUILD_SCRIPT = path.resolve(
   path.dirname(fileURLToPath(import.meta.url)),
@@ -39,6 +40,11 @@ export const BASE_VENV = '/opt/ckan-release/base-venv';
 /** The Docker volume that keeps the archive's compressed chunks between builds (see pack() in the script). */
 export const PACK_CACHE_VOLUME = 'ckan-release-pack-cache';
 const PACK_CACHE_MOUNT = '/cache';
+/**
+ * The Docker volume mounted at <root>/releases in the release container: copies of base venvs, one
+ * per base image, of which each release is made by hard links (see BaseCopy in the script).
+ */
+export const BASE_COPIES_VOLUME = 'ckan-release-base-copies';
 
 export type BuildStep =
   | 'resolve'
@@ -66,6 +72,8 @@ export interface BuildOptions {
   cacheDir?: string;
   /** The Docker volume of compressed archive chunks; default $CKAN_RELEASE_PACK_CACHE_VOLUME or PACK_CACHE_VOLUME. */
   packCacheVolume?: string;
+  /** The Docker volume of base venv copies; default $CKAN_RELEASE_BASE_COPIES_VOLUME or BASE_COPIES_VOLUME. */
+  baseCopiesVolume?: string;
   onEvent?: (event: BuildEvent) => void;
   now?: () => Date;
 }
@@ -237,9 +245,11 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
       script: digest(scriptText.toString()),
     });
     const id = artifactId(now(), inputsDigest);
-    const releasePath = path.posix.join(config.root, 'releases', id);
+    const releasesDir = path.posix.join(config.root, 'releases');
+    const releasePath = path.posix.join(releasesDir, id);
     emit({ kind: 'info', message: `artifact ${id}, built at ${releasePath}` });
 
+    const localArchiveMembers = localMembers(config.store);
     // The release step's input: extension trees, patches, find-links, the spec and the script.
     const input = path.join(work, 'release', 'input');
     await Promise.all(
@@ -272,6 +282,11 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
         current: path.posix.join(config.root, 'current'),
         output: '/output',
         pack_cache: PACK_CACHE_MOUNT,
+        // The members the newest local artifacts hold: the container sends only the others.
+        local_members: [...localArchiveMembers.keys()],
+        base_copies: releasesDir,
+        // Keyed by the base image's id, not its tag: a base rebuilt under the same tag is a new copy.
+        base_copy_key: (await docker.getImage(baseTag).inspect()).Id.replace(/^sha256:/, '').slice(0, 32),
         python_path: pythonPath,
         pip: { ...pipSettings, find_links: findLinks },
         extensions: inputs.extensions.map((x) => ({
@@ -287,9 +302,15 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
     );
     writeFileSync(path.join(input, 'build.py'), scriptText);
 
-    const packCache = await ensurePackCache(
+    const packCache = await ensureVolume(
       docker,
       opts.packCacheVolume ?? process.env.CKAN_RELEASE_PACK_CACHE_VOLUME ?? PACK_CACHE_VOLUME,
+      'pack-cache',
+    );
+    const baseCopies = await ensureVolume(
+      docker,
+      opts.baseCopiesVolume ?? process.env.CKAN_RELEASE_BASE_COPIES_VOLUME ?? BASE_COPIES_VOLUME,
+      'base-copies',
     );
 
     staging = path.join(config.store, `.staging-${id}-${process.pid}`);
@@ -300,10 +321,23 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
       emit,
       fetchOutputTo: staging,
       logFile,
-      volume: { name: packCache, target: PACK_CACHE_MOUNT },
+      volumes: [
+        { name: packCache, target: PACK_CACHE_MOUNT },
+        { name: baseCopies, target: releasesDir },
+      ],
     });
 
     emit({ kind: 'step', step: 'store' });
+    const sent = path.join(staging, 'members.gz');
+    await moving(`assembling the archive in ${staging}`, () =>
+      assembleArchive(
+        (result.archive_chunks as ArchiveChunk[] | undefined) ?? [],
+        localArchiveMembers,
+        sent,
+        path.join(staging!, 'release.tar.gz'),
+      ),
+    );
+    rmSync(sent);
     const archiveSha = await sha256File(path.join(staging, 'release.tar.gz'));
     if (archiveSha !== result.archive_sha256) {
       throw new OperationError(
@@ -472,19 +506,19 @@ interface StepOptions {
   commitAs?: string;
   /** Copy the container's /output into this directory. */
   fetchOutputTo?: string;
-  /** A named volume to mount (the pack cache; the release step only). */
-  volume?: { name: string; target: string };
+  /** Named volumes to mount (the pack cache and the base copies; the release step only). */
+  volumes?: { name: string; target: string }[];
 }
 
-/** The pack cache volume, created (labelled as ckan-release's) if missing; returns its name. */
-async function ensurePackCache(docker: Docker, name: string): Promise<string> {
+/** A volume of the build (pack-cache, base-copies), created (labelled as ckan-release's) if missing. */
+async function ensureVolume(docker: Docker, name: string, kind: string): Promise<string> {
   try {
     await docker.getVolume(name).inspect();
   } catch (e) {
     if ((e as { statusCode?: number }).statusCode !== 404) throw e;
     await docker.createVolume({
       Name: name,
-      Labels: { 'ckan-release': '1', 'ckan-release.volume': 'pack-cache' },
+      Labels: { 'ckan-release': '1', 'ckan-release.volume': kind },
     });
   }
   return name;
@@ -508,7 +542,11 @@ async function runStep(
     Labels: { 'ckan-release': '1', 'ckan-release.step': command },
     HostConfig: {
       NetworkMode: opts.network === 'default' ? 'default' : opts.network,
-      Mounts: opts.volume ? [{ Type: 'volume', Source: opts.volume.name, Target: opts.volume.target }] : [],
+      Mounts: (opts.volumes ?? []).map((v) => ({
+        Type: 'volume' as const,
+        Source: v.name,
+        Target: v.target,
+      })),
     },
     AttachStdout: true,
     AttachStderr: true,
@@ -516,6 +554,26 @@ async function runStep(
   const tail: string[] = [];
   let failure: ScriptEvent | undefined;
   let result: ScriptEvent | undefined;
+  // /output is whole once the script reports its result: it is copied out while the script still
+  // removes the release from the base copies volume (seconds), and used only if the step succeeds.
+  let fetching: Promise<void> | undefined;
+  const fetchOutput = async () => {
+    const to = opts.fetchOutputTo!;
+    await moving(`copying the artifact out of the build container into ${to}`, async () => {
+      mkdirSync(to, { recursive: true });
+      const archive = (await container.getArchive({ path: '/output' })) as NodeJS.ReadableStream;
+      await new Promise<void>((resolve, reject) => {
+        const extract = tar.extract(to, {
+          map: (h) => ({ ...h, name: h.name.replace(/^output\/?/, '') }),
+          ignore: (_name, h) => h?.name === 'output' || h?.name === 'output/',
+        });
+        extract.on('finish', resolve);
+        extract.on('error', reject);
+        archive.on('error', reject);
+        archive.pipe(extract);
+      });
+    });
+  };
   try {
     await moving(`sending ${workDir} into the build container`, async () => {
       const pack = tar.pack(workDir, {
@@ -542,7 +600,13 @@ async function runStep(
             opts.log.write(`${String(ev.message)}\n`);
             opts.emit({ kind: 'info', message: String(ev.message) });
           } else if (ev.event === 'error') failure = ev;
-          else if (ev.event === 'result') result = ev;
+          else if (ev.event === 'result') {
+            result = ev;
+            if (opts.fetchOutputTo && !fetching) {
+              fetching = fetchOutput();
+              fetching.catch(() => undefined);
+            }
+          }
           continue;
         }
         opts.log.write(line + '\n');
@@ -559,6 +623,8 @@ async function runStep(
     const { StatusCode } = (await container.wait()) as { StatusCode: number };
     await Promise.race([ended, new Promise((r) => setTimeout(r, 3000))]);
     if (pending) onText('\n');
+    // A step that failed after its result: let the copy finish before its directory is removed.
+    if (fetching && (failure || StatusCode !== 0)) await fetching.catch(() => undefined);
     if (failure)
       throw new BuildFailedError(
         `build failed (${failure.kind}): ${failure.message}`,
@@ -575,23 +641,7 @@ async function runStep(
       const [repo, tag] = opts.commitAs.split(':') as [string, string];
       await container.commit({ repo, tag, comment: 'ckan-release base venv' });
     }
-    if (opts.fetchOutputTo) {
-      const to = opts.fetchOutputTo;
-      await moving(`copying the artifact out of the build container into ${to}`, async () => {
-        mkdirSync(to, { recursive: true });
-        const archive = (await container.getArchive({ path: '/output' })) as NodeJS.ReadableStream;
-        await new Promise<void>((resolve, reject) => {
-          const extract = tar.extract(to, {
-            map: (h) => ({ ...h, name: h.name.replace(/^output\/?/, '') }),
-            ignore: (_name, h) => h?.name === 'output' || h?.name === 'output/',
-          });
-          extract.on('finish', resolve);
-          extract.on('error', reject);
-          archive.on('error', reject);
-          archive.pipe(extract);
-        });
-      });
-    }
+    if (opts.fetchOutputTo) await (fetching ?? fetchOutput());
     return result ?? { event: 'done' };
   } finally {
     await container.remove({ force: true }).catch(() => undefined);

@@ -1,17 +1,7 @@
 // ckan-release build on the real engine with the debian12 builder and the fixture repositories.
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import {
-  existsSync,
-  lstatSync,
-  mkdirSync,
-  mkdtempSync,
-  readdirSync,
-  readFileSync,
-  readlinkSync,
-  writeFileSync,
-} from 'node:fs';
-import os from 'node:os';
+import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
@@ -26,6 +16,7 @@ import { demuxBuffer } from '../../src/docker/run.js';
 import { commitFile } from '../support/fixtures.js';
 import { builderImage, inFreshContainer, testDocker } from '../support/docker.js';
 import { testProject, type TestProject } from '../support/project.js';
+import { expectArchiveMatches, packLine, sha256 } from '../support/artifact.js';
 
 let docker: Docker;
 let project: TestProject;
@@ -33,11 +24,14 @@ let first: { id: string; manifest: Manifest; dir: string };
 let firstOutput: string;
 // This file's own pack cache, so that its counts do not depend on other builds and it may damage it.
 const PACK_VOLUME = `ckan-release-pack-cache-test-${process.pid}`;
+// And its own base copies (the volume mounted at <root>/releases in the release container).
+const COPIES_VOLUME = `ckan-release-base-copies-test-${process.pid}`;
 
 beforeAll(async () => {
   docker = await testDocker();
   project = await testProject();
   process.env.CKAN_RELEASE_PACK_CACHE_VOLUME = PACK_VOLUME;
+  process.env.CKAN_RELEASE_BASE_COPIES_VOLUME = COPIES_VOLUME;
   const r = await project.cli('--config', project.config, 'build');
   firstOutput = r.err;
   expect(r.err).not.toMatch(/^ckan-release: /m);
@@ -53,31 +47,10 @@ beforeAll(async () => {
 
 afterAll(async () => {
   delete process.env.CKAN_RELEASE_PACK_CACHE_VOLUME;
+  delete process.env.CKAN_RELEASE_BASE_COPIES_VOLUME;
   await docker.getVolume(PACK_VOLUME).remove();
+  await docker.getVolume(COPIES_VOLUME).remove();
 });
-
-const PACK_LINE =
-  /pack: (\d+) entries in (\d+) chunks, (\d+) compressed, (\d+) from the cache(?:, (\d+) damaged cache entries replaced)?, [\d.]+ MB/;
-
-interface PackLine {
-  entries: number;
-  chunks: number;
-  compressed: number;
-  cached: number;
-  damaged: number;
-}
-
-function packLine(output: string): PackLine {
-  const m = PACK_LINE.exec(output);
-  expect(m, output).not.toBeNull();
-  return {
-    entries: Number(m![1]),
-    chunks: Number(m![2]),
-    compressed: Number(m![3]),
-    cached: Number(m![4]),
-    damaged: Number(m![5] ?? 0),
-  };
-}
 
 /** How many gzip members the file holds (Python's zlib: one decompressobj per member). */
 function gzipMembers(file: string): number {
@@ -108,43 +81,6 @@ async function tarEntries(data: Buffer): Promise<{ name: string; type: string; b
   Readable.from([data]).pipe(createGunzip()).pipe(extract);
   await done;
   return out;
-}
-
-/** Unpacks the artifact with the system's tar and checks it against its manifest, entry by entry. */
-function expectArchiveMatches(dir: string, manifest: Manifest): void {
-  const out = mkdtempSync(path.join(os.tmpdir(), 'ckan-release-unpack-'));
-  execFileSync('tar', ['-xzf', path.join(dir, 'release.tar.gz'), '-C', out]);
-  const listed = new Set<string>();
-  for (const f of manifest.files) {
-    listed.add(f.path);
-    const p = path.join(out, f.path);
-    const st = lstatSync(p);
-    expect((st.mode & 0o7777).toString(8).padStart(4, '0'), f.path).toBe(f.mode);
-    if (f.type === 'file') {
-      expect(st.isFile(), f.path).toBe(true);
-      expect(st.size, f.path).toBe(f.size);
-      expect(sha256(p), f.path).toBe(f.sha256);
-    } else if (f.type === 'symlink') {
-      expect(readlinkSync(p), f.path).toBe(f.target);
-    } else {
-      expect(st.isDirectory(), f.path).toBe(true);
-    }
-  }
-  const onDisk: string[] = [];
-  const walk = (rel: string) => {
-    for (const name of readdirSync(path.join(out, rel))) {
-      const r = rel ? `${rel}/${name}` : name;
-      onDisk.push(r);
-      if (lstatSync(path.join(out, r)).isDirectory()) walk(r);
-    }
-  };
-  walk('');
-  expect(onDisk.filter((p) => !listed.has(p))).toEqual([]);
-  expect(onDisk.length).toBe(manifest.files.length);
-}
-
-function sha256(file: string): string {
-  return createHash('sha256').update(readFileSync(file)).digest('hex');
 }
 
 describe('a build of the example project', () => {
