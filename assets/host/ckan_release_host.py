@@ -517,6 +517,23 @@ class GunzipReader(object):
             parts.append(take)
         return b"".join(parts)
 
+    def read_some(self, n):
+        """Up to n bytes, waiting only until some are there (b"" at the end): a reader that checks
+        what arrived must not wait for data the sender holds back until it has an answer."""
+        while self.pos >= len(self.chunk):
+            if self.done:
+                return b""
+            chunk = self.chunks.get()
+            if chunk is None:
+                self.done = True
+                if self.error is not None:
+                    raise self.error
+                return b""
+            self.chunk, self.pos = chunk, 0
+        take = self.chunk[self.pos:self.pos + n]
+        self.pos += len(take)
+        return take
+
 
 # ------------------------------------------------------------------------------------------ seals
 # A release's seal, .ckan-release/manifests/<ID>.seal, records for every file the (inode, size, mtime,
@@ -999,6 +1016,8 @@ class Blocks(object):
 
     def __init__(self, reader):
         self.reader = reader
+        # What has arrived, not a full 1 MB: the headers are checked as soon as they are there.
+        self.read = getattr(reader, "read_some", reader.read)
         self.buf = b""
         self.pos = 0
 
@@ -1011,7 +1030,7 @@ class Blocks(object):
         have = len(parts[0])
         self.buf, self.pos = b"", 0
         while have < n:
-            chunk = self.reader.read(1 << 20)
+            chunk = self.read(1 << 20)
             if not chunk:
                 raise EOFError("the archive ends inside a member")
             if len(chunk) > n - have:
@@ -1025,7 +1044,7 @@ class Blocks(object):
         """n bytes as consecutive pieces, without joining them."""
         while n > 0:
             if self.pos >= len(self.buf):
-                self.buf, self.pos = self.reader.read(1 << 20), 0
+                self.buf, self.pos = self.read(1 << 20), 0
                 if not self.buf:
                     raise EOFError("the archive ends inside a member")
             k = min(n, len(self.buf) - self.pos)
