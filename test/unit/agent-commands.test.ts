@@ -29,6 +29,13 @@ import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { AGENT_SCRIPT } from '../../src/deploy/agent.js';
 import { archiveMtime, makeDeltaArchive } from '../../src/deploy/delta.js';
+import {
+  hostRollbackTarget,
+  pruneInstructions,
+  prunePlan,
+  type HostFacts,
+  type HostPlan,
+} from '../../src/plan.js';
 import { requirePython, TEST_PYTHONS } from '../support/pythons.js';
 import { rawArchive, writeRelease, type TreeEntry } from '../support/release.js';
 
@@ -273,7 +280,23 @@ describe.each(TEST_PYTHONS)('the host agent on Python $label', (py) => {
     expect((await refused('lock', { root, owner: owner('op4'), ttl: 600 })).kind).toBe('locked');
   });
 
-  it('the rollback target skips a bad release; prune keeps current, target, protect and its own files', async () => {
+  // The plan decides (src/plan.ts, from the agent's facts); the agent removes what it is told and keeps
+  // only its safety refusals (prune_refusal). Both run here against the same real root.
+  const planPrune = (f: Record<string, unknown>, keep: number) => {
+    const facts = f as unknown as HostFacts;
+    const target = hostRollbackTarget(facts);
+    const items = prunePlan(
+      facts.releases.map((r) => r.id),
+      facts.partials,
+      facts.current,
+      target,
+      keep,
+      facts.tmp ?? [],
+    );
+    return pruneInstructions({ prune: items, rollback_target_after: target } as HostPlan, keep);
+  };
+
+  it('the rollback target skips a bad release; prune removes what the plan names, and the agent refuses current, protected and the running operation', async () => {
     const { root, store } = await bed('prune');
     for (const [id, op] of [
       [ID_A, 'opa'],
@@ -287,45 +310,60 @@ describe.each(TEST_PYTHONS)('the host agent on Python $label', (py) => {
       await ok('switch', { root, id, op: 'ops' });
       await ok('ledger', { root, entries: [{ event: 'healthy', release: id }] });
     }
-    expect(await ok('facts', { root })).toMatchObject({ current: ID_C, rollback_target: ID_B });
+    let facts = await ok('facts', { root });
+    expect(facts.current).toBe(ID_C);
+    expect(hostRollbackTarget(facts as unknown as HostFacts)).toBe(ID_B);
     await ok('ledger', { root, entries: [{ event: 'bad', release: ID_B }] });
-    expect(await ok('facts', { root })).toMatchObject({ rollback_target: ID_A });
-    // Leftovers of an interrupted operation, and this operation's own files.
+    expect(hostRollbackTarget((await ok('facts', { root })) as unknown as HostFacts)).toBe(ID_A);
+    // Leftovers of an interrupted operation, and the running operation's own files.
     mkdirSync(path.join(root, 'releases', `.partial-${ID_D}-opold`));
     mkdirSync(path.join(root, 'releases', `.partial-${ID_D}-opnow`));
     writeFileSync(path.join(root, '.ckan-release', 'tmp', 'opold-manifest.json'), '{}');
     writeFileSync(path.join(root, '.ckan-release', 'tmp', 'opnow-manifest.json'), '{}');
-    // keep 1: current (C) and target (A) are kept whatever keep says; D is protected by the caller.
-    const pruned = await ok('prune', { root, keep: 1, op: 'opnow', protect: [ID_D] });
-    expect(pruned.kept).toEqual([ID_A, ID_C, ID_D]);
+    facts = await ok('facts', { root });
+    // keep 1: current (C) and the target (A) are kept whatever keep says; B and D go.
+    const plan = planPrune(facts, 1);
+    expect(plan.remove.map((x) => x.release).sort()).toEqual([ID_B, ID_D]);
+    expect(plan.protect).toEqual([ID_A]);
+    const before = readdirSync(path.join(root, 'releases')).sort();
+    // The agent's safety refusals, each refusing the whole call before anything is removed: the
+    // running operation's own files; a release the call protects; current itself.
+    expect((await refused('prune', { root, op: 'opnow', ...plan })).kind).toBe('protected');
+    const others = {
+      ...plan,
+      paths: plan.paths.filter((x) => !x.path.includes('opnow')),
+    };
+    expect((await refused('prune', { root, op: 'opnow', ...others, protect: [ID_D] })).kind).toBe(
+      'protected',
+    );
+    expect(
+      (await refused('prune', { root, op: 'opnow', remove: [{ release: ID_C, why: 'x' }], paths: [] })).kind,
+    ).toBe('protected');
+    expect(
+      (await refused('prune', { root, op: 'opnow', remove: [], paths: [{ path: '../../etc', why: 'x' }] }))
+        .kind,
+    ).toBe('protected');
+    expect(readdirSync(path.join(root, 'releases')).sort()).toEqual(before);
+    const pruned = await ok('prune', { root, op: 'opnow', ...others });
+    // Newest first, as the plan lists them.
     expect(pruned.removed).toEqual([
+      { release: ID_D, why: 'beyond keep_releases=1' },
       { release: ID_B, why: 'beyond keep_releases=1' },
-      {
-        release: null,
-        path: `.partial-${ID_D}-opold`,
-        why: 'partial directory left by an interrupted operation',
-      },
-      {
-        release: null,
-        path: '.ckan-release/tmp/opold-manifest.json',
-        why: 'temporary file left by an interrupted operation',
-      },
+      expect.objectContaining({ release: null, path: `.partial-${ID_D}-opold` }),
+      expect.objectContaining({ release: null, path: '.ckan-release/tmp/opold-manifest.json' }),
     ]);
-    expect(readdirSync(path.join(root, 'releases')).sort()).toEqual([
-      `.partial-${ID_D}-opnow`,
-      ID_A,
-      ID_C,
-      ID_D,
-    ]);
+    expect(readdirSync(path.join(root, 'releases')).sort()).toEqual([`.partial-${ID_D}-opnow`, ID_A, ID_C]);
     expect(readdirSync(path.join(root, '.ckan-release', 'tmp'))).toEqual(['opnow-manifest.json']);
     expect(existsSync(path.join(root, '.ckan-release', 'manifests', `${ID_B}.json`))).toBe(false);
     expect(existsSync(path.join(root, '.ckan-release', 'manifests', `${ID_A}.json`))).toBe(true);
     expect(ledger(root).at(-1)).toMatchObject({ event: 'pruned', release: ID_B, op: 'opnow' });
     expect(readlinkSync(path.join(root, 'current'))).toBe(`releases/${ID_C}`);
-    // Found healthy again (named by a rollback --to): no longer bad, the target again once current moves.
-    await ok('switch', { root, id: ID_D, op: 'opt' });
-    await ok('ledger', { root, entries: [{ event: 'healthy', release: ID_D }] });
-    expect(await ok('facts', { root })).toMatchObject({ current: ID_D, rollback_target: ID_C });
+    // A switch to A found healthy again (named by a rollback --to): C is then its target.
+    await ok('switch', { root, id: ID_A, op: 'opt' });
+    await ok('ledger', { root, entries: [{ event: 'healthy', release: ID_A }] });
+    facts = await ok('facts', { root });
+    expect(facts.current).toBe(ID_A);
+    expect(hostRollbackTarget(facts as unknown as HostFacts)).toBe(ID_C);
   });
 
   it('prune removes an adopted release by its link only; setup is idempotent', async () => {
@@ -349,7 +387,8 @@ describe.each(TEST_PYTHONS)('the host agent on Python $label', (py) => {
       await ok('switch', { root, id, op });
       await ok('ledger', { root, entries: [{ event: 'healthy', release: id }] });
     }
-    const pruned = await ok('prune', { root, keep: 1, op: 'opp' });
+    const plan = planPrune(await ok('facts', { root }), 1);
+    const pruned = await ok('prune', { root, op: 'opp', ...plan });
     expect(pruned.removed).toEqual([{ release: ID_A, why: 'beyond keep_releases=1' }]);
     expect(readdirSync(path.join(root, 'releases')).sort()).toEqual([ID_B, ID_C]);
     expect(readFileSync(path.join(root, 'default', 'bin', 'python'), 'utf8')).toBe('');
