@@ -749,7 +749,7 @@ def check_member(name, kind, linkname, entries, seen, manifest_entries, dirs_ok)
             raise Refused("bad-artifact", "%s: the archive has a directory, the manifest a %s" % (rel, entry["type"]))
     elif kind == "symlink":
         if entry["type"] != "symlink" or linkname != entry["target"]:
-            raise Refused("bad-artifact", "%s: symlink target %r differs from the manifest's %r"
+            raise Refused("bad-artifact", "%s: symlink target '%s' differs from the manifest's '%s'"
                           % (rel, linkname, entry.get("target")))
     elif kind == "file":
         if entry["type"] != "file":
