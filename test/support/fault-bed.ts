@@ -20,6 +20,7 @@ export const PYTHON = requirePython(TEST_PYTHONS.find((p) => p.label === 'python
 export const ID_A = '20260101000000Z-aaaaaaaa';
 export const ID_B = '20260102000000Z-bbbbbbbb';
 export const ID_BAD = '20260103000000Z-bad00000';
+export const ID_OLD = '20251231000000Z-01d00000';
 
 export function tree(label: string, healthy = true): Record<string, TreeEntry> {
   // Big enough that the archive arrives in several chunks (a cut in the middle of it is a real cut).
@@ -74,6 +75,12 @@ export async function faultBed(HOST = 'at-one'): Promise<FaultBed> {
   setupHosts(fleet, PYTHON);
   await ship(fleet.session(), A);
   expect(fleet.current(HOST)).toBe(`releases/${ID_A}`);
+  // An older release beside A (a copy of it, under an older ID): a ship of B with keep_releases 2
+  // prunes it, so every ship of B has a prune step to cut (the plan names nothing when nothing is due).
+  cpSync(path.join(dir, 'releases', ID_A), path.join(dir, 'releases', ID_OLD), {
+    recursive: true,
+    verbatimSymlinks: true,
+  });
   const template = `${dir}.template`;
   cpSync(dir, template, { recursive: true, verbatimSymlinks: true });
 
@@ -125,7 +132,13 @@ export async function faultBed(HOST = 'at-one'): Promise<FaultBed> {
     await ship(next, B);
     expect(fleet.current(HOST)).toBe(`releases/${ID_B}`);
     expect(fleet.restarts(HOST).at(-1)).toBe(ID_B);
-    expect(fleet.ledger(HOST).at(-1)).toMatchObject({ release: ID_B });
+    // (After its prune of the older release.)
+    expect(
+      fleet
+        .ledger(HOST)
+        .filter((e) => e.event !== 'pruned')
+        .at(-1),
+    ).toMatchObject({ release: ID_B });
     expect(leftovers(dir)).toEqual([]);
     expect(lockOf(dir)).toBe(null);
     expect(readFileSync(path.join(dir, 'current', 'app.py'), 'utf8')).toBe('RELEASE = "B"\n');
