@@ -14,6 +14,8 @@ import {
   hostCompatibility,
   marksPreviousBad,
   planDeploy,
+  prunePlan,
+  pruneRefusal,
   type DeployPlan,
   type HostFacts,
   type HostPlan,
@@ -335,8 +337,27 @@ export async function deploy(
     }
     await afterSwitchHooks(s, m, hp);
     const pruned: DeployResult['pruned'] = [];
-    const pruning = await settleAll(s.hosts, limit, async (h) => {
+    const pruning = await settleAll(s.hosts, limit, async (h, i) => {
       s.events?.emit({ type: 'phase', host: h.name, phase: 'prune' });
+      // The leftovers are read again: the agent of an operation whose client was killed may still have
+      // been running when the plan was made (a partial directory still being copied, then renamed). The
+      // same rule on the fresh listing; the plan executed (the result's) says what was pruned.
+      const now = await callAgent<HostFacts>(agentFor(s, h, python), 'read host facts', 'facts', {
+        root: s.config.root,
+      });
+      const fresh = prunePlan(
+        now.releases.map((r) => r.id),
+        now.partials,
+        m.id,
+        hp(h).rollback_target_after,
+        s.config.deploy.keepReleases,
+        now.tmp ?? [],
+      ).filter((x) => pruneRefusal(x, { current: m.id, protect: [], op: s.op }) === null);
+      if (JSON.stringify(fresh) !== JSON.stringify(hp(h).prune)) {
+        s.say(`${h.name}: prune: the host changed since the plan was made; pruning what it holds now`);
+        plan.hosts[i] = { ...hp(h), prune: fresh };
+        planOf.set(h, plan.hosts[i]!);
+      }
       if (!hp(h).prune.length) return;
       for (const x of await pruneHost(s, h, python, hp(h))) {
         pruned.push({ host: h.name, release: x.release ?? x.path ?? null, why: x.why });
