@@ -72,6 +72,10 @@ beforeAll(async () => {
     );
   });
   for (const [from, to] of Object.entries(names)) text = text.replaceAll(from, to);
+  // This file proves the copying delta (deploy.link: copy): copies, and the refusal of an edited
+  // release. The linked default, and the heal that replaces that refusal, are linked.test.ts's.
+  text = text.replace('  keep_releases: 3\n', '  keep_releases: 3\n  link: copy\n');
+  if (!text.includes('\n  link: copy\n')) throw new Error('delta.test: deploy.keep_releases not found');
   writeFileSync(project.config, text);
 
   A = (await ok('build')).out.trim();
