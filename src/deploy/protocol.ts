@@ -63,7 +63,7 @@ export interface AgentCommands {
     stdin: true;
   };
   delta: {
-    args: Owner & { root: string; id: string; op: string; manifest: string; mtime: number };
+    args: Owner & { root: string; id: string; op: string; manifest: string; mtime: number; link?: string };
     answer: {
       delta: boolean;
       partial?: string;
@@ -73,7 +73,10 @@ export interface AgentCommands {
       tampered?: string[];
       tampered_count?: number;
       bases: string[];
+      /** The current release was copied whole (cp -a) and trimmed, not file by file. */
       whole?: boolean;
+      /** deploy.link: hardlink: how the files were placed. */
+      link?: { linked: number; reflinked: number; copied: number } | null;
     };
     stdin: false;
   };

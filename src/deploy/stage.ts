@@ -13,6 +13,7 @@ import { releaseDir, tmpDir, tmpManifest, tmpNeed } from '../layout.js';
 import type { HostFacts, HostPlan } from '../plan.js';
 import { renderFile, renderString } from '../render/template.js';
 import { callAgent, type AgentHost } from './agent.js';
+import type { AgentAnswer } from './protocol.js';
 import { reusedText, type DeltaCache } from './delta.js';
 import { fetchRelease, placeManifest } from './fetch.js';
 import { healArgs, healFromArtifact, type VerifyAnswer } from './heal.js';
@@ -157,20 +158,8 @@ export async function stageOnHost(
   s.events?.emit({ type: 'phase', host: h.name, phase: 'staged', detail: `releases/${m.id}` });
 }
 
-interface DeltaPlan {
-  delta: boolean;
-  partial?: string;
-  need: string[] | null;
-  reused?: number;
-  reused_bytes?: number;
-  tampered?: string[];
-  tampered_count?: number;
-  bases: string[];
-  /** The current release was copied whole (cp -a) and trimmed, not file by file. */
-  whole?: boolean;
-  /** deploy.link: hardlink: how the files were placed. */
-  link?: { linked: number; reflinked: number; copied: number } | null;
-}
+/** The agent's delta answer (protocol.ts). */
+type DeltaPlan = AgentAnswer<'delta'>;
 
 /** Beyond this share of the release's bytes still to send, a delta is not worth it: the full archive. */
 const DELTA_MAX_SHARE = 0.5;
