@@ -175,8 +175,11 @@ describe('deploy.fetch: direct', () => {
     expect(bytes[UNREACHABLE]).toBeGreaterThan(m.archive.bytes);
     noUrl(r.out + r.err);
     for (const h of HOSTS) noUrl(JSON.stringify(await ledgerOf(docker, h)));
+    // The fetch ran as a request of the host's agent session (its URLs on the session's input, never
+    // on a command line sshd ran), and the host said it fetched.
     const commands = await recorded(docker, 'df-web1');
-    expect(commands.some((c) => c.includes(' fetch '))).toBe(true);
+    expect(commands.some((c) => / serve\b/.test(c))).toBe(true);
+    expect(r.err).toMatch(/df-web1: fetched from s3:/);
     noUrl(commands.join('\n'));
   });
 
