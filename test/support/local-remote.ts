@@ -111,8 +111,13 @@ export class LocalRemote implements Remote {
   /** Exec channels opened (as SshRemote counts them), and how many ran sudo. */
   readonly counts = { channels: 0, sudo: 0 };
   private readonly faults: (Fault & { seen: number })[];
-  /** Commands and channel writes seen so far (what a function match gets as its index). */
-  private asked = 0;
+  /** Commands and channel writes seen so far (what a function match gets as its index), in order. */
+  readonly seen: string[] = [];
+  /** The index (in `seen`) of each fault that fired, and its outcome. */
+  readonly fired: { index: number; when: Fault['when'] }[] = [];
+  private get asked(): number {
+    return this.seen.length;
+  }
   private down = false;
   private closed = false;
   private readonly running = new Set<ChildProcess>();
@@ -133,12 +138,14 @@ export class LocalRemote implements Remote {
 
   /** The one-shot fault this command triggers, if any (counted, then removed once it fires). */
   private faultFor(text: string): Fault | undefined {
-    const index = this.asked++;
+    const index = this.asked;
+    this.seen.push(text);
     for (const f of this.faults) {
       if (!matches(f.match, text, index)) continue;
       f.seen++;
       if (f.seen >= (f.nth ?? 1)) {
         this.faults.splice(this.faults.indexOf(f), 1);
+        this.fired.push({ index, when: f.when });
         return f;
       }
     }
