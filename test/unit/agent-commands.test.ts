@@ -5,7 +5,7 @@
 // switch refusals and switch to nothing, the lock's take-overs, the rollback target past a bad
 // release, what prune keeps and removes, verify finding changes, server files installed and put back,
 // an unhealthy site. No Docker, no root: owners are the current user's.
-import { execFile, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
   appendFileSync,
@@ -36,14 +36,9 @@ import {
   type HostFacts,
   type HostPlan,
 } from '../../src/plan.js';
+import { runAgent, type Answer } from '../support/agent-run.js';
 import { requirePython, TEST_PYTHONS } from '../support/pythons.js';
 import { rawArchive, writeRelease, type TreeEntry } from '../support/release.js';
-
-interface Answer {
-  code: number;
-  json: Record<string, unknown>;
-  stderr: string;
-}
 
 const TREE: Record<string, TreeEntry> = {
   'a.txt': 'release A\n',
@@ -80,24 +75,7 @@ describe.each(TEST_PYTHONS)('the host agent on Python $label', (py) => {
       copyFileSync(AGENT_SCRIPT, path.join(module, 'ckan_release_host.py'));
     }
     const stub = `import sys; sys.path.insert(0, ${JSON.stringify(module)}); import ckan_release_host as a; sys.exit(a.main())`;
-    return new Promise((resolve, reject) => {
-      const child = execFile(
-        python,
-        ['-c', stub, command, JSON.stringify(args)],
-        { encoding: 'utf8', maxBuffer: 16 << 20 },
-        (error, stdout, stderr) => {
-          const code = error ? Number((error as { code?: number }).code ?? 1) : 0;
-          const last = stdout.trim().split('\n').pop() ?? '';
-          try {
-            resolve({ code, json: JSON.parse(last) as Record<string, unknown>, stderr });
-          } catch {
-            reject(new Error(`agent ${command} (exit ${code}) printed no JSON: ${stdout}\n${stderr}`));
-          }
-        },
-      );
-      child.stdin!.on('error', () => undefined); // a refusal may come before all of stdin is read
-      child.stdin!.end(stdin ?? '');
-    });
+    return runAgent(python, ['-c', stub], command, args, stdin);
   }
   async function ok(command: string, args: unknown, stdin?: Buffer | string) {
     const r = await agent(command, args, stdin);

@@ -9,7 +9,7 @@
 //   - an edit written through a link and a chmod are healed in the release checked (from another
 //     release's right bytes, or received from the artifact), never written back through the shared
 //     inode: the release that was edited keeps its edit.
-import { execFile, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
   chmodSync,
@@ -28,8 +28,8 @@ import {
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { AGENT_SCRIPT } from '../../src/deploy/agent.js';
 import { archiveMtime, makeDeltaArchive } from '../../src/deploy/delta.js';
+import { agent, ok } from '../support/agent-run.js';
 import { requirePython, TEST_PYTHONS } from '../support/pythons.js';
 
 const ID_A = '20260101000000Z-aaaaaaaa';
@@ -38,41 +38,6 @@ const MTIME = 946684800;
 const sha256 = (data: Buffer | string) => createHash('sha256').update(data).digest('hex');
 const LONG_DIR = `lib/${'d'.repeat(120)}`;
 const LONG_FILE = `${LONG_DIR}/${'f'.repeat(90)}.py`;
-
-interface Answer {
-  code: number;
-  json: Record<string, unknown>;
-  stderr: string;
-}
-
-function agent(python: string, command: string, args: unknown, stdin?: Buffer | string): Promise<Answer> {
-  return new Promise((resolve, reject) => {
-    const child = execFile(
-      python,
-      [AGENT_SCRIPT, command, JSON.stringify(args)],
-      { encoding: 'utf8', maxBuffer: 16 << 20, env: { ...process.env, PYTHONDONTWRITEBYTECODE: '1' } },
-      (error, stdout, stderr) => {
-        const code = error ? Number((error as { code?: number }).code ?? 1) : 0;
-        try {
-          resolve({
-            code,
-            json: JSON.parse(stdout.trim().split('\n').pop() ?? '') as Answer['json'],
-            stderr,
-          });
-        } catch {
-          reject(new Error(`agent ${command} (exit ${code}) printed no JSON: ${stdout}\n${stderr}`));
-        }
-      },
-    );
-    child.stdin!.end(stdin ?? '');
-  });
-}
-
-async function ok(python: string, command: string, args: unknown, stdin?: Buffer | string) {
-  const r = await agent(python, command, args, stdin);
-  if (r.code !== 0) throw new Error(`agent ${command} exit ${r.code}: ${JSON.stringify(r.json)} ${r.stderr}`);
-  return r.json;
-}
 
 /** A release tree: directories, a long path (GNU long names), symlinks (one absolute), a 3 MB file
  * (crosses the 1 MiB reads), two files with one content, an executable. */

@@ -6,7 +6,7 @@
 //   - the agent's commands as the tool calls them (argv JSON, stdin): setup, lock, facts, receive of
 //     the packed archive, finalize, switch, ledger, delta + delta receive, verify, a refused cut
 //     archive, clean, prune, health against a local status_show, unlock.
-import { execFile, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
   mkdirSync,
@@ -22,10 +22,10 @@ import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { AGENT_SCRIPT } from '../../src/deploy/agent.js';
 import { archiveMtime, makeDeltaArchive } from '../../src/deploy/delta.js';
 import { BUILD_SCRIPT } from '../../src/builder/build.js';
 import { hostRollbackTarget, prunePlan, type HostFacts } from '../../src/plan.js';
+import { agent, ok } from '../support/agent-run.js';
 import { requirePython, TEST_PYTHONS } from '../support/pythons.js';
 
 const BUILDER_CHECK = String.raw`
@@ -155,39 +155,6 @@ const ID_B = '20260102000000Z-bbbbbbbb';
 const ID_C = '20260103000000Z-cccccccc';
 
 const sha256 = (data: Buffer) => createHash('sha256').update(data).digest('hex');
-
-interface Answer {
-  code: number;
-  json: Record<string, unknown>;
-  stderr: string;
-}
-
-/** Runs one agent command as the tool does: `python agent COMMAND JSON`, stdin, one JSON line out. */
-function agent(python: string, command: string, args: unknown, stdin?: Buffer | string): Promise<Answer> {
-  return new Promise((resolve, reject) => {
-    const child = execFile(
-      python,
-      [AGENT_SCRIPT, command, JSON.stringify(args)],
-      { encoding: 'utf8', maxBuffer: 16 << 20, env: { ...process.env, PYTHONDONTWRITEBYTECODE: '1' } },
-      (error, stdout, stderr) => {
-        const code = error ? Number((error as { code?: number }).code ?? 1) : 0;
-        const last = stdout.trim().split('\n').pop() ?? '';
-        try {
-          resolve({ code, json: JSON.parse(last) as Record<string, unknown>, stderr });
-        } catch {
-          reject(new Error(`agent ${command} (exit ${code}) printed no JSON: ${stdout}\n${stderr}`));
-        }
-      },
-    );
-    child.stdin!.end(stdin ?? '');
-  });
-}
-
-async function ok(python: string, command: string, args: unknown, stdin?: Buffer | string) {
-  const r = await agent(python, command, args, stdin);
-  if (r.code !== 0) throw new Error(`agent ${command} exit ${r.code}: ${JSON.stringify(r.json)} ${r.stderr}`);
-  return r.json;
-}
 
 const dirs: string[] = [];
 afterAll(() => {
