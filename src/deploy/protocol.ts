@@ -166,31 +166,6 @@ export type AgentCommand = keyof AgentCommands;
 export type AgentArgs<C extends AgentCommand> = AgentCommands[C]['args'];
 export type AgentAnswer<C extends AgentCommand> = AgentCommands[C]['answer'];
 
-/** Which commands read data (the serve protocol frames it after the request). */
-export const READS_STDIN: Record<AgentCommand, boolean> = {
-  facts: false,
-  setup: false,
-  lock: false,
-  unlock: false,
-  receive: true,
-  delta: false,
-  finalize: true,
-  verify: false,
-  config: true,
-  switch: false,
-  ledger: false,
-  prune: false,
-  clean: false,
-  health: false,
-  'install-file': true,
-  'restore-file': false,
-  restart: false,
-  'server-facts': false,
-  'install-agent': false,
-  'fetch-manifest': true,
-  fetch: true,
-};
-
 // ---- the serve protocol on the wire (JSON lines), as the agent's serve() reads and writes it
 
 export interface AgentRequest {
