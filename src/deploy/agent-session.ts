@@ -220,6 +220,9 @@ export class AgentSession {
         step,
       };
     });
+    // The answer can fail (the channel died) while its data is still being sent, before anything
+    // awaits it: that failure is handled, by the await below, not an unhandled rejection.
+    reply.catch(() => undefined);
     ch.stdin.write(JSON.stringify({ id, command, args, stdin: !!stdin }) + '\n');
     if (!stdin) return reply;
     const sendError = await this.sendData(ch, stdin, () => answered, onProgress);
