@@ -2047,6 +2047,11 @@ def cmd_verify(args):
             keep_manifest(p, rid, manifest_path)
         checked.save(seal_path(p, rid))
         save_tree_seal(p, rid, release, file_sha256(kept), checked, exclude)
+    elif not ok and manifest_path == kept:
+        # A check that found something wrong still seals every file it found right (the wrong ones are
+        # not in it): once the operator puts the file back, the next check reads only that file. The
+        # tree seal is not written: the tree as a whole did not match.
+        checked.save(seal_path(p, rid))
     out({"ok": ok, "problems": problems[:20], "extra": extra[:20], "by": "full" if args.get("full") else "seal",
          "hashed": checked.hashed, "healed": healed})
 

@@ -9,6 +9,7 @@ import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
   appendFileSync,
+  chmodSync,
   copyFileSync,
   existsSync,
   lstatSync,
@@ -389,6 +390,27 @@ describe.each(TEST_PYTHONS)('the host agent on Python $label', (py) => {
     expect(v.problems).toEqual(['a.txt: sha256 differs from the manifest', 'lib/link is missing']);
     // Another release's manifest is not kept here: the caller must send it.
     expect(await ok('verify', { ...args, id: ID_B })).toEqual({ need_manifest: true });
+  });
+
+  it('a check that finds a file wrong still seals the ones it found right: after the repair only that file is read', async () => {
+    const { root, store } = await bed('verify-repair');
+    const a = await stage(root, store, ID_A, 'op1');
+    const sha = createHash('sha256')
+      .update(readFileSync(path.join(a.dir, 'manifest.json')))
+      .digest('hex');
+    const args = { root, id: ID_A, manifest_sha256: sha, allowed_extra: ['ckan.ini'] };
+    // A chmod to the same mode moves bin/tool's ctime: the staging's seal no longer vouches for it, so
+    // the check reads it (and finds it right). a.txt gets other bytes of the same size.
+    const release = path.join(root, 'releases', ID_A);
+    chmodSync(path.join(release, 'bin', 'tool'), 0o755);
+    writeFileSync(path.join(release, 'a.txt'), 'release a\n');
+    // Past the racy window (SEAL_RACY_NS) of those changes, so the check's seal may vouch for them.
+    await new Promise((r) => setTimeout(r, 250));
+    const refusedCheck = await ok('verify', args);
+    expect(refusedCheck).toMatchObject({ ok: false, by: 'seal', hashed: 2 });
+    expect(refusedCheck.problems).toEqual(['a.txt: sha256 differs from the manifest']);
+    writeFileSync(path.join(release, 'a.txt'), 'release A\n');
+    expect(await ok('verify', args)).toMatchObject({ ok: true, by: 'seal', hashed: 1 });
   });
 
   it('delta never takes a file from an earlier release whose content changed; it is sent instead', async () => {
