@@ -43,7 +43,9 @@ describe('an agent session whose channel dies during a request', () => {
       () => undefined,
     );
     // The agent says it is ready as soon as the channel opens.
-    setImmediate(() => mem.stdout.write(JSON.stringify({ ready: true, executable: '/usr/bin/python3' }) + '\n'));
+    setImmediate(() =>
+      mem.stdout.write(JSON.stringify({ ready: true, executable: '/usr/bin/python3' }) + '\n'),
+    );
     // Data that yields one piece, then (while the loop waits for the next) the channel dies, and the
     // second piece comes only 50 ms later: the answer fails long before anything awaits it.
     let gave = 0;
