@@ -60,7 +60,8 @@ describe('LocalRemote', () => {
     await expect(
       r.exec(`cat > ${f('killed')}; echo ran > ${f('killed-after')} # kill-me`, { stdin: input(100_000) }),
     ).rejects.toThrow(HostUnreachableError);
-    expect(readFileSync(f('killed')).length).toBeLessThanOrEqual(3000);
+    // Killed once 3000 bytes went into its input: the shell may not even have opened the file yet.
+    if (existsSync(f('killed'))) expect(readFileSync(f('killed')).length).toBeLessThanOrEqual(3000);
     expect(existsSync(f('killed-after'))).toBe(false);
     await expect(
       r.exec(`cat > ${f('dropped')}; echo ran > ${f('dropped-after')} # drop-me`, { stdin: input(100_000) }),
