@@ -4,6 +4,7 @@
 // request on the same channel, framed. When the channel dies, the request in flight fails (it may or
 // may not have run to its end on the host: never re-sent) and the next call opens a new session, over
 // a new connection if the old one dropped.
+import { open } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { commandError, HostUnreachableError, type Channel, type Remote } from '../remote/ssh.js';
 import {
@@ -21,6 +22,27 @@ export interface SessionLaunch {
   command: (install: boolean) => string;
   /** What the bootstrap reads after asking (need_agent): the agent's text, the stub, where they go. */
   payload: () => Buffer;
+}
+
+/**
+ * A request's data read from a file (the release archive): sent in frames of FILE_FRAME bytes, each
+ * read into a buffer that is filled again once the channel has taken it (when the channel copies
+ * writes, as ssh2's does), instead of a new buffer for every frame of every host.
+ */
+export interface DataFile {
+  file: string;
+}
+
+/** What a request's data is: a stream, or a file read by the session itself. */
+export type RequestData = Readable | DataFile;
+
+/** The data bytes of one frame of a file. */
+const FILE_FRAME = 1 << 20;
+/** Room before the data for the frame header (the length in decimal and a newline). */
+const HEADER_ROOM = 16;
+
+function isDataFile(d: RequestData): d is DataFile {
+  return typeof (d as DataFile).file === 'string';
 }
 
 interface Pending {
@@ -88,7 +110,7 @@ export class AgentSession {
     step: string,
     command: AgentCommand,
     args: Record<string, unknown>,
-    stdin?: Readable,
+    stdin?: RequestData,
     onProgress?: (bytes: number) => void,
   ): Promise<AgentReply> {
     return this.enqueue(() => this.send(step, command, args, stdin, onProgress));
@@ -186,22 +208,25 @@ export class AgentSession {
     step: string,
     command: AgentCommand,
     args: Record<string, unknown>,
-    stdin: Readable | undefined,
+    stdin: RequestData | undefined,
     onProgress: ((bytes: number) => void) | undefined,
   ): Promise<AgentReply> {
+    const discard = () => {
+      if (stdin && !isDataFile(stdin)) stdin.destroy();
+    };
     if (this.ended) {
-      stdin?.destroy();
+      discard();
       throw new HostUnreachableError(`${this.remote.name}: ${step}: the agent session has ended`);
     }
     let ch: Channel;
     try {
       ch = await this.open(step);
     } catch (e) {
-      stdin?.destroy();
+      discard();
       throw e;
     }
     if (this.exit) {
-      stdin?.destroy();
+      discard();
       throw lostError(this.remote.name, step, this.exit, this.stderrTail);
     }
     const id = this.nextId++;
@@ -225,7 +250,9 @@ export class AgentSession {
     reply.catch(() => undefined);
     ch.stdin.write(JSON.stringify({ id, command, args, stdin: !!stdin }) + '\n');
     if (!stdin) return reply;
-    const sendError = await this.sendData(ch, stdin, () => answered, onProgress);
+    const sendError = isDataFile(stdin)
+      ? await this.sendFile(ch, stdin.file, () => answered, onProgress)
+      : await this.sendData(ch, stdin, () => answered, onProgress);
     const r = await reply;
     // The data could not be read here: that is the failure, whatever the agent made of its end.
     if (sendError) throw sendError;
@@ -260,6 +287,57 @@ export class AgentSession {
       return e instanceof Error ? e : new Error(String(e));
     } finally {
       data.destroy();
+    }
+    if (!this.exit) ch.stdin.write(FRAME_END);
+    return undefined;
+  }
+
+  /**
+   * Sends a file as frames, like sendData, each frame read straight after room for its header so
+   * that it is one write. On a channel that copies writes, two buffers take turns: one is read into
+   * while the other is being sent, and neither is refilled before the channel has taken it.
+   */
+  private async sendFile(
+    ch: Channel,
+    file: string,
+    answered: () => boolean,
+    onProgress: ((bytes: number) => void) | undefined,
+  ): Promise<Error | undefined> {
+    let sent = 0;
+    const closed = ch.done.then(() => 'closed' as const);
+    const fresh = () => Buffer.allocUnsafe(HEADER_ROOM + FILE_FRAME);
+    const bufs = ch.copiesWrites ? [fresh(), fresh()] : undefined;
+    const taken: (Promise<unknown> | undefined)[] = [undefined, undefined];
+    let fh: Awaited<ReturnType<typeof open>> | undefined;
+    try {
+      fh = await open(file, 'r');
+      for (let turn = 0; ; turn ^= 1) {
+        // This turn's buffer is read into again only once the channel has taken it.
+        if (taken[turn] && (await Promise.race([taken[turn], closed])) === 'closed') break;
+        if (answered() || this.exit) break;
+        const buf = bufs?.[turn] ?? fresh();
+        const { bytesRead } = await fh.read(buf, HEADER_ROOM, FILE_FRAME, null);
+        if (bytesRead === 0) break;
+        if (answered() || this.exit) break;
+        const header = frameHeader(bytesRead);
+        const start = HEADER_ROOM - header.length;
+        buf.write(header, start, 'latin1');
+        const frame = buf.subarray(start, HEADER_ROOM + bytesRead);
+        let took!: () => void;
+        taken[turn] = new Promise<void>((res) => (took = res));
+        const more = ch.stdin.write(frame, () => took());
+        sent += bytesRead;
+        onProgress?.(sent);
+        if (!more && !bufs) {
+          const drained = new Promise<'drain'>((res) => ch.stdin.once('drain', () => res('drain')));
+          if ((await Promise.race([drained, closed])) === 'closed') break;
+        }
+      }
+    } catch (e) {
+      if (!this.exit) ch.stdin.write(FRAME_ABORT);
+      return e instanceof Error ? e : new Error(String(e));
+    } finally {
+      await fh?.close().catch(() => undefined);
     }
     if (!this.exit) ch.stdin.write(FRAME_END);
     return undefined;

@@ -8,10 +8,10 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { OperationError } from '../errors.js';
 import { agentDir } from '../layout.js';
-import type { ExecOptions, Remote } from '../remote/ssh.js';
+import type { Remote } from '../remote/ssh.js';
 import { commandError } from '../remote/ssh.js';
 import type { AgentCommand, AgentReply } from './protocol.js';
-import { AgentSession } from './agent-session.js';
+import { AgentSession, type RequestData } from './agent-session.js';
 import { cmd, maybeSudo, type Become } from './shell.js';
 
 export const AGENT_SCRIPT = path.resolve(
@@ -211,13 +211,20 @@ function answerOf<T>(h: AgentHost, step: string, r: AgentReply): T {
   throw commandError(h.remote.name, step, { code: 1, stdout: '', stderr: r.stderr || r.message });
 }
 
+/** A call's data (a stream, or a file the session reads itself) and its progress callback. */
+export interface AgentCallOptions {
+  stdin?: RequestData;
+  /** Called with the number of data bytes sent so far. */
+  onProgress?: (bytes: number) => void;
+}
+
 /** One agent command on the host's session; a refusal is an AgentRefusal, other failures name the step. */
 export async function callAgent<T = Record<string, unknown>>(
   h: AgentHost,
   step: string,
   command: AgentCommand,
   args: Record<string, unknown>,
-  opts: ExecOptions = {},
+  opts: AgentCallOptions = {},
 ): Promise<T> {
   const r = await sessionOf(h, false).request(step, command, args, opts.stdin, opts.onProgress);
   return answerOf<T>(h, step, r);

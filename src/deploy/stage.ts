@@ -2,7 +2,6 @@
 // delta, or verified in place when it is already there), render its config, link the shared paths,
 // run the before_switch hooks.
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { adoptedSkips, isAdopted } from '../artifact/adopted.js';
@@ -241,7 +240,8 @@ async function sendRelease(
     'receive',
     { root: s.config.root, id: m.id, op: s.op, manifest: manifestPath, link: s.config.deploy.link, ...owner },
     {
-      stdin: createReadStream(artifact.archive, { highWaterMark: 1 << 20 }),
+      // Read by the session into buffers it refills (agent-session.ts), not a new buffer per MB per host.
+      stdin: { file: artifact.archive },
       onProgress: progress(s, h.name, m.archive.bytes, t0),
     },
   );

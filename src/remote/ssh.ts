@@ -73,6 +73,12 @@ export interface Channel {
   stderr: Readable;
   done: Promise<{ code: number | null; signal: string | null }>;
   close(): void;
+  /**
+   * True when `stdin` is done with a written buffer once its write callback has run (ssh2's channel
+   * has copied it into SSH packets by then), so the writer may fill the same buffer again. A stream
+   * that may still hold the chunk (a PassThrough, a pipe's queue) leaves it unset.
+   */
+  copiesWrites?: boolean;
 }
 
 export interface Remote {
@@ -536,7 +542,14 @@ export class SshRemote implements Remote {
         );
         // Errors (a write after the connection dropped) show as `done` without an exit status.
         ch.on('error', () => undefined);
-        resolve({ stdin: ch, stdout: ch, stderr: ch.stderr, done, close: () => ch.close() });
+        resolve({
+          stdin: ch,
+          stdout: ch,
+          stderr: ch.stderr,
+          done,
+          close: () => ch.close(),
+          copiesWrites: true,
+        });
       });
     });
   }
