@@ -1,5 +1,5 @@
 // What the commands that talk to an environment's hosts share (setup.ts, ship.ts, promote.ts,
-// rollback.ts, status.ts, unlock.ts, one file each; deploy.ts registers them): loading the config and
+// rollback.ts, status.ts, unlock.ts, one file each; index.ts registers them): loading the config and
 // the environment, the session, every host's facts, and the ship of an artifact (plan, then execute or
 // print), which ship, promote and rollback have in common.
 import type { Command } from 'commander';
@@ -39,9 +39,6 @@ export interface Loaded {
   /** --rehash: verify a release already on a host by reading every file, not trusting its seals. */
   rehash?: boolean;
 }
-
-export const REHASH =
-  'check a release already on a host by hashing every file again instead of trusting its seals (README "Performance")';
 
 export function load(cmdObj: Command, envName: string): Loaded {
   const g = globals(cmdObj);
