@@ -1,9 +1,10 @@
 // SSH channels, sudo runs and seconds of a few operations on one sandbox host, for this checkout's
 // ckan-release and another one (the code before a change), in the same run:
 //   npx tsx bench/session-counts.ts /work/main/bin/ckan-release [SSH_PORT HTTP_PORT]
-// A small release (the test project's), host `session-counts`; counts by bench/count-channels.mjs (the same
-// for either tool); times are one run each on whatever the machine is doing: npm run bench's rows are
-// the measurement, this is the quick look at the calls.
+// A small release (the test project's), host `session-counts`; counts by bench/count-channels.mjs (the
+// same for either tool); times are one run each on whatever the machine is doing (SESSION_RUNS=N: each
+// tool's sequence N times, the tools taking turns, the median and every run shown): npm run bench's
+// rows are the measurement, this is the quick look at the calls.
 import { spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -67,32 +68,44 @@ try {
   );
   await run('bin/ckan-release', config, 'setup', 'staging');
   await run('bin/ckan-release', real, 'ship', 'staging', B);
-  const rows: string[] = [];
-  for (const [name, bin] of [
-    ['before', baseline],
-    ['after', 'bin/ckan-release'],
-  ] as const) {
-    await run(bin, config, 'status', 'staging'); // installs this tool's agent version
-    const status = await run(bin, config, 'status', 'staging');
-    await run(bin, real, 'ship', 'staging', B);
-    // A is not on the host for either tool: its ship is a delta from B.
-    await onHost(
-      docker,
-      HOST,
-      `rm -rf /usr/lib/ckan/releases/${A} /usr/lib/ckan/.ckan-release/manifests/${A}.*`,
-    );
-    const full = await run(bin, config, 'ship', 'staging', A);
-    const again = await run(bin, config, 'ship', 'staging', A);
-    const rollback = await run(bin, config, 'rollback', 'staging', '--to', B);
-    await run(bin, config, 'rollback', 'staging', '--to', A);
-    for (const [op, r] of Object.entries({
-      status,
-      'ship (delta)': full,
-      'ship, already there': again,
-      rollback,
-    }))
-      rows.push(`| ${op} | ${name} | ${r.channels} | ${r.sudo} | ${r.secs.toFixed(2)} s |`);
-  }
+  // SESSION_RUNS=N: each tool's sequence N times, the tools taking turns; the seconds are the median.
+  const runs = Math.max(1, Number(process.env.SESSION_RUNS ?? 1));
+  const got = new Map<string, { secs: number[]; channels: number; sudo: number }>();
+  for (let i = 0; i < runs; i++)
+    for (const [name, bin] of [
+      ['before', baseline],
+      ['after', 'bin/ckan-release'],
+    ] as const) {
+      await run(bin, config, 'status', 'staging'); // installs this tool's agent version
+      const status = await run(bin, config, 'status', 'staging');
+      await run(bin, real, 'ship', 'staging', B);
+      // A is not on the host for either tool: its ship is a delta from B.
+      await onHost(
+        docker,
+        HOST,
+        `rm -rf /usr/lib/ckan/releases/${A} /usr/lib/ckan/.ckan-release/manifests/${A}.*`,
+      );
+      const full = await run(bin, config, 'ship', 'staging', A);
+      const again = await run(bin, config, 'ship', 'staging', A);
+      const rollback = await run(bin, config, 'rollback', 'staging', '--to', B);
+      await run(bin, config, 'rollback', 'staging', '--to', A);
+      for (const [op, r] of Object.entries({
+        status,
+        'ship (delta)': full,
+        'ship, already there': again,
+        rollback,
+      })) {
+        const key = `${op} | ${name}`;
+        const g = got.get(key) ?? { secs: [], channels: r.channels, sudo: r.sudo };
+        g.secs.push(r.secs);
+        got.set(key, g);
+      }
+    }
+  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)]!;
+  const rows = [...got].map(
+    ([key, g]) =>
+      `| ${key} | ${g.channels} | ${g.sudo} | ${median(g.secs).toFixed(2)} s${runs > 1 ? ` (${g.secs.map((x) => x.toFixed(2)).join(', ')})` : ''} |`,
+  );
   process.stdout.write(
     `| operation (1 host) | tool | SSH channels | sudo runs | seconds |\n|---|---|---|---|---|\n${rows.sort().join('\n')}\n`,
   );

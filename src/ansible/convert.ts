@@ -15,6 +15,7 @@ import type { ScalarTag } from 'yaml';
 import { isVaultText } from '../config/vault.js';
 import { ConfigError, UsageError } from '../errors.js';
 import { renderString } from '../render/template.js';
+import { CKAN_UPSTREAM } from './upstream.js';
 import { projectInvocations, type Invocation } from './wrappers.js';
 import { ancestors, groupHosts, parseIni, parseInventory, type Inventory } from './inventory.js';
 
@@ -1442,7 +1443,7 @@ export interface ConvertOptions {
   ckanSource?: string;
 }
 
-export const CKAN_UPSTREAM = 'https://github.com/ckan/ckan.git';
+export { CKAN_UPSTREAM };
 
 /** A CKAN version the project names (README, vars): `ckan-2.9.11`, `CKAN 2.9`. */
 function suggestedCkan(ctx: Ctx): string | undefined {

@@ -77,3 +77,8 @@ export interface Manifest {
    */
   adopted?: { from: string };
 }
+
+/** The chunks of an archive in order: the recorded gzip members, or the whole archive as one. */
+export function chunksOf(m: Manifest): ArchiveChunk[] {
+  return m.archive.chunks?.length ? m.archive.chunks : [{ bytes: m.archive.bytes, sha256: m.archive.sha256 }];
+}

@@ -34,13 +34,8 @@ import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import { ARTIFACT_ID } from './id.js';
 import { OperationError, UsageError } from '../errors.js';
 import { s3Url, type S3Location } from './location.js';
-import type { ArchiveChunk, Manifest } from './manifest.js';
+import { chunksOf, type ArchiveChunk, type Manifest } from './manifest.js';
 import { listArtifacts, readArtifact, type StoredArtifact } from './store.js';
-
-/** The chunks of an archive in order: the recorded gzip members, or the whole archive as one. */
-export function chunksOf(m: Manifest): ArchiveChunk[] {
-  return m.archive.chunks?.length ? m.archive.chunks : [{ bytes: m.archive.bytes, sha256: m.archive.sha256 }];
-}
 
 export interface PublishResult {
   id: string;

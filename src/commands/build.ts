@@ -29,83 +29,77 @@ const STEPS: BuildStep[] = [
   'store',
 ];
 
-export function registerBuild(program: Command, io: Io): void {
-  program
-    .command('build')
-    .description('build an artifact in the builder container; prints its ID as the last line')
-    .option('-v, --verbose', 'stream the build log (pip output etc.)')
-    .action(async (opts: { verbose?: boolean }, cmd: Command) => {
-      const g = globals(cmd);
-      const ev = eventsFor(io, g.json);
-      await withEvents(ev, 'build', async () => {
-        const config = loadConfig(g.config);
-        const docker = await requireEngine();
-        const t0 = Date.now();
-        const timings: [BuildStep, number][] = [];
-        let current: { step: BuildStep; at: number } | undefined;
-        const finishStep = () => {
-          if (current) timings.push([current.step, Date.now() - current.at]);
-        };
-        const result = await build({
-          config,
-          docker,
-          onEvent: (e) => {
-            if (e.kind === 'step') {
-              finishStep();
-              current = { step: e.step, at: Date.now() };
-              ev.emit({
-                type: 'step',
-                step: e.step,
-                index: STEPS.indexOf(e.step) + 1,
-                count: STEPS.length,
-                elapsed: (Date.now() - t0) / 1000,
-                ...(e.detail ? { detail: e.detail } : {}),
-              });
-            } else if (e.kind === 'info') ev.say(e.message);
-            else if (opts.verbose) ev.emit({ type: 'log', text: e.text });
-          },
-        });
-        finishStep();
-        const seconds = (Date.now() - t0) / 1000;
-        ev.say(
-          `built ${result.id} in ${seconds.toFixed(1)} s: ${(result.bytes / 1e6).toFixed(1)} MB, ${result.manifest.files.length} files`,
-        );
-        ev.say(`steps: ${timings.map(([s, ms]) => `${s} ${(ms / 1000).toFixed(1)}s`).join(', ')}`);
-        let published: PublishResult | undefined;
-        if (config.s3) {
-          try {
-            published = await publishArtifact(config, readArtifact(config.store, result.id), ev.say);
-          } catch (e) {
-            if (!(e instanceof CkanReleaseError)) throw e;
-            throw new OperationError(
-              `built ${result.id} (kept in the local store ${config.store}), but publishing it failed: ${e.message}`,
-              `\`ckan-release artifacts publish ${result.id}\` tries again (only the chunks the store lacks)`,
-            );
-          }
-        }
-        ev.emit({
-          type: 'result',
-          command: 'build',
-          ok: true,
-          id: result.id,
-          path: result.dir,
-          bytes: result.bytes,
-          sha256: result.sha256,
-          files: result.manifest.files.length,
-          seconds,
-          steps: Object.fromEntries(timings.map(([s, ms]) => [s, ms / 1000])),
-          ...(published
-            ? {
-                published: {
-                  store: storeName(config),
-                  chunks: published.chunks,
-                  uploaded_chunks: published.uploadedChunks,
-                  uploaded_bytes: published.uploadedBytes,
-                },
-              }
-            : {}),
-        });
-        if (!g.json) ev.print(`${result.id}\n`);
-      });
+export async function buildCommand(io: Io, opts: { verbose?: boolean }, cmd: Command): Promise<void> {
+  const g = globals(cmd);
+  const ev = eventsFor(io, g.json);
+  await withEvents(ev, 'build', async () => {
+    const config = loadConfig(g.config);
+    const docker = await requireEngine();
+    const t0 = Date.now();
+    const timings: [BuildStep, number][] = [];
+    let current: { step: BuildStep; at: number } | undefined;
+    const finishStep = () => {
+      if (current) timings.push([current.step, Date.now() - current.at]);
+    };
+    const result = await build({
+      config,
+      docker,
+      onEvent: (e) => {
+        if (e.kind === 'step') {
+          finishStep();
+          current = { step: e.step, at: Date.now() };
+          ev.emit({
+            type: 'step',
+            step: e.step,
+            index: STEPS.indexOf(e.step) + 1,
+            count: STEPS.length,
+            elapsed: (Date.now() - t0) / 1000,
+            ...(e.detail ? { detail: e.detail } : {}),
+          });
+        } else if (e.kind === 'info') ev.say(e.message);
+        else if (opts.verbose) ev.emit({ type: 'log', text: e.text });
+      },
     });
+    finishStep();
+    const seconds = (Date.now() - t0) / 1000;
+    ev.say(
+      `built ${result.id} in ${seconds.toFixed(1)} s: ${(result.bytes / 1e6).toFixed(1)} MB, ${result.manifest.files.length} files`,
+    );
+    ev.say(`steps: ${timings.map(([s, ms]) => `${s} ${(ms / 1000).toFixed(1)}s`).join(', ')}`);
+    let published: PublishResult | undefined;
+    if (config.s3) {
+      try {
+        published = await publishArtifact(config, readArtifact(config.store, result.id), ev.say);
+      } catch (e) {
+        if (!(e instanceof CkanReleaseError)) throw e;
+        throw new OperationError(
+          `built ${result.id} (kept in the local store ${config.store}), but publishing it failed: ${e.message}`,
+          `\`ckan-release artifacts publish ${result.id}\` tries again (only the chunks the store lacks)`,
+        );
+      }
+    }
+    ev.emit({
+      type: 'result',
+      command: 'build',
+      ok: true,
+      id: result.id,
+      path: result.dir,
+      bytes: result.bytes,
+      sha256: result.sha256,
+      files: result.manifest.files.length,
+      seconds,
+      steps: Object.fromEntries(timings.map(([s, ms]) => [s, ms / 1000])),
+      ...(published
+        ? {
+            published: {
+              store: storeName(config),
+              chunks: published.chunks,
+              uploaded_chunks: published.uploadedChunks,
+              uploaded_bytes: published.uploadedBytes,
+            },
+          }
+        : {}),
+    });
+    if (!g.json) ev.print(`${result.id}\n`);
+  });
 }

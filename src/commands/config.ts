@@ -19,45 +19,42 @@ export function maskSecrets(text: string, secrets: Record<string, unknown>): str
   return out;
 }
 
-export function registerConfig(program: Command, io: Io): void {
-  program
-    .command('config')
-    .description('print the config file as it would be rendered for a host (secrets masked)')
-    .argument('<env>', 'environment')
-    .option('--host <host>', 'render for this host (default: the first)')
-    .option('--show-secrets', 'do not mask secret values')
-    .action((envName: string, opts: { host?: string; showSecrets?: boolean }, c: Command) => {
-      const g = globals(c);
-      const config = loadConfig(g.config);
-      const env = environment(config, envName);
-      const host = opts.host ?? env.hosts[0]!;
-      if (!env.hosts.includes(host)) {
-        throw new UsageError(`${host} is not a host of ${envName}: expected one of ${env.hosts.join(', ')}`);
-      }
-      const secrets = env.secrets
-        ? loadSecrets(env.secrets, { vaultPasswordFile: g.vaultPasswordFile, env: process.env })
-        : {};
-      // Rendered for the artifact ship would send by default (the newest); before any build, for the
-      // extensions of the config and a placeholder ID.
-      const newest = listArtifacts(config.store)[0]?.manifest;
-      const manifest =
-        newest ??
-        ({
-          id: 'RELEASE-ID',
-          extensions: config.extensions.map((x) => ({
-            name: x.name,
-            source: x.source,
-            ref: x.ref,
-            commit: '',
-            plugins: x.plugins,
-          })),
-        } as unknown as Manifest);
-      if (!newest) io.err(`no artifact built yet: rendering with release ID "RELEASE-ID"\n`);
-      const text = renderFile(
-        config.config.template,
-        templateVars({ config, env, secrets }, host, manifest),
-        config.config.template,
-      );
-      io.out(opts.showSecrets ? text : maskSecrets(text, secrets));
-    });
+export function configCommand(
+  io: Io,
+  envName: string,
+  opts: { host?: string; showSecrets?: boolean },
+  c: Command,
+): void {
+  const g = globals(c);
+  const config = loadConfig(g.config);
+  const env = environment(config, envName);
+  const host = opts.host ?? env.hosts[0]!;
+  if (!env.hosts.includes(host)) {
+    throw new UsageError(`${host} is not a host of ${envName}: expected one of ${env.hosts.join(', ')}`);
+  }
+  const secrets = env.secrets
+    ? loadSecrets(env.secrets, { vaultPasswordFile: g.vaultPasswordFile, env: process.env })
+    : {};
+  // Rendered for the artifact ship would send by default (the newest); before any build, for the
+  // extensions of the config and a placeholder ID.
+  const newest = listArtifacts(config.store)[0]?.manifest;
+  const manifest =
+    newest ??
+    ({
+      id: 'RELEASE-ID',
+      extensions: config.extensions.map((x) => ({
+        name: x.name,
+        source: x.source,
+        ref: x.ref,
+        commit: '',
+        plugins: x.plugins,
+      })),
+    } as unknown as Manifest);
+  if (!newest) io.err(`no artifact built yet: rendering with release ID "RELEASE-ID"\n`);
+  const text = renderFile(
+    config.config.template,
+    templateVars({ config, env, secrets }, host, manifest),
+    config.config.template,
+  );
+  io.out(opts.showSecrets ? text : maskSecrets(text, secrets));
 }

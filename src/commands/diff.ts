@@ -21,29 +21,22 @@ async function commitsBetween(mirror: string, from: string, to: string) {
     .map((l) => ({ commit: l.slice(0, 40), subject: l.slice(41) }));
 }
 
-export function registerDiff(program: Command, io: Io): void {
-  program
-    .command('diff')
-    .description('what changed between artifacts A and B: sources and commits, patches, pip freeze, files')
-    .argument('<a>', 'artifact ID (or unique prefix): the older side')
-    .argument('<b>', 'artifact ID (or unique prefix): the newer side')
-    .action(async (a: string, b: string, _opts: unknown, c: Command) => {
-      const g = globals(c);
-      const config = loadConfig(g.config);
-      const [ma, mb] = [(await showArtifact(config, a)).manifest, (await showArtifact(config, b)).manifest];
-      const d = diffManifests(ma, mb);
-      // Sources by name as this config names them (manifests keep the config's text of the URL).
-      const urls = new Map([
-        ['ckan', config.ckan.url],
-        ...config.extensions.map((x) => [x.name, x.url] as const),
-      ]);
-      const gitCache = path.join(defaultCacheDir(), 'git');
-      for (const s of d.sources) {
-        const url = urls.get(s.name);
-        if (s.status !== 'changed' || !url) continue;
-        s.commits = await commitsBetween(mirrorPath(gitCache, url), s.from!.commit, s.to!.commit);
-      }
-      if (g.json) io.out(JSON.stringify({ ...d, summary: diffSummary(d) }) + '\n');
-      else io.out(formatDiff(d) + `summary: ${diffSummary(d)}\n`);
-    });
+export async function diffCommand(io: Io, a: string, b: string, _opts: unknown, c: Command): Promise<void> {
+  const g = globals(c);
+  const config = loadConfig(g.config);
+  const [ma, mb] = [(await showArtifact(config, a)).manifest, (await showArtifact(config, b)).manifest];
+  const d = diffManifests(ma, mb);
+  // Sources by name as this config names them (manifests keep the config's text of the URL).
+  const urls = new Map([
+    ['ckan', config.ckan.url],
+    ...config.extensions.map((x) => [x.name, x.url] as const),
+  ]);
+  const gitCache = path.join(defaultCacheDir(), 'git');
+  for (const s of d.sources) {
+    const url = urls.get(s.name);
+    if (s.status !== 'changed' || !url) continue;
+    s.commits = await commitsBetween(mirrorPath(gitCache, url), s.from!.commit, s.to!.commit);
+  }
+  if (g.json) io.out(JSON.stringify({ ...d, summary: diffSummary(d) }) + '\n');
+  else io.out(formatDiff(d) + `summary: ${diffSummary(d)}\n`);
 }

@@ -1,5 +1,5 @@
 // What the commands that talk to an environment's hosts share (setup.ts, ship.ts, promote.ts,
-// rollback.ts, status.ts, unlock.ts, one file each; deploy.ts registers them): loading the config and
+// rollback.ts, status.ts, unlock.ts, one file each; index.ts registers them): loading the config and
 // the environment, the session, every host's facts, and the ship of an artifact (plan, then execute or
 // print), which ship, promote and rollback have in common.
 import type { Command } from 'commander';
@@ -12,8 +12,7 @@ import { environment, loadConfig } from '../config/load.js';
 import { loadSecrets, secretValues } from '../config/secrets.js';
 import type { Config, Environment } from '../config/types.js';
 import { HOST_PYTHON } from '../deploy/agent.js';
-import { deploy, planShip } from '../deploy/deploy.js';
-import { readFactsReadOnly } from '../deploy/facts.js';
+import type { DeployResult } from '../deploy/deploy.js';
 import { notify, who, type Notice } from '../deploy/notify.js';
 import {
   allOrThrow,
@@ -28,7 +27,7 @@ import { OperationError, UsageError } from '../errors.js';
 import type { Events } from '../events.js';
 import type { Io } from '../io.js';
 import { defaultVenv, releaseJson } from '../layout.js';
-import { formatDeployPlan, healthyOn, type HostFacts } from '../plan.js';
+import { formatDeployPlan, healthyOn, type DeployPlan, type HostFacts } from '../plan.js';
 import type { ConnectOptions } from '../remote/ssh.js';
 import { globals } from './common.js';
 
@@ -39,9 +38,6 @@ export interface Loaded {
   /** --rehash: verify a release already on a host by reading every file, not trusting its seals. */
   rehash?: boolean;
 }
-
-export const REHASH =
-  'check a release already on a host by hashing every file again instead of trusting its seals (README "Performance")';
 
 export function load(cmdObj: Command, envName: string): Loaded {
   const g = globals(cmdObj);
@@ -83,8 +79,10 @@ export async function withSession<T>(
 
 /** Every host's facts; `readOnly` (dry runs): without installing the agent either. */
 export async function allFacts(s: Session, python = HOST_PYTHON, readOnly = false): Promise<HostFacts[]> {
+  // The read-only path (server facts, templates) only for dry runs.
+  const readOnlyFacts = readOnly ? (await import('../deploy/facts.js')).readFactsReadOnly : undefined;
   const results = await settleAll(s.hosts, s.env.parallel, (h) =>
-    readOnly ? readFactsReadOnly(s, h, python) : readFacts(s, h, python),
+    readOnlyFacts ? readOnlyFacts(s, h, python) : readFacts(s, h, python),
   );
   return allOrThrow(s.hosts, results, `cannot read the state of every host of ${s.env.name}`);
 }
@@ -110,6 +108,8 @@ export async function shipArtifact(
 ): Promise<void> {
   const m = artifact.manifest;
   const label = `${operation} ${s.env.name} ${artifact.id}`;
+  // The executor (and the templates, the delta archives) only for the commands that ship.
+  const { deploy, planShip } = await import('../deploy/deploy.js');
   if (dryRun) {
     const { plan } = await planShip(s, m, operation, { dryRun: true });
     ev.emit({ type: 'result', command: operation, ok: true, plan });
@@ -126,8 +126,8 @@ export async function shipArtifact(
   };
   const send = (n: Notice) => notify(s.config.notify, n, { mask: ev.scrub, say: ev.say });
   await send({ event: 'start', ...notice });
-  let r: Awaited<ReturnType<typeof deploy>>;
-  let executed: Awaited<ReturnType<typeof planShip>>['plan'];
+  let r: DeployResult;
+  let executed: DeployPlan;
   try {
     const { plan, facts } = await planShip(s, m, operation, { dryRun: false, label });
     executed = plan;

@@ -12,7 +12,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { stringify } from 'yaml';
-import { CKAN_UPSTREAM, convertAnsible, type Conversion, type ConvertOptions } from '../ansible/convert.js';
+import { convertAnsible, type Conversion, type ConvertOptions } from '../ansible/convert.js';
 import type { Io } from '../io.js';
 import { displayPath, parseConfig } from '../config/load.js';
 import { ConfigError, UsageError } from '../errors.js';
@@ -108,47 +108,30 @@ ckan.storage_path = {{ release }}/storage
 ckan.plugins = {{ plugins | join(' ') }}
 `;
 
-export function registerInit(program: Command, io: Io): void {
-  program
-    .command('init')
-    .description('write a commented ckan-release.yml for a new project')
-    .option('--from-ansible <dir>', 'convert an Ansible playbook project of the old kind')
-    .option(
-      '--ckan-ref <ref>',
-      "with --from-ansible: CKAN's tag or branch, when the playbooks do not clone CKAN",
-    )
-    .option(
-      '--ckan-source <url>',
-      `with --from-ansible and --ckan-ref: CKAN's git source (default ${CKAN_UPSTREAM})`,
-    )
-    .option('--force', 'overwrite an existing ckan-release.yml')
-    .action(
-      (
-        opts: { fromAnsible?: string; force?: boolean; ckanRef?: string; ckanSource?: string },
-        c: Command,
-      ) => {
-        const file = path.resolve(globals(c).config);
-        if (existsSync(file) && !opts.force)
-          throw new UsageError(`${file} exists`, 'pass --force to overwrite it');
-        if ((opts.ckanRef || opts.ckanSource) && !opts.fromAnsible)
-          throw new UsageError('--ckan-ref and --ckan-source go with --from-ansible');
-        if (opts.fromAnsible) {
-          fromAnsible(opts.fromAnsible, file, !!opts.force, io, {
-            ckanRef: opts.ckanRef,
-            ckanSource: opts.ckanSource,
-          });
-          return;
-        }
-        const template = path.join(path.dirname(file), 'templates', 'ckan.ini.j2');
-        writeFileSync(file, STARTER_CONFIG);
-        io.out(`wrote ${file}\n`);
-        if (!existsSync(template)) {
-          mkdirSync(path.dirname(template), { recursive: true });
-          writeFileSync(template, STARTER_TEMPLATE);
-          io.out(`wrote ${template}\n`);
-        }
-      },
-    );
+export function initCommand(
+  io: Io,
+  opts: { fromAnsible?: string; force?: boolean; ckanRef?: string; ckanSource?: string },
+  c: Command,
+): void {
+  const file = path.resolve(globals(c).config);
+  if (existsSync(file) && !opts.force) throw new UsageError(`${file} exists`, 'pass --force to overwrite it');
+  if ((opts.ckanRef || opts.ckanSource) && !opts.fromAnsible)
+    throw new UsageError('--ckan-ref and --ckan-source go with --from-ansible');
+  if (opts.fromAnsible) {
+    fromAnsible(opts.fromAnsible, file, !!opts.force, io, {
+      ckanRef: opts.ckanRef,
+      ckanSource: opts.ckanSource,
+    });
+    return;
+  }
+  const template = path.join(path.dirname(file), 'templates', 'ckan.ini.j2');
+  writeFileSync(file, STARTER_CONFIG);
+  io.out(`wrote ${file}\n`);
+  if (!existsSync(template)) {
+    mkdirSync(path.dirname(template), { recursive: true });
+    writeFileSync(template, STARTER_TEMPLATE);
+    io.out(`wrote ${template}\n`);
+  }
 }
 
 /** The converted config as commented YAML: what was mapped and what was not, then the config. */

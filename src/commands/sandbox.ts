@@ -2,7 +2,7 @@
 // (<config dir>/.ckan-release/sandbox/ssh_config). Ports come from each host's host_vars
 // (ssh_port, http_port), so the committed config and the sandbox agree.
 import path from 'node:path';
-import { Option, type Command } from 'commander';
+import type { Command } from 'commander';
 import type { Io } from '../io.js';
 import { loadConfig } from '../config/load.js';
 import { SANDBOX_OSES, type SandboxOs } from '../config/schema.js';
@@ -12,7 +12,6 @@ import { requireEngine } from '../docker/engine.js';
 import { UsageError } from '../errors.js';
 import {
   DEFAULT_SANDBOX_OS,
-  SANDBOX_SERVERS,
   sandboxDown,
   sandboxUp,
   type SandboxHostSpec,
@@ -104,59 +103,45 @@ export function sandboxPostgres(
   return out;
 }
 
-export function registerSandbox(program: Command, io: Io): void {
-  const sandbox = program
-    .command('sandbox')
-    .description('local throwaway hosts (containers with sshd + Apache/mod_wsgi) to rehearse deploys');
-  sandbox
-    .command('up')
-    .description("start the sandbox hosts of the environments that use the sandbox's ssh_config")
-    .option('--hosts <names>', 'only these hosts (comma-separated)')
-    .addOption(
-      new Option('--server <kind>', 'apache: Apache + mod_wsgi; uwsgi: nginx + uwsgi under supervisor')
-        .choices([...SANDBOX_SERVERS])
-        .default('apache'),
-    )
-    .action(async (opts: { hosts?: string; server: SandboxServer }, c: Command) => {
-      const config = loadConfig(globals(c).config);
-      let hosts = sandboxHosts(config);
-      if (hosts.length === 0) {
-        throw new UsageError(
-          `no environment of ${config.displayFile} uses the sandbox: set its ssh_config to .ckan-release/sandbox/ssh_config`,
-        );
-      }
-      if (opts.hosts) {
-        const wanted = opts.hosts.split(',').map((h) => h.trim());
-        const unknown = wanted.filter((w) => !hosts.some((h) => h.name === w));
-        if (unknown.length)
-          throw new UsageError(`not sandbox hosts of ${config.displayFile}: ${unknown.join(', ')}`);
-        hosts = hosts.filter((h) => wanted.includes(h.name));
-      }
-      hosts = hosts.map((h) => ({ ...h, server: opts.server }));
-      const g = globals(c);
-      const postgres = sandboxPostgres(
-        config,
-        (env) =>
-          env.secrets
-            ? loadSecrets(env.secrets, { vaultPasswordFile: g.vaultPasswordFile, env: process.env })
-            : {},
-        hosts,
-      );
-      const docker = await requireEngine();
-      const up = await sandboxUp(docker, { dir: sandboxDir(config), hosts, postgres }, (l) =>
-        io.err(`${l}\n`),
-      );
-      for (const h of up) io.out(`${h.name}: ssh 127.0.0.1:${h.sshPort}, http://127.0.0.1:${h.httpPort}/\n`);
-      for (const p of postgres)
-        io.out(`postgresql: 127.0.0.1:${p.port}, database ${p.database}, user ${p.user}\n`);
-    });
-  sandbox
-    .command('down')
-    .description('remove the sandbox hosts (keeps the key pair)')
-    .action(async (_opts: unknown, c: Command) => {
-      const config = loadConfig(globals(c).config);
-      const docker = await requireEngine();
-      const removed = await sandboxDown(docker, { dir: sandboxDir(config) }, (l) => io.err(`${l}\n`));
-      io.out(removed.length ? `removed ${removed.join(', ')}\n` : 'no sandbox hosts were running\n');
-    });
+export async function sandboxUpCommand(
+  io: Io,
+  opts: { hosts?: string; server: SandboxServer },
+  c: Command,
+): Promise<void> {
+  const config = loadConfig(globals(c).config);
+  let hosts = sandboxHosts(config);
+  if (hosts.length === 0) {
+    throw new UsageError(
+      `no environment of ${config.displayFile} uses the sandbox: set its ssh_config to .ckan-release/sandbox/ssh_config`,
+    );
+  }
+  if (opts.hosts) {
+    const wanted = opts.hosts.split(',').map((h) => h.trim());
+    const unknown = wanted.filter((w) => !hosts.some((h) => h.name === w));
+    if (unknown.length)
+      throw new UsageError(`not sandbox hosts of ${config.displayFile}: ${unknown.join(', ')}`);
+    hosts = hosts.filter((h) => wanted.includes(h.name));
+  }
+  hosts = hosts.map((h) => ({ ...h, server: opts.server }));
+  const g = globals(c);
+  const postgres = sandboxPostgres(
+    config,
+    (env) =>
+      env.secrets
+        ? loadSecrets(env.secrets, { vaultPasswordFile: g.vaultPasswordFile, env: process.env })
+        : {},
+    hosts,
+  );
+  const docker = await requireEngine();
+  const up = await sandboxUp(docker, { dir: sandboxDir(config), hosts, postgres }, (l) => io.err(`${l}\n`));
+  for (const h of up) io.out(`${h.name}: ssh 127.0.0.1:${h.sshPort}, http://127.0.0.1:${h.httpPort}/\n`);
+  for (const p of postgres)
+    io.out(`postgresql: 127.0.0.1:${p.port}, database ${p.database}, user ${p.user}\n`);
+}
+
+export async function sandboxDownCommand(io: Io, _opts: unknown, c: Command): Promise<void> {
+  const config = loadConfig(globals(c).config);
+  const docker = await requireEngine();
+  const removed = await sandboxDown(docker, { dir: sandboxDir(config) }, (l) => io.err(`${l}\n`));
+  io.out(removed.length ? `removed ${removed.join(', ')}\n` : 'no sandbox hosts were running\n');
 }

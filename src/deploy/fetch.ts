@@ -10,8 +10,8 @@
 import { createHash } from 'node:crypto';
 import path from 'node:path';
 import { Readable } from 'node:stream';
-import { chunksOf, type S3Store } from '../artifact/s3.js';
-import type { Manifest } from '../artifact/manifest.js';
+import { chunksOf, type Manifest } from '../artifact/manifest.js';
+import type { S3Store } from '../artifact/s3.js';
 import type { Config } from '../config/types.js';
 import { CkanReleaseError, OperationError } from '../errors.js';
 import { redactPresigned } from '../redact.js';

@@ -36,6 +36,7 @@ import { dockerfileBase, ensureBaseImage, type Say } from '../docker/engine.js';
 import { ensureImage } from '../docker/images.js';
 import { demuxBuffer, execInContainer } from '../docker/run.js';
 import { OperationError, UsageError } from '../errors.js';
+import { SANDBOX_SERVERS, type SandboxServer } from './servers.js';
 
 const run = promisify(execFile);
 
@@ -59,8 +60,7 @@ export const SANDBOX_USER = 'deploy';
 const HOST_NAME = /^[a-z0-9][a-z0-9_.-]{0,62}$/;
 const READY_TIMEOUT_MS = 60_000;
 
-export const SANDBOX_SERVERS = ['apache', 'uwsgi'] as const;
-export type SandboxServer = (typeof SANDBOX_SERVERS)[number];
+export { SANDBOX_SERVERS, type SandboxServer };
 
 export interface SandboxHostSpec {
   name: string;
