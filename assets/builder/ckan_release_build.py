@@ -216,7 +216,8 @@ def editable_style(python):
     pkg_resources namespace in both, `import ckanext.<name>` then fails. A backend without PEP 660
     (setuptools < 64) makes pip fall back to `setup.py develop` for every project alike. Older pip
     (Python 2's 20.3) has only `setup.py develop`: one style already."""
-    code, out = run([python, "-m", "pip", "--version"])
+    # pip's version without `pip --version`, which imports pip's CLI (0.4 s against 0.05 s).
+    code, out = run([python, "-c", "import pip; print('pip ' + pip.__version__)"], cwd="/")
     m = re.search(r"pip (\d+)\.(\d+)", out)
     if code == 0 and m and (int(m.group(1)), int(m.group(2))) >= (21, 3):
         return ["--use-pep517"]
@@ -240,7 +241,9 @@ def installed_constraints(python, path):
 # every extension's build requirements (pyproject.toml [build-system] requires, or pip's default
 # setuptools>=40.8.0 and wheel), and the wheel that setuptools' get_requires_for_build_editable adds,
 # are installed in the venv at the version that pip, with these find-links and no index, would install
-# into the isolated environment (the highest that fits). Prints {"ok": bool, "reason" or "using": ...}.
+# into the isolated environment (the highest that fits), and no setup_requires asks for more. Then it
+# does in each tree what the isolated build did there besides building (egg_info, see below). Prints
+# {"ok": bool, "reason" or "using": ...}.
 BUILD_ENV_CHECK = r"""
 import json, os, re, sys
 try:
@@ -290,17 +293,17 @@ def build_requires(src):
             with open(path, "rb") as f:
                 system = tomllib.load(f).get("build-system")
         except Exception as e:
-            return None, "its pyproject.toml does not parse (%s)" % e
+            return None, None, "its pyproject.toml does not parse (%s)" % e
     if system is None:
-        return ["setuptools>=40.8.0", "wheel"], None
+        return ["setuptools>=40.8.0", "wheel"], SETUPTOOLS[1], None
     if "requires" not in system:
-        return None, "its pyproject.toml has [build-system] without requires"
+        return None, None, "its pyproject.toml has [build-system] without requires"
     if system.get("backend-path"):
-        return None, "its build backend is in its own tree (backend-path)"
-    backend = system.get("build-backend", "setuptools.build_meta:__legacy__")
+        return None, None, "its build backend is in its own tree (backend-path)"
+    backend = system.get("build-backend", SETUPTOOLS[1])
     if backend not in SETUPTOOLS:
-        return None, "its build backend is %s, not setuptools" % backend
-    return list(system["requires"]) + ["wheel"], None
+        return None, None, "its build backend is %s, not setuptools" % backend
+    return list(system["requires"]) + ["wheel"], backend, None
 
 def check():
     have = installed()
@@ -314,7 +317,7 @@ def check():
                 with open(path, "rb") as f:
                     if b"setup_requires" in f.read():
                         return {"ok": False, "reason": "%s: its %s names setup_requires" % (who, name)}
-        requires, why = build_requires(src)
+        requires, backend, why = build_requires(src)
         if why:
             return {"ok": False, "reason": "%s: %s" % (who, why)}
         for line in requires:
@@ -338,18 +341,59 @@ def check():
                 return {"ok": False, "reason": "%s: an isolated build would install %s %s from the find-links, "
                         "the venv has %s" % (who, req.name, max(fits) if fits else "(none)", version)}
             using[name] = str(version)
+        backends[src] = backend
     return {"ok": True, "using": using}
 
-print(json.dumps(check()))
+def egg_info():
+    # What an isolated build does in the source tree besides building: pip asks the backend for the
+    # build's own requirements (get_requires_for_build_editable, by pip's vendored hook caller, a
+    # subprocess per extension, as pip does), and setuptools answers by running egg_info, which writes
+    # <name>.egg-info into the tree. Without isolation pip skips that call; the release keeps those files.
+    try:
+        from pip._vendor.pyproject_hooks import BuildBackendHookCaller as Caller
+    except ImportError:
+        from pip._vendor.pep517.wrappers import Pep517HookCaller as Caller
+    import subprocess, threading
+    failed = []
+    def one(src):
+        def runner(cmd, cwd=None, extra_environ=None):
+            env = dict(os.environ)
+            env.update(extra_environ or {})
+            proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            out = proc.communicate()[0].decode("utf-8", "replace")
+            answer["log"].append(out)
+            if proc.returncode:
+                raise RuntimeError((out.strip().splitlines() or ["exit code %d" % proc.returncode])[-1])
+        try:
+            Caller(src, backends[src], runner=runner).get_requires_for_build_editable()
+        except Exception as e:
+            failed.append("%s: its backend's get_requires_for_build_editable failed: %s" % (os.path.basename(src), e))
+    threads = [threading.Thread(target=one, args=(src,)) for src in args["sources"]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return failed
+
+backends = {}
+answer = check()
+answer["log"] = []
+if answer["ok"]:
+    failed = egg_info()
+    if failed:
+        answer.update(ok=False, reason=failed[0])
+print(json.dumps(answer))
 """
 
 
-def build_isolation(spec, python, sources):
+def build_isolation(spec, python, sources, meanwhile=None):
     """["--no-build-isolation"] when BUILD_ENV_CHECK says an isolated build would use the backend the
     venv already has (each isolated build costs two pip runs of its own), else [] (today's path). With
     an index, or pip options of one's own, what pip would put in the isolated environment is not
-    knowable here: isolation stays. The build log says which path was taken and why."""
+    knowable here: isolation stays. The build log says which path was taken and why. `meanwhile` (a
+    callable) runs while the check does: it writes only into the extensions' trees."""
     why = None
+    proc = None
     pip = spec["pip"]
     links = list(pip.get("find_links", [])) + [BUILDER_WHEELS]
     if pip.get("index_url"):
@@ -361,12 +405,19 @@ def build_isolation(spec, python, sources):
     if why is None:
         proc = subprocess.Popen([python, "-c", BUILD_ENV_CHECK, json.dumps({"sources": sources, "find_links": links})],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/")
-        out, err = proc.communicate()
+    try:
+        if meanwhile:
+            meanwhile()
+    finally:
+        out, err = proc.communicate() if proc else (b"", b"")
+    if why is None:
         try:
             answer = json.loads(out.decode("utf-8"))
         except ValueError:
             answer = {"ok": False, "reason": "the check failed: %s"
                       % (err.decode("utf-8", "replace").strip().splitlines()[-1:] or "no output")}
+        for text in answer.get("log", []):
+            log(text)
         if answer["ok"]:
             emit("info", message="install: editable wheels built in the venv (no build isolation): the venv has "
                  "the build requirements an isolated build would install (%s)"
@@ -385,7 +436,6 @@ def install_extensions(spec, python, release):
     to name the one that fails (and the earlier extensions' pins then constrain the later ones)."""
     style = editable_style(python)
     pip = [python, "-m", "pip", "install"] + pip_args(spec) + style
-    constraints = ["-c", installed_constraints(python, "/tmp/ckan-release-constraints.txt")]
     args = []
     used = {}
     sources = []
@@ -396,10 +446,17 @@ def install_extensions(spec, python, release):
             args += ["-r", requirements_arg(spec, os.path.join(src, name))]
         args += ["-e", src]
         sources.append(src)
+    constraints = []
+
+    def freeze():
+        constraints[:] = ["-c", installed_constraints(python, "/tmp/ckan-release-constraints.txt")]
     if not args:
         return used
     # Only where every editable install is a PEP 660 build (pip 21.3+): older pip runs setup.py develop.
-    isolation = build_isolation(spec, python, sources) if style and sources else []
+    # pip freeze reads only the venv (the trees are not on its path yet): it runs beside the check.
+    isolation = build_isolation(spec, python, sources, meanwhile=freeze) if style and sources else []
+    if not constraints:
+        freeze()
     if isolation:
         code, out = run(pip + isolation + constraints + args, cwd=release, env=pip_env(spec))
         if code == 0:

@@ -14,12 +14,14 @@ import { BUILD_SCRIPT } from '../../src/builder/build.js';
 import { requirePython, TEST_PYTHONS } from '../support/pythons.js';
 
 const ISOLATION_CHECK = String.raw`
-import json, os, sys
+import json, os, subprocess, sys
 sys.path.insert(0, sys.argv[1])
 import ckan_release_build as b
 work, release_python = sys.argv[2], sys.argv[3]
 said = []
 b.emit = lambda event, **fields: said.append(fields.get("message"))
+logged = []
+b.log = logged.append
 
 def write(rel, text):
     path = os.path.join(work, rel)
@@ -28,7 +30,12 @@ def write(rel, text):
     with open(path, "w") as f:
         f.write(text)
 
-# The venv: setuptools 66.1.1 and wheel 0.38.4 (Debian 12's), as dist-info directories.
+# The venv: setuptools 66.1.1 and wheel 0.38.4 (Debian 12's), as dist-info directories. The real
+# setuptools of release_python does the work: its entry points (egg_info and the other commands) are
+# copied into the fake one, which shadows it.
+points = subprocess.check_output([release_python, "-c", "import importlib.metadata as m; "
+                                  "print(m.distribution('setuptools').read_text('entry_points.txt'))"])
+write("site/setuptools-66.1.1.dist-info/entry_points.txt", points.decode("utf-8"))
 for name, version in (("setuptools", "66.1.1"), ("wheel", "0.38.4")):
     write("site/%s-%s.dist-info/METADATA" % (name, version),
           "Metadata-Version: 2.1\nName: %s\nVersion: %s\n" % (name, version))
@@ -53,6 +60,7 @@ exts = {
     "broken": {"pyproject.toml": '[build-system\nrequires = ['},
     "setup-requires": {"setup.py": "from setuptools import setup\nsetup(name='x', setup_requires=['pbr'])\n"},
     "extras": {"pyproject.toml": '[build-system]\nrequires = ["setuptools[core]"]\n'},
+    "fails": {"setup.py": "raise SystemExit('no setup here')\n"},
 }
 for ext, files in exts.items():
     for name, text in files.items():
@@ -69,6 +77,7 @@ cases = [
     ("broken", {"find_links": links}, src("broken")),
     ("setup-requires", {"find_links": links}, src("setup-requires")),
     ("extras", {"find_links": links}, src("extras")),
+    ("fails", {"find_links": links}, src("plain", "fails")),
     ("index", {"find_links": links, "index_url": "https://user:secret@pypi.example/simple"}, src("plain")),
     ("extra args", {"find_links": links, "extra_args": ["--pre"]}, src("plain")),
     ("url find-links", {"find_links": ["https://wheels.example/"]}, src("plain")),
@@ -78,7 +87,12 @@ out = {}
 for name, pip, sources in cases:
     del said[:]
     args = b.build_isolation({"pip": pip}, release_python, sources)
-    out[name] = {"args": args, "said": said[:]}
+    out[name] = {"args": args, "said": said[:], "log": logged[:]}
+    del logged[:]
+    if name == "fits":
+        # What the isolated build's get_requires_for_build_editable left in each tree: x.egg-info.
+        out[name]["egg_info"] = sorted(e for e in ("plain", "other-tables", "declared")
+                                       if os.path.isfile(os.path.join(work, "src", e, "x.egg-info", "PKG-INFO")))
 # A release python whose pip has no vendored tomli or packaging to check with (Python 2's pip 20).
 if len(sys.argv) > 4:
     del said[:]
@@ -90,6 +104,7 @@ print(json.dumps(out))
 interface Case {
   args: string[];
   said: string[];
+  egg_info?: string[];
 }
 
 const dirs: string[] = [];
@@ -137,6 +152,8 @@ describe.each(TEST_PYTHONS)('the builder build-isolation choice on Python $label
     kept('broken', /broken: its pyproject\.toml does not parse/);
     kept('setup-requires', /setup-requires: its setup\.py names setup_requires/);
     kept('extras', /extras: build requirement setuptools\[core\] has extras or a URL/);
+    expect(r.fits!.egg_info).toEqual(['declared', 'other-tables', 'plain']);
+    kept('fails', /fails: its backend's get_requires_for_build_editable failed/);
     kept('index', /builder\.pip\.index_url is set/);
     expect(r.index!.said[0]).not.toContain('secret');
     kept('extra args', /builder\.pip\.extra_args are set/);
