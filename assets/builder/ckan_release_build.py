@@ -37,6 +37,8 @@ BASE_PATHS = "/opt/ckan-release/base-venv-paths.json"
 BASE_FILES = "/opt/ckan-release/base-venv-files.json"
 # Kernels cut #! lines at 127 bytes (BINPRM_BUF_SIZE 128); longer ones need pip's /bin/sh trampoline.
 MAX_SHEBANG = 127
+# The builder image's pip, setuptools and wheel wheels (docker/*/Dockerfile): find-links of every pip run.
+BUILDER_WHEELS = "/opt/ckan-release/wheels"
 
 
 class BuildFailure(Exception):
@@ -85,7 +87,7 @@ def pip_args(spec):
     for link in pip.get("find_links", []):
         args += ["--find-links", link]
     # setuptools and wheel for PEP 517 builds with isolation, without a network.
-    args += ["--find-links", "/opt/ckan-release/wheels"]
+    args += ["--find-links", BUILDER_WHEELS]
     if pip.get("constraints"):
         # builder.pip.constraints: for every pip run, the base install's as the release's.
         path = "/tmp/ckan-release-user-constraints.txt"
@@ -214,7 +216,8 @@ def editable_style(python):
     pkg_resources namespace in both, `import ckanext.<name>` then fails. A backend without PEP 660
     (setuptools < 64) makes pip fall back to `setup.py develop` for every project alike. Older pip
     (Python 2's 20.3) has only `setup.py develop`: one style already."""
-    code, out = run([python, "-m", "pip", "--version"])
+    # pip's version without `pip --version`, which imports pip's CLI (0.4 s against 0.05 s).
+    code, out = run([python, "-c", "import pip; print('pip ' + pip.__version__)"], cwd="/")
     m = re.search(r"pip (\d+)\.(\d+)", out)
     if code == 0 and m and (int(m.group(1)), int(m.group(2))) >= (21, 3):
         return ["--use-pep517"]
@@ -233,24 +236,232 @@ def installed_constraints(python, path):
     return path
 
 
+# Run by the release's python (pip 21.3+, Python 3): may the extensions' editable wheels be built in the
+# venv itself (--no-build-isolation)? Yes only when an isolated build would run the very same backend:
+# every extension's build requirements (pyproject.toml [build-system] requires, or pip's default
+# setuptools>=40.8.0 and wheel), and the wheel that setuptools' get_requires_for_build_editable adds,
+# are installed in the venv at the version that pip, with these find-links and no index, would install
+# into the isolated environment (the highest that fits), and no setup_requires asks for more. Then it
+# does in each tree what the isolated build did there besides building (egg_info, see below). Prints
+# {"ok": bool, "reason" or "using": ...}.
+BUILD_ENV_CHECK = r"""
+import json, os, re, sys
+try:
+    import tomllib
+except ImportError:
+    from pip._vendor import tomli as tomllib
+from pip._vendor.packaging.requirements import Requirement
+from pip._vendor.packaging.utils import canonicalize_name
+from pip._vendor.packaging.version import InvalidVersion, Version
+
+args = json.loads(sys.argv[1])
+SETUPTOOLS = ("setuptools.build_meta", "setuptools.build_meta:__legacy__")
+
+def installed():
+    got = {}
+    try:
+        from importlib import metadata
+        for d in metadata.distributions():
+            name = d.metadata["Name"]
+            if name:
+                got.setdefault(canonicalize_name(name), d.version)
+    except ImportError:
+        from pip._vendor import pkg_resources
+        for d in pkg_resources.working_set:
+            got.setdefault(canonicalize_name(d.project_name), d.version)
+    return got
+
+def offered(dirs):
+    # name -> versions of the wheels and sdists in the find-links directories.
+    got = {}
+    for top in dirs:
+        for f in os.listdir(top):
+            m = re.match(r"(.+?)-(\d[^-]*?)(-.*\.whl|\.tar\.gz|\.zip|\.tar\.bz2)$", f)
+            if not m:
+                continue
+            try:
+                got.setdefault(canonicalize_name(m.group(1)), []).append(Version(m.group(2)))
+            except InvalidVersion:
+                pass
+    return got
+
+def build_requires(src):
+    path = os.path.join(src, "pyproject.toml")
+    system = None
+    if os.path.isfile(path):
+        try:
+            with open(path, "rb") as f:
+                system = tomllib.load(f).get("build-system")
+        except Exception as e:
+            return None, None, "its pyproject.toml does not parse (%s)" % e
+    if system is None:
+        return ["setuptools>=40.8.0", "wheel"], SETUPTOOLS[1], None
+    if "requires" not in system:
+        return None, None, "its pyproject.toml has [build-system] without requires"
+    if system.get("backend-path"):
+        return None, None, "its build backend is in its own tree (backend-path)"
+    backend = system.get("build-backend", SETUPTOOLS[1])
+    if backend not in SETUPTOOLS:
+        return None, None, "its build backend is %s, not setuptools" % backend
+    return list(system["requires"]) + ["wheel"], backend, None
+
+def check():
+    have = installed()
+    links = offered(args["find_links"])
+    using = {}
+    for src in args["sources"]:
+        who = os.path.basename(src)
+        for name in ("setup.py", "setup.cfg"):
+            path = os.path.join(src, name)
+            if os.path.isfile(path):
+                with open(path, "rb") as f:
+                    if b"setup_requires" in f.read():
+                        return {"ok": False, "reason": "%s: its %s names setup_requires" % (who, name)}
+        requires, backend, why = build_requires(src)
+        if why:
+            return {"ok": False, "reason": "%s: %s" % (who, why)}
+        for line in requires:
+            try:
+                req = Requirement(line)
+            except Exception:
+                return {"ok": False, "reason": "%s: build requirement %r does not parse" % (who, line)}
+            if req.marker is not None and not req.marker.evaluate():
+                continue
+            name = canonicalize_name(req.name)
+            if req.extras or req.url:
+                return {"ok": False, "reason": "%s: build requirement %s has extras or a URL" % (who, line)}
+            if name not in have:
+                return {"ok": False, "reason": "%s: build requirement %s is not installed in the venv" % (who, line)}
+            version = Version(have[name])
+            if not req.specifier.contains(version, prereleases=True):
+                return {"ok": False, "reason": "%s: build requirement %s, the venv has %s %s"
+                        % (who, line, req.name, version)}
+            fits = [v for v in links.get(name, []) if req.specifier.contains(v)]
+            if not fits or max(fits) != version:
+                return {"ok": False, "reason": "%s: an isolated build would install %s %s from the find-links, "
+                        "the venv has %s" % (who, req.name, max(fits) if fits else "(none)", version)}
+            using[name] = str(version)
+        backends[src] = backend
+    return {"ok": True, "using": using}
+
+def egg_info():
+    # What an isolated build does in the source tree besides building: pip asks the backend for the
+    # build's own requirements (get_requires_for_build_editable, by pip's vendored hook caller, a
+    # subprocess per extension, as pip does), and setuptools answers by running egg_info, which writes
+    # <name>.egg-info into the tree. Without isolation pip skips that call; the release keeps those files.
+    try:
+        from pip._vendor.pyproject_hooks import BuildBackendHookCaller as Caller
+    except ImportError:
+        from pip._vendor.pep517.wrappers import Pep517HookCaller as Caller
+    import subprocess, threading
+    failed = []
+    def one(src):
+        def runner(cmd, cwd=None, extra_environ=None):
+            env = dict(os.environ)
+            env.update(extra_environ or {})
+            proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            out = proc.communicate()[0].decode("utf-8", "replace")
+            answer["log"].append(out)
+            if proc.returncode:
+                raise RuntimeError((out.strip().splitlines() or ["exit code %d" % proc.returncode])[-1])
+        try:
+            Caller(src, backends[src], runner=runner).get_requires_for_build_editable()
+        except Exception as e:
+            failed.append("%s: its backend's get_requires_for_build_editable failed: %s" % (os.path.basename(src), e))
+    threads = [threading.Thread(target=one, args=(src,)) for src in args["sources"]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return failed
+
+backends = {}
+answer = check()
+answer["log"] = []
+if answer["ok"]:
+    failed = egg_info()
+    if failed:
+        answer.update(ok=False, reason=failed[0])
+print(json.dumps(answer))
+"""
+
+
+def build_isolation(spec, python, sources, meanwhile=None):
+    """["--no-build-isolation"] when BUILD_ENV_CHECK says an isolated build would use the backend the
+    venv already has (each isolated build costs two pip runs of its own), else [] (today's path). With
+    an index, or pip options of one's own, what pip would put in the isolated environment is not
+    knowable here: isolation stays. The build log says which path was taken and why. `meanwhile` (a
+    callable) runs while the check does: it writes only into the extensions' trees."""
+    why = None
+    proc = None
+    pip = spec["pip"]
+    links = list(pip.get("find_links", [])) + [BUILDER_WHEELS]
+    if pip.get("index_url"):
+        why = "builder.pip.index_url is set (which backend version an isolated build gets is the index's)"
+    elif pip.get("extra_args"):
+        why = "builder.pip.extra_args are set"
+    elif [l for l in links if "://" in l or not os.path.isdir(l)]:
+        why = "a find-links entry is not a local directory"
+    if why is None:
+        proc = subprocess.Popen([python, "-c", BUILD_ENV_CHECK, json.dumps({"sources": sources, "find_links": links})],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/")
+    try:
+        if meanwhile:
+            meanwhile()
+    finally:
+        out, err = proc.communicate() if proc else (b"", b"")
+    if why is None:
+        try:
+            answer = json.loads(out.decode("utf-8"))
+        except ValueError:
+            answer = {"ok": False, "reason": "the check failed: %s"
+                      % (err.decode("utf-8", "replace").strip().splitlines()[-1:] or "no output")}
+        for text in answer.get("log", []):
+            log(text)
+        if answer["ok"]:
+            emit("info", message="install: editable wheels built in the venv (no build isolation): the venv has "
+                 "the build requirements an isolated build would install (%s)"
+                 % ", ".join("%s %s" % kv for kv in sorted(answer["using"].items())))
+            return ["--no-build-isolation"]
+        why = answer["reason"]
+    emit("info", message="install: editable wheels built with build isolation: %s" % why)
+    return []
+
+
 def install_extensions(spec, python, release):
     """One pip run installs every extension: its requirements.txt and its source (editable), constrained
     to the versions installed in the base, so an extension may add packages but never replace one.
     Each pip run scans the whole venv (seconds for a big one), so one run instead of three per
     extension. When it fails, the extensions are installed one at a time, as one resolver run each,
     to name the one that fails (and the earlier extensions' pins then constrain the later ones)."""
-    pip = [python, "-m", "pip", "install"] + pip_args(spec) + editable_style(python)
-    constraints = ["-c", installed_constraints(python, "/tmp/ckan-release-constraints.txt")]
+    style = editable_style(python)
+    pip = [python, "-m", "pip", "install"] + pip_args(spec) + style
     args = []
     used = {}
+    sources = []
     for ext in spec["extensions"]:
         src = os.path.join(release, "src", ext["name"])
         used[ext["name"]] = requirement_files(ext, src)
         for name in used[ext["name"]]:
             args += ["-r", requirements_arg(spec, os.path.join(src, name))]
         args += ["-e", src]
+        sources.append(src)
+    constraints = []
+
+    def freeze():
+        constraints[:] = ["-c", installed_constraints(python, "/tmp/ckan-release-constraints.txt")]
     if not args:
         return used
+    # Only where every editable install is a PEP 660 build (pip 21.3+): older pip runs setup.py develop.
+    # pip freeze reads only the venv (the trees are not on its path yet): it runs beside the check.
+    isolation = build_isolation(spec, python, sources, meanwhile=freeze) if style and sources else []
+    if not constraints:
+        freeze()
+    if isolation:
+        code, out = run(pip + isolation + constraints + args, cwd=release, env=pip_env(spec))
+        if code == 0:
+            return used
+        log("installing the extensions without build isolation failed; installing them as before, isolated")
     code, out = run(pip + constraints + args, cwd=release, env=pip_env(spec))
     if code == 0:
         return used

@@ -1,7 +1,6 @@
 // ckan-release build: resolve and pin the inputs, make (or reuse) the builder image and the base venv
 // image, run the release step in a container without network, and store the artifact atomically.
 import {
-  createReadStream,
   cpSync,
   createWriteStream,
   existsSync,
@@ -12,7 +11,6 @@ import {
   writeFileSync,
   type WriteStream,
 } from 'node:fs';
-import { createHash } from 'node:crypto';
 import os from 'node:os';
 import { PassThrough } from 'node:stream';
 import path from 'node:path';
@@ -329,7 +327,7 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
 
     emit({ kind: 'step', step: 'store' });
     const sent = path.join(staging, 'members.gz');
-    await moving(`assembling the archive in ${staging}`, () =>
+    const archiveSha = await moving(`assembling the archive in ${staging}`, () =>
       assembleArchive(
         (result.archive_chunks as ArchiveChunk[] | undefined) ?? [],
         localArchiveMembers,
@@ -338,7 +336,6 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
       ),
     );
     rmSync(sent);
-    const archiveSha = await sha256File(path.join(staging, 'release.tar.gz'));
     if (archiveSha !== result.archive_sha256) {
       throw new OperationError(
         `the archive copied out of the build container is corrupt (sha256 ${archiveSha}, expected ${String(result.archive_sha256)})`,
@@ -415,12 +412,6 @@ async function moving<T>(what: string, fn: () => T | Promise<T>): Promise<T> {
     if (e instanceof CkanReleaseError) throw e;
     throw new OperationError(`${what} failed: ${(e as Error).message}`);
   }
-}
-
-export async function sha256File(file: string): Promise<string> {
-  const hash = createHash('sha256');
-  for await (const chunk of createReadStream(file)) hash.update(chunk as Buffer);
-  return hash.digest('hex');
 }
 
 type ReleaseHeader = Omit<Manifest, 'plugins' | 'archive' | 'files'>;

@@ -49,14 +49,16 @@ export function localMembers(store: string, limit = MEMBER_SOURCES): Map<string,
 /**
  * Writes `out`: the archive's members in order, each either the next one of `sent` (the members the
  * container sent, in order) or, when `local` has it, copied from a local archive. Every member is
- * checked against its size and sha256 as it is written.
+ * checked against its size and sha256 as it is written. Returns the sha256 of the whole archive, hashed
+ * as it was written (the store checks it against the container's without reading the file again).
  */
 export function assembleArchive(
   chunks: ArchiveChunk[],
   local: Map<string, LocalMember>,
   sent: string,
   out: string,
-): void {
+): string {
+  const whole = createHash('sha256');
   const fds = new Map<string, number>();
   const fdOf = (file: string) => {
     let fd = fds.get(file);
@@ -84,7 +86,9 @@ export function assembleArchive(
         );
       }
       writeSync(target, buf);
+      whole.update(buf);
     }
+    return whole.digest('hex');
   } finally {
     closeSync(target);
     for (const fd of fds.values()) closeSync(fd);

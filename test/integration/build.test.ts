@@ -147,6 +147,17 @@ describe('a build of the example project', () => {
     for (const x of ['ckanext-showcase', 'ckanext-spatial', 'ckanext-scheming'])
       expect(installs[0]).toContain(` -e ${R}/src/${x}`);
     expect(installs[0]).toContain(` -r ${R}/src/ckanext-spatial/requirements.txt`);
+    // The venv has the setuptools and wheel an isolated build would install: none is made (README,
+    // Building step 7), and the trees still get the egg-info an isolated build writes there.
+    expect(installs[0]).toContain(' --no-build-isolation ');
+    expect(log).toContain(
+      'install: editable wheels built in the venv (no build isolation): the venv has the build ' +
+        'requirements an isolated build would install (setuptools 66.1.1, wheel 0.38.4)',
+    );
+    const paths = new Set(first.manifest.files.map((f) => f.path));
+    for (const x of ['showcase', 'spatial', 'scheming'])
+      for (const f of ['PKG-INFO', 'SOURCES.txt', 'entry_points.txt', 'top_level.txt'])
+        expect(paths, `${x} ${f}`).toContain(`src/ckanext-${x}/ckanext_${x}.egg-info/${f}`);
   });
 
   it('has a manifest whose every entry matches the tarball (sha256, mode, type, link target), and nothing more', () => {

@@ -48,8 +48,10 @@ describe('a warm archive assembled from local members', () => {
     writeFileSync(sent, Buffer.concat([d, d]));
     const out = path.join(work, 'release.tar.gz');
     const chunks = whole.map((m) => ({ bytes: m.length, sha256: sha256(m) }));
-    assembleArchive(chunks, localMembers(store), sent, out);
+    const got = assembleArchive(chunks, localMembers(store), sent, out);
     expect(readFileSync(out).equals(Buffer.concat(whole))).toBe(true);
+    // The whole archive's sha256, hashed as it was written: what the store checks.
+    expect(got).toBe(sha256(readFileSync(out)));
     expect(gunzipSync(readFileSync(out)).toString()).toBe(
       ['c', 'd', 'a', 'd', 'b'].map((t) => t.repeat(1000)).join(''),
     );
