@@ -510,7 +510,8 @@ async function main(): Promise<void> {
     }
 
     // ---- hosts (none when only build or s3 rows run)
-    if (['full', 'delta', 'fleet', 'direct', 'disk', 'rollback', 'fixed'].some(runs)) {
+    const hostsUp = ['full', 'delta', 'fleet', 'direct', 'disk', 'rollback', 'fixed'].some(runs);
+    if (hostsUp) {
       await cli(config, 'sandbox', 'up');
       await cli(config, 'setup', 'fleet');
     }
@@ -812,7 +813,7 @@ async function main(): Promise<void> {
         (_, r) => r !== null && r <= 0.15,
       );
 
-    await emptyTrash(FLEET);
+    if (hostsUp) await emptyTrash(FLEET);
 
     if (!process.env.BENCH_SKIP_RESTART && runs('restart')) {
       // The restart recipe's contrast (README "Web servers"): a small release, one Apache host.
