@@ -1459,16 +1459,25 @@ class Linker(object):
                 s.save(path)
 
 
+def tree_seal_inputs(p, rid, manifest_path):
+    """(the paths the release's tree seal left out, the sha256 of its manifest), or None when the release
+    has no readable tree seal or manifest."""
+    try:
+        with io.open(tree_seal_path(p, rid), encoding="utf-8") as f:
+            exclude = json.load(f)["exclude"]
+        return exclude, file_sha256(manifest_path)
+    except (IOError, OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def relink_tree_seal(p, base):
     """The tree seal of the release a delta linked from (the current one: the next rollback target),
     recorded again once its seal moved along the links; the others' are recorded by their next check."""
     rid, d, mpath = base
-    try:
-        with io.open(tree_seal_path(p, rid), encoding="utf-8") as f:
-            exclude = json.load(f)["exclude"]
-        sha = file_sha256(mpath)
-    except (IOError, OSError, ValueError, KeyError, TypeError):
+    recorded = tree_seal_inputs(p, rid, mpath)
+    if recorded is None:
         return False
+    exclude, sha = recorded
     return save_tree_seal(p, rid, d, sha, Seal.load(seal_path(p, rid)), exclude)
 
 
@@ -1637,12 +1646,10 @@ def bulk_copy(p, base, partial, old_files, new_entries):
     paths kept, or None when nothing was copied (no tree seal, a change, no GNU cp)."""
     import subprocess
     rid, d, mpath = base
-    try:
-        with io.open(tree_seal_path(p, rid), encoding="utf-8") as f:
-            exclude = json.load(f)["exclude"]
-        sha = file_sha256(mpath)
-    except (IOError, OSError, ValueError, KeyError, TypeError):
+    recorded = tree_seal_inputs(p, rid, mpath)
+    if recorded is None:
         return None
+    exclude, sha = recorded
     if not tree_unchanged(p, rid, d, sha, exclude):
         return None
     # Copied inside a directory only the agent's user can enter, then moved into place closed (0700):

@@ -66,6 +66,12 @@ function lostError(
   return commandError(host, step, { code: exit.code ?? 128, stdout: '', stderr });
 }
 
+/** Waits for the channel's input to drain: false when the channel closed first. */
+async function drainedOrClosed(ch: Channel, closed: Promise<'closed'>): Promise<boolean> {
+  const drained = new Promise<'drain'>((res) => ch.stdin.once('drain', () => res('drain')));
+  return (await Promise.race([drained, closed])) === 'drain';
+}
+
 export class AgentSession {
   private channel: Channel | undefined;
   private opening: Promise<Channel> | undefined;
@@ -259,6 +265,16 @@ export class AgentSession {
     return r;
   }
 
+  /**
+   * Ends a command's data on a live channel: the end frame, or after a read error the abort frame
+   * (the agent then fails the command). Returns that read error, if any.
+   */
+  private endFrames(ch: Channel, failure?: { error: unknown }): Error | undefined {
+    if (!this.exit) ch.stdin.write(failure ? FRAME_ABORT : FRAME_END);
+    if (!failure) return undefined;
+    return failure.error instanceof Error ? failure.error : new Error(String(failure.error));
+  }
+
   /** Streams `data` as frames until it ends or the answer came first; returns a read error, if any. */
   private async sendData(
     ch: Channel,
@@ -277,19 +293,14 @@ export class AgentSession {
         const more = ch.stdin.write(buf);
         sent += buf.length;
         onProgress?.(sent);
-        if (!more) {
-          const drained = new Promise<'drain'>((res) => ch.stdin.once('drain', () => res('drain')));
-          if ((await Promise.race([drained, closed])) === 'closed') break;
-        }
+        if (!more && !(await drainedOrClosed(ch, closed))) break;
       }
     } catch (e) {
-      if (!this.exit) ch.stdin.write(FRAME_ABORT);
-      return e instanceof Error ? e : new Error(String(e));
+      return this.endFrames(ch, { error: e });
     } finally {
       data.destroy();
     }
-    if (!this.exit) ch.stdin.write(FRAME_END);
-    return undefined;
+    return this.endFrames(ch);
   }
 
   /**
@@ -328,18 +339,13 @@ export class AgentSession {
         const more = ch.stdin.write(frame, () => took());
         sent += bytesRead;
         onProgress?.(sent);
-        if (!more && !bufs) {
-          const drained = new Promise<'drain'>((res) => ch.stdin.once('drain', () => res('drain')));
-          if ((await Promise.race([drained, closed])) === 'closed') break;
-        }
+        if (!more && !bufs && !(await drainedOrClosed(ch, closed))) break;
       }
     } catch (e) {
-      if (!this.exit) ch.stdin.write(FRAME_ABORT);
-      return e instanceof Error ? e : new Error(String(e));
+      return this.endFrames(ch, { error: e });
     } finally {
       await fh?.close().catch(() => undefined);
     }
-    if (!this.exit) ch.stdin.write(FRAME_END);
-    return undefined;
+    return this.endFrames(ch);
   }
 }
