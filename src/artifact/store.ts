@@ -1,10 +1,11 @@
 // The local artifact store: <store>/<ID>/{release.tar.gz, manifest.json, build.log}. An artifact
 // appears only by the rename of a complete directory, so a crashed build never leaves one half there.
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { ARTIFACT_ID } from './id.js';
 import { OperationError, UsageError } from '../errors.js';
 import type { Manifest } from './manifest.js';
+import { readManifestFile } from './manifest-file.js';
 
 export interface StoredArtifact {
   id: string;
@@ -14,7 +15,7 @@ export interface StoredArtifact {
 }
 
 /** IDs of the complete artifacts (the manifest is written last), newest first: IDs begin with the UTC build time. */
-function artifactIds(store: string): string[] {
+export function artifactIds(store: string): string[] {
   if (!existsSync(store)) return [];
   return readdirSync(store)
     .filter((name) => ARTIFACT_ID.test(name) && existsSync(path.join(store, name, 'manifest.json')))
@@ -32,7 +33,7 @@ export function readArtifact(store: string, id: string): StoredArtifact {
   const file = path.join(dir, 'manifest.json');
   let manifest: Manifest;
   try {
-    manifest = JSON.parse(readFileSync(file, 'utf8')) as Manifest;
+    manifest = readManifestFile(file);
   } catch (e) {
     throw new OperationError(`artifact ${id}: cannot read ${file}: ${(e as Error).message}`);
   }

@@ -6,6 +6,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { adoptedSkips, isAdopted } from '../artifact/adopted.js';
 import type { Manifest } from '../artifact/manifest.js';
+import { fileCount, manifestJson, manifestSha256 } from '../artifact/manifest-file.js';
 import type { StoredArtifact } from '../artifact/store.js';
 import { OperationError } from '../errors.js';
 import { releaseDir, tmpDir, tmpManifest, tmpNeed } from '../layout.js';
@@ -62,7 +63,7 @@ export async function stageOnHost(
     // the manifest, and its config rendered anew (the secrets or vars may have changed).
     s.events?.emit({ type: 'phase', host: h.name, phase: 'verify', detail: `releases/${m.id}` });
     let how = '';
-    if (m.files.length > 0) {
+    if (fileCount(m) > 0) {
       // The host's kept manifest (same sha256) and the release's seals usually prove it unchanged
       // without sending the manifest or reading a file (README "Performance"); else it is sent.
       const heal = await healArgs(s.config.deploy.link, s.op, deltas, ownerOf(s));
@@ -71,7 +72,7 @@ export async function stageOnHost(
           ...heal,
           root: s.config.root,
           id: m.id,
-          manifest_sha256: createHash('sha256').update(manifestJson(m)).digest('hex'),
+          manifest_sha256: manifestSha256(m),
           ...(manifest ? { manifest } : {}),
           allowed_extra: [s.env.configFile, ...s.config.shared.map((x) => x.link)],
           // Verified: a later delta may copy from it.
@@ -264,17 +265,6 @@ async function uploadManifest(s: Session, h: HostSession, m: Manifest): Promise<
     stdin: Readable.from([manifestJson(m)]),
   });
   return manifestPath;
-}
-
-/** The manifest as sent to hosts; its sha256 names the copy a host keeps. Computed once per manifest. */
-const manifestJsonCache = new WeakMap<Manifest, string>();
-function manifestJson(m: Manifest): string {
-  let json = manifestJsonCache.get(m);
-  if (json === undefined) {
-    json = JSON.stringify(m);
-    manifestJsonCache.set(m, json);
-  }
-  return json;
 }
 
 /** Upload progress: a line at each quarter, with the rate so far. */

@@ -1,0 +1,139 @@
+// Reading an artifact's manifest.json, and the form hosts keep of it (JSON.stringify of the parsed
+// manifest, named by its sha256). A realistic manifest is several MB (29,000 entries: 7.6 MB, parsed in
+// about 40-60 ms, serialized and hashed in 50 more), and a ship of a release already on its hosts needs
+// only its header and that sha256: both are kept beside the manifest in `.manifest-header.json`, keyed
+// by the manifest file's stat (device, inode, size, mtime and ctime in ns). While the stat is the same,
+// the header comes from there and the file list is parsed only when something reads `files`; any change
+// to the file (a write, a rename over it, a copy) changes its ctime, and it is read whole again.
+import { createHash } from 'node:crypto';
+import { readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import type { Manifest } from './manifest.js';
+
+/** Beside the manifest: its header, file count and sha256 as sent, for one stat of the file. */
+export const HEADER_CACHE = '.manifest-header.json';
+
+/** A file changed this recently may change again within the same clock tick: not cached (git's "racy clean"). */
+const RACY_MS = 2000;
+
+interface HeaderCache {
+  version: 1;
+  stat: string;
+  sha256: string;
+  files: number;
+  /** The manifest without its file list, keys in the file's order (`files` null in its place). */
+  header: Record<string, unknown>;
+}
+
+const shaOf = new WeakMap<Manifest, string>();
+const countOf = new WeakMap<Manifest, number>();
+const jsonOf = new WeakMap<Manifest, string>();
+
+function statKey(file: string): { key: string; ctimeMs: number } {
+  const st = statSync(file, { bigint: true });
+  return {
+    key: [st.dev, st.ino, st.size, st.mtimeNs, st.ctimeNs].join(':'),
+    ctimeMs: Number(st.ctimeNs / 1_000_000n),
+  };
+}
+
+function readCache(file: string, key: string): HeaderCache | undefined {
+  try {
+    const c = JSON.parse(readFileSync(path.join(path.dirname(file), HEADER_CACHE), 'utf8')) as HeaderCache;
+    if (
+      c.version === 1 &&
+      c.stat === key &&
+      typeof c.sha256 === 'string' &&
+      typeof c.files === 'number' &&
+      c.header &&
+      'files' in c.header
+    )
+      return c;
+  } catch {
+    // missing or unreadable: the manifest is read whole
+  }
+  return undefined;
+}
+
+function writeCache(file: string, c: HeaderCache): void {
+  const dest = path.join(path.dirname(file), HEADER_CACHE);
+  const tmp = `${dest}.tmp-${process.pid}`;
+  try {
+    writeFileSync(tmp, JSON.stringify(c));
+    renameSync(tmp, dest);
+  } catch {
+    // a read-only store: every run reads the manifest whole, as before
+    rmSync(tmp, { force: true });
+  }
+}
+
+/**
+ * The manifest in `file` (throws what readFileSync or JSON.parse throw). From the header cache when it
+ * matches the file's stat: `files` is then parsed from the file at its first read.
+ */
+export function readManifestFile(file: string, now = Date.now()): Manifest {
+  const { key, ctimeMs } = statKey(file);
+  const cached = readCache(file, key);
+  if (cached) {
+    const m = {} as Record<string, unknown>;
+    for (const [k, v] of Object.entries(cached.header)) {
+      if (k !== 'files') {
+        m[k] = v;
+        continue;
+      }
+      Object.defineProperty(m, 'files', {
+        enumerable: true,
+        configurable: true,
+        get() {
+          const whole = JSON.parse(readFileSync(file, 'utf8')) as Manifest;
+          // Redefined in place: the key keeps its position, so JSON.stringify(m) is unchanged.
+          Object.defineProperty(m, 'files', { value: whole.files, enumerable: true, writable: true });
+          return whole.files;
+        },
+      });
+    }
+    const manifest = m as unknown as Manifest;
+    shaOf.set(manifest, cached.sha256);
+    countOf.set(manifest, cached.files);
+    return manifest;
+  }
+  const m = JSON.parse(readFileSync(file, 'utf8')) as Manifest;
+  if (now - ctimeMs > RACY_MS && Array.isArray(m.files)) {
+    const sha256 = manifestSha256(m);
+    // The stat again: the file must be the one just read.
+    if (statKey(file).key === key)
+      writeCache(file, {
+        version: 1,
+        stat: key,
+        sha256,
+        files: m.files.length,
+        header: { ...m, files: null },
+      });
+  }
+  return m;
+}
+
+/** The manifest as sent to hosts; its sha256 names the copy a host keeps. Computed once per manifest. */
+export function manifestJson(m: Manifest): string {
+  let json = jsonOf.get(m);
+  if (json === undefined) {
+    json = JSON.stringify(m);
+    jsonOf.set(m, json);
+  }
+  return json;
+}
+
+/** sha256 of manifestJson(m), without serializing it when the header cache gave it. */
+export function manifestSha256(m: Manifest): string {
+  let sha = shaOf.get(m);
+  if (sha === undefined) {
+    sha = createHash('sha256').update(manifestJson(m)).digest('hex');
+    shaOf.set(m, sha);
+  }
+  return sha;
+}
+
+/** m.files.length, without parsing the file list when the header cache gave the count. */
+export function fileCount(m: Manifest): number {
+  return countOf.get(m) ?? m.files.length;
+}

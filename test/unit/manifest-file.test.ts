@@ -1,0 +1,122 @@
+// The manifest's header cache (src/artifact/manifest-file.ts): a ship of a release already on its
+// hosts takes the header and the sha256 hosts know it by from .manifest-header.json while the manifest
+// file's stat is unchanged, and reads the file whole whenever it changed or the cache is unusable.
+import { createHash } from 'node:crypto';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import {
+  fileCount,
+  HEADER_CACHE,
+  manifestJson,
+  manifestSha256,
+  readManifestFile,
+} from '../../src/artifact/manifest-file.js';
+import type { Manifest } from '../../src/artifact/manifest.js';
+
+const LATER = () => Date.now() + 60_000; // the file is old enough to be cached
+
+function artifactDir(files = 3, extra: Record<string, unknown> = {}): { dir: string; file: string } {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'ckan-release-manifest-file-'));
+  const file = path.join(dir, 'manifest.json');
+  // `files` in the middle, as a builder might order it: its position must survive the cache.
+  const m = {
+    format: 1,
+    id: '20261202100000Z-aaaaaaaa',
+    files: Array.from({ length: files }, (_, i) => ({
+      path: `f${i}`,
+      type: 'file',
+      mode: '0644',
+      size: i,
+      sha256: 'ab'.repeat(32),
+      target: null,
+    })),
+    archive: { file: 'release.tar.gz', bytes: 1, sha256: 'cd' },
+    ...extra,
+  };
+  writeFileSync(file, JSON.stringify(m, null, 2) + '\n');
+  return { dir, file };
+}
+
+const sha = (text: string) => createHash('sha256').update(text).digest('hex');
+/** What the tool computed before the cache: the sha256 of JSON.stringify of the parsed file. */
+const expectedSha = (file: string) => sha(JSON.stringify(JSON.parse(readFileSync(file, 'utf8'))));
+const lazy = (m: Manifest) => typeof Object.getOwnPropertyDescriptor(m, 'files')?.get === 'function';
+
+describe('the manifest header cache', () => {
+  it('is not written for a manifest written moments ago (its ctime could still not move on a change)', () => {
+    const { dir, file } = artifactDir();
+    const m = readManifestFile(file);
+    expect(m.files).toHaveLength(3);
+    expect(existsSync(path.join(dir, HEADER_CACHE))).toBe(false);
+  });
+
+  it('gives the header, the file count and the sha256 without parsing the file list', () => {
+    const { dir, file } = artifactDir(5);
+    const first = readManifestFile(file, LATER());
+    expect(existsSync(path.join(dir, HEADER_CACHE))).toBe(true);
+    expect(manifestSha256(first)).toBe(expectedSha(file));
+
+    const m = readManifestFile(file, LATER());
+    expect(lazy(m)).toBe(true);
+    expect(m.id).toBe('20261202100000Z-aaaaaaaa');
+    expect(m.archive.bytes).toBe(1);
+    expect(fileCount(m)).toBe(5);
+    expect(manifestSha256(m)).toBe(expectedSha(file));
+    expect(lazy(m)).toBe(true); // none of that read the file list
+    // Reading files parses it; the manifest as sent is byte for byte what it was (keys in order).
+    expect(m.files.map((f) => f.path)).toEqual(['f0', 'f1', 'f2', 'f3', 'f4']);
+    expect(lazy(m)).toBe(false);
+    expect(manifestJson(m)).toBe(JSON.stringify(JSON.parse(readFileSync(file, 'utf8'))));
+    expect(sha(manifestJson(m))).toBe(manifestSha256(m));
+    expect(Object.keys(m)).toEqual(['format', 'id', 'files', 'archive']);
+  });
+
+  it('is not used once the manifest changed, even to the same size', () => {
+    const { dir, file } = artifactDir(3, { project: 'aaaa' });
+    readManifestFile(file, LATER());
+    const cached = readFileSync(path.join(dir, HEADER_CACHE), 'utf8');
+    // The same length, another value; written in place (same inode): its ctime and mtime move (a
+    // clock tick later: the cache is only ever written for a file 2 s old, see the first test).
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 30);
+    writeFileSync(file, readFileSync(file, 'utf8').replace('"aaaa"', '"bbbb"'));
+    const m = readManifestFile(file, LATER());
+    expect(lazy(m)).toBe(false);
+    expect((m as unknown as { project: string }).project).toBe('bbbb');
+    expect(manifestSha256(m)).toBe(expectedSha(file));
+    expect(readFileSync(path.join(dir, HEADER_CACHE), 'utf8')).not.toBe(cached); // recorded anew
+
+    // Replaced by rename (a new inode), then the cache put back as it was: still the new file's.
+    const other = path.join(dir, 'other.json');
+    writeFileSync(other, readFileSync(file, 'utf8').replace('"bbbb"', '"cccc"'));
+    renameSync(other, file);
+    writeFileSync(path.join(dir, HEADER_CACHE), cached);
+    expect((readManifestFile(file, LATER()) as unknown as { project: string }).project).toBe('cccc');
+  });
+
+  it('is ignored when unreadable, and a store it cannot be written to reads the manifest whole', () => {
+    const { dir, file } = artifactDir();
+    writeFileSync(path.join(dir, HEADER_CACHE), '{"version": 1, "stat": ');
+    const m = readManifestFile(file, LATER());
+    expect(lazy(m)).toBe(false);
+    expect(manifestSha256(m)).toBe(expectedSha(file));
+
+    const ro = artifactDir();
+    chmodSync(ro.dir, 0o555);
+    try {
+      const r = readManifestFile(ro.file, LATER());
+      expect(r.files).toHaveLength(3);
+      // As root the directory stays writable; otherwise nothing was left behind.
+      if (process.getuid?.() !== 0) expect(existsSync(path.join(ro.dir, HEADER_CACHE))).toBe(false);
+    } finally {
+      chmodSync(ro.dir, 0o755);
+    }
+  });
+
+  it('refuses a manifest that is not JSON as reading it whole does', () => {
+    const { file } = artifactDir();
+    writeFileSync(file, '{"id": ');
+    expect(() => readManifestFile(file, LATER())).toThrow(SyntaxError);
+  });
+});
