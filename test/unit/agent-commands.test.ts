@@ -482,6 +482,46 @@ describe.each(TEST_PYTHONS)('the host agent on Python $label', (py) => {
     ).toMatch(/no user u?'ckan-release-no-such-user'/);
   });
 
+  it('health: the Host header and the query are sent, a redirect is followed, an error status named', async () => {
+    const seen: { url?: string; host?: string; version: string }[] = [];
+    const server = http.createServer((req, res) => {
+      seen.push({ url: req.url, host: req.headers.host, version: req.httpVersion });
+      if (req.url === '/moved') {
+        res.writeHead(302, { Location: '/api/3/action/status_show?x=1' });
+        return res.end();
+      }
+      if (req.url === '/broken') {
+        res.writeHead(500);
+        return res.end('no');
+      }
+      res.setHeader('Content-Type', 'application/json');
+      // Written in two pieces, without a Content-Length: read to the end of the answer.
+      res.write('{"success": true, "result": {"ckan_version": "2.11.5", ');
+      res.end('"extensions": ["stats", "showcase"]}}');
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    try {
+      const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+      const plugins = ['stats', 'showcase'];
+      const direct = await ok('health', {
+        url: `${base}/api/3/action/status_show?x=1`,
+        host: 'site.test',
+        timeout: 1,
+        plugins,
+      });
+      expect(direct).toMatchObject({ healthy: true, ckan_version: '2.11.5', extensions: plugins });
+      expect(seen.pop()).toEqual({ url: '/api/3/action/status_show?x=1', host: 'site.test', version: '1.0' });
+      expect(await ok('health', { url: `${base}/moved`, timeout: 1, plugins })).toMatchObject({
+        healthy: true,
+      });
+      expect(seen.map((x) => x.url)).toEqual(['/moved', '/moved', '/api/3/action/status_show?x=1']);
+      const r = await refused('health', { url: `${base}/broken`, timeout: 0, plugins });
+      expect(r.message).toBe(`${base}/broken did not become healthy within 0s: HTTP 500`);
+    } finally {
+      server.close();
+    }
+  });
+
   it('health: unhealthy after the timeout, saying which plugin status_show lacks', async () => {
     const server = http.createServer((_req, res) => {
       res.setHeader('Content-Type', 'application/json');
