@@ -8,6 +8,7 @@
 import { createHash } from 'node:crypto';
 import { readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { OperationError } from '../errors.js';
 import type { Manifest } from './manifest.js';
 
 /** Beside the manifest: its header, file count and sha256 as sent, for one stat of the file. */
@@ -85,7 +86,15 @@ export function readManifestFile(file: string, now = Date.now()): Manifest {
         enumerable: true,
         configurable: true,
         get() {
-          const whole = JSON.parse(readFileSync(file, 'utf8')) as Manifest;
+          // The file list of the very file the header came from, or a clear refusal.
+          let whole: Manifest | undefined;
+          try {
+            if (statKey(file).key === key) whole = JSON.parse(readFileSync(file, 'utf8')) as Manifest;
+          } catch {
+            // gone or unreadable: refused below
+          }
+          if (!whole || !Array.isArray(whole.files))
+            throw new OperationError(`${file} changed or disappeared while this command was using it`);
           // Redefined in place: the key keeps its position, so JSON.stringify(m) is unchanged.
           Object.defineProperty(m, 'files', { value: whole.files, enumerable: true, writable: true });
           return whole.files;

@@ -2,7 +2,7 @@
 // hosts takes the header and the sha256 hosts know it by from .manifest-header.json while the manifest
 // file's stat is unchanged, and reads the file whole whenever it changed or the cache is unusable.
 import { createHash } from 'node:crypto';
-import { chmodSync, existsSync, mkdtempSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -118,5 +118,22 @@ describe('the manifest header cache', () => {
     const { file } = artifactDir();
     writeFileSync(file, '{"id": ');
     expect(() => readManifestFile(file, LATER())).toThrow(SyntaxError);
+  });
+});
+
+describe('the file list read after the header', () => {
+  it('is refused, naming the file, when the manifest changed or vanished in between', () => {
+    const { file } = artifactDir();
+    readManifestFile(file, LATER());
+    const m = readManifestFile(file, LATER());
+    expect(lazy(m)).toBe(true);
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 30);
+    writeFileSync(file, readFileSync(file, 'utf8'));
+    expect(() => m.files).toThrow(`${file} changed or disappeared while this command was using it`);
+    readManifestFile(file, LATER()); // read whole, and cached anew for the rewritten file
+    const n = readManifestFile(file, LATER());
+    expect(lazy(n)).toBe(true);
+    rmSync(file);
+    expect(() => n.files).toThrow(/changed or disappeared/);
   });
 });
