@@ -612,7 +612,11 @@ async function runStep(
     const ended = new Promise<void>((r) => stream.on('end', r));
     await container.start();
     const { StatusCode } = (await container.wait()) as { StatusCode: number };
-    await Promise.race([ended, new Promise((r) => setTimeout(r, 3000))]);
+    // The attach stream's end, or at most 3 s; the timer is cleared, so it never keeps the process
+    // alive (it held every build's exit back by up to 3 s).
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([ended, new Promise((r) => (timer = setTimeout(r, 3000)))]);
+    clearTimeout(timer);
     if (pending) onText('\n');
     // A step that failed after its result: let the copy finish before its directory is removed.
     if (fetching && (failure || StatusCode !== 0)) await fetching.catch(() => undefined);
