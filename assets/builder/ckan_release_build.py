@@ -70,13 +70,31 @@ def run(cmd, cwd=None, env=None, stdout_only=False):
     log("$ " + " ".join(cmd))
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE if stdout_only else subprocess.STDOUT)
+    return finish(proc, logged=True)
+
+
+def finish(proc, cmd=None, logged=False):
+    """Waits for a process run() or run_together() started; logs its output (and its command line,
+    unless already logged) and returns (returncode, output)."""
     out, err = proc.communicate()
+    if not logged:
+        log("$ " + " ".join(cmd))
     out = out.decode("utf-8", "replace")
     if out:
         log(out)
     if err:
         log(err.decode("utf-8", "replace"))
     return proc.returncode, out
+
+
+def run_together(commands):
+    """Runs the commands ((cmd, stdout_only) pairs) at the same time, each as run() does; returns
+    their (returncode, output) in order and logs them in order, each command line before its output.
+    For read-only checks of the release, which need a core each more than each other."""
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE if stdout_only else subprocess.STDOUT)
+             for cmd, stdout_only in commands]
+    return [finish(proc, cmd) for (cmd, _), proc in zip(commands, procs)]
 
 
 def pip_args(spec):
@@ -1092,6 +1110,8 @@ def release_steps(spec, state):
         log("applied %s" % patch["file"])
 
     emit("step", name="install")
+    # The cached members of the last release's chunks are decompressed and checked meanwhile.
+    prover = Prover(spec.get("pack_cache"))
     requirements_used = install_extensions(spec, python, release) or {}
 
     emit("step", name="compile")
@@ -1099,21 +1119,24 @@ def release_steps(spec, state):
     compile_tree(python, release, spec["current"], force=False, shared=shared)
 
     emit("step", name="verify")
-    code, out = run([python, "-m", "pip", "check"])
+    # pip check, pip freeze and the plugins' import only read the release: side by side (a second
+    # each, one core each), judged in this order.
+    declared = [p for ext in spec["extensions"] for p in ext["plugins"]]
+    plugin_check = subprocess.Popen([python, "-c", PLUGIN_CHECK, json.dumps(declared)], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, cwd="/")
+    (code, out), (freeze_code, freeze) = run_together([
+        ([python, "-m", "pip", "check"], False),
+        ([python, "-m", "pip", "freeze", "--all"], True)])
+    out_plugins, err = plugin_check.communicate()
     if code != 0:
         lines = [l.strip() for l in out.splitlines() if l.strip() and not l.startswith("$")]
         raise BuildFailure("verify", "pip check: %s" % "; ".join(lines[:5]))
-    code, freeze = run([python, "-m", "pip", "freeze", "--all"], stdout_only=True)
-    if code != 0:
+    if freeze_code != 0:
         raise BuildFailure("verify", "pip freeze failed")
-    declared = [p for ext in spec["extensions"] for p in ext["plugins"]]
-    proc = subprocess.Popen([python, "-c", PLUGIN_CHECK, json.dumps(declared)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, cwd="/")
-    out, err = proc.communicate()
-    if proc.returncode != 0:
+    if plugin_check.returncode != 0:
         raise BuildFailure("verify", "the release's python cannot import ckan and its plugins: %s"
                            % err.decode("utf-8", "replace").strip().splitlines()[-1:])
-    facts = json.loads(out.decode("utf-8"))
+    facts = json.loads(out_plugins.decode("utf-8"))
     for ext in spec["extensions"]:
         for name in ext["plugins"]:
             if name not in facts["plugins"]:
@@ -1154,13 +1177,19 @@ def release_steps(spec, state):
         # The build machine assembles release.tar.gz: it gets only the members it does not hold.
         skip = set(spec["local_members"])
         archive = os.path.join(out_dir, "members.gz")
-    stats = pack(release, files, archive, spec.get("pack_cache"), skip)
-    emit("info", message="pack: %d entries in %d chunks, %d compressed, %d from the cache%s, %.1f MB%s"
+    stats = pack(release, files, archive, spec.get("pack_cache"), skip, prover.result())
+    if spec.get("pack_cache"):
+        try:
+            PackCache(spec["pack_cache"]).remember(os.path.join(out_dir, "files.json"))
+        except (IOError, OSError) as e:
+            log("pack cache unusable, the next build checks its members at the pack: %s" % e)
+    emit("info", message="pack: %d entries in %d chunks, %d compressed, %d from the cache%s, %.1f MB%s%s"
          % (len(files), stats["chunks"], stats["compressed"], stats["cached"],
             ", %d damaged cache entries replaced" % stats["damaged"] if stats["damaged"] else "",
             stats["bytes"] / 1e6,
             "; %d members sent, %d already on the build machine" % (stats["chunks"] - stats["skipped"],
-                                                                  stats["skipped"]) if skip is not None else ""))
+                                                                  stats["skipped"]) if skip is not None else "",
+            "; %d cached members checked during the install" % stats["proved"] if stats["proved"] else ""))
     emit("result", plugins=facts["plugins"], freeze=freeze_lines, python_version=facts["python_version"],
          ckan_version=facts["ckan_version"], archive_bytes=stats["bytes"], archive_sha256=stats["sha256"],
          archive_chunks=stats["members"], files=len(files), requirements=requirements_used,
@@ -1208,22 +1237,24 @@ def tar_padding(size):
     return b"\0" * (-size % 512)
 
 
+# The constant parts of a header: owner and group 0, and the magic with the empty user, group,
+# device and prefix fields after it.
+TAR_OWNER = b"0000000\0" * 2
+TAR_TAIL = b"ustar  \0" + b"\0" * 247
+# What the checksum adds besides the fields summed per header: its own field as 8 spaces, the tail.
+TAR_CONSTANT_SUM = 8 * 32 + sum(bytearray(TAR_TAIL))
+
+
 def tar_header(name, mode, size, typeflag, linkname=b"", mtime=FIXED_MTIME):
     """A GNU format header: numeric owner 0/0 and empty user and group names (--numeric-owner),
-    names and link targets cut at 100 bytes (the whole one goes first in a ././@LongLink member)."""
-    h = bytearray(512)
-    h[0:len(name[:100])] = name[:100]
-    h[100:108] = tar_number(mode, 8)
-    h[108:116] = tar_number(0, 8)
-    h[116:124] = tar_number(0, 8)
-    h[124:136] = tar_number(size, 12)
-    h[136:148] = tar_number(mtime, 12)
-    h[148:156] = b"        "
-    h[156:157] = typeflag
-    h[157:157 + len(linkname[:100])] = linkname[:100]
-    h[257:265] = b"ustar  \0"
-    h[148:156] = ("%06o" % sum(h)).encode("ascii") + b"\0 "
-    return bytes(h)
+    names and link targets cut at 100 bytes (the whole one goes first in a ././@LongLink member).
+    Joined from its fields, its checksum summed over the fields that vary: one per entry packed,
+    and a warm build packs (and the prover reads) every entry's headers."""
+    name, linkname = name[:100], linkname[:100]
+    numbers = tar_number(mode, 8) + TAR_OWNER + tar_number(size, 12) + tar_number(mtime, 12)
+    checksum = TAR_CONSTANT_SUM + sum(bytearray(name + numbers + typeflag + linkname))
+    return b"".join((name, b"\0" * (100 - len(name)), numbers, ("%06o" % checksum).encode("ascii"), b"\0 ",
+                     typeflag, linkname, b"\0" * (100 - len(linkname)), TAR_TAIL))
 
 
 def tar_long(value, typeflag):
@@ -1366,17 +1397,64 @@ def member_holds(data, raw):
 class PackCache(object):
     """Compressed chunks in a directory (a Docker volume), named by the sha256 of the chunk's raw tar
     bytes, the level and the zlib version. Written atomically (temporary file + rename), checked by
-    decompression on every use, pruned to PACK_CACHE_CAP."""
+    decompression on every use (during the install when prove() can guess the chunk, else at the
+    pack), pruned to PACK_CACHE_CAP."""
 
     def __init__(self, top):
         self.dir = os.path.join(top, "gzip-members")
+        # The files list of the release packed last with this cache: prove()'s guess at the next one.
+        self.last_files = os.path.join(top, "last-release-files.json")
         self.used = set()
         self.lock = threading.Lock()
         if not os.path.isdir(self.dir):
             os.makedirs(self.dir)
 
     def path(self, pieces):
-        return os.path.join(self.dir, chunk_key(pieces) + ".gz")
+        return self.path_of(chunk_key(pieces))
+
+    def path_of(self, key):
+        return os.path.join(self.dir, key + ".gz")
+
+    def prove(self, files, stop=lambda: False):
+        """Decompresses and checks, as get() does, the cached members of the chunks that `files` (a
+        guess at the release to pack: the one packed last) would make; returns chunk key -> (bytes,
+        sha256) of each member that holds its chunk. Run while the install runs, on the core pip
+        leaves idle: the pack then trusts a member only under the key it was proved for (the key is
+        the sha256 of the chunk's headers and its files' sizes and sha256, so an equal key is an equal
+        chunk), and only with the bytes proved (their sha256), whatever the guess was worth. Stops
+        early when stop() says so (the pack checks the rest itself, as it did before)."""
+        proved = {}
+        for pieces in tar_chunks(files):
+            if stop():
+                break
+            key = chunk_key(pieces)
+            try:
+                with open(self.path_of(key), "rb") as f:
+                    data = f.read()
+            except (IOError, OSError):
+                continue
+            raw = member_content(data)
+            if raw is not None and chunk_holds(raw, pieces):
+                proved[key] = (len(data), hashlib.sha256(data).hexdigest())
+        return proved
+
+    def remember(self, files_json):
+        """Keeps the files list just packed (a copy of files.json) as the next build's guess."""
+        import shutil
+        tmp = "%s.tmp-%d" % (self.last_files, os.getpid())
+        try:
+            shutil.copyfile(files_json, tmp)
+            os.rename(tmp, self.last_files)
+        except (IOError, OSError) as e:
+            log("pack cache: cannot write %s: %s" % (self.last_files, e))
+
+    def touch(self, path):
+        with self.lock:
+            self.used.add(path)
+        try:
+            os.utime(path, None)
+        except OSError:
+            pass
 
     def get(self, path, pieces):
         """The cached member for the chunk: (data, None), (None, "damaged") or (None, None) if absent.
@@ -1442,53 +1520,125 @@ class PackCache(object):
         return removed, total
 
 
-def pack(release, files, archive, cache_dir, skip=None):
+class Prover(object):
+    """PackCache.prove() of the last release's chunks in a thread, started before the install (which
+    runs in other processes) and stopped by the pack: what it has proved by then is not checked again;
+    the pack checks the rest itself, on every core, as before (on a busy machine the thread may have
+    done little). Never fails the build."""
+
+    def __init__(self, cache_dir):
+        self.proved = {}
+        self.seconds = 0.0
+        self.stopped = False
+        self.thread = None
+        if not cache_dir or not os.path.exists(os.path.join(cache_dir, "last-release-files.json")):
+            return
+        self.thread = threading.Thread(target=self.run, args=(cache_dir,))
+        self.thread.daemon = True
+        self.thread.start()
+
+    def run(self, cache_dir):
+        started = time.time()
+        try:
+            # pip is the build's critical path: this thread takes only what it leaves (Linux sets
+            # a thread's nice value by its id; Python 3.8+ has the id).
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (AttributeError, OSError):
+            pass
+        try:
+            cache = PackCache(cache_dir)
+            with io.open(cache.last_files, encoding="utf-8") as f:
+                files = json.load(f)
+            self.proved = cache.prove(files, lambda: self.stopped)
+        except Exception as e:  # a guess gone wrong costs the pack its checks, nothing more
+            log("pack cache: could not check the last release's members ahead: %s" % e)
+            self.proved = {}
+        self.seconds = time.time() - started
+
+    def result(self):
+        if self.thread is None:
+            return {}
+        self.stopped = True
+        self.thread.join()
+        log("pack cache: %d members of the last release's chunks checked during the install (%.1f s)"
+            % (len(self.proved), self.seconds))
+        return self.proved
+
+
+def read_member(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except (IOError, OSError):
+        return None
+
+
+def pack(release, files, archive, cache_dir, skip=None, proved=None):
     """Writes release.tar.gz; returns the counts for the log, its size and sha256. With skip (sha256s
     of members the build machine already holds), archive gets only the other members, in order: the
-    size, sha256 and member list are still the whole archive's."""
+    size and member list are still the whole archive's, and so is the sha256 unless a member was not
+    read (None then: the build machine hashes the archive it assembles from members it checks).
+    proved (chunk key -> (bytes, sha256), Prover's) names the cached members already decompressed and
+    checked against their chunks: the pack reads such a member only when it must send it, and checks
+    that it is still the bytes proved."""
     cache = None
+    proved = proved or {}
     if cache_dir:
         try:
             cache = PackCache(cache_dir)
         except (IOError, OSError) as e:
             log("pack cache unusable, compressing everything: %s" % e)
-    stats = {"chunks": 0, "compressed": 0, "cached": 0, "damaged": 0, "skipped": 0}
+    stats = {"chunks": 0, "compressed": 0, "cached": 0, "damaged": 0, "skipped": 0, "proved": 0}
 
     def member(pieces):
-        path = cache.path(pieces) if cache else None
-        if path:
+        """(data or None when the build machine has it and it need not be read, how, size, sha256)."""
+        key = chunk_key(pieces) if cache else None
+        path = cache.path_of(key) if cache else None
+        problem = None
+        if key in proved:
+            size, sha256 = proved[key]
+            cache.touch(path)
+            if skip and sha256 in skip:
+                return None, "proved", size, sha256
+            data = read_member(path)
+            if data is not None and len(data) == size and hashlib.sha256(data).hexdigest() == sha256:
+                return data, "proved", size, sha256
+            problem = "damaged"  # changed since it was proved: compressed again below
+        elif path:
             data, problem = cache.get(path, pieces)
             if data is not None:
-                return data, "cached"
+                return data, "cached", len(data), hashlib.sha256(data).hexdigest()
         # Only a chunk that is not in the cache reads its files.
         data = gzip_member(chunk_bytes(release, pieces))
         if path:
             cache.put(path, data)
-            if problem:
-                return data, "damaged"
-        return data, "compressed"
+        return data, "damaged" if problem else "compressed", len(data), hashlib.sha256(data).hexdigest()
 
     workers = max(1, (os.cpu_count() if hasattr(os, "cpu_count") else 1) or 1)
-    digest = hashlib.sha256()
+    digest = [hashlib.sha256()]
     size = [0]
     # Each member's size and sha256, in order: the chunks a content-addressed store (S3) keeps.
     members = []
 
     with open(archive, "wb") as out:
         def write(result):
-            data, how = result
-            sha256 = hashlib.sha256(data).hexdigest()
+            data, how, length, sha256 = result
             if skip and sha256 in skip:
                 stats["skipped"] += 1
             else:
                 out.write(data)
-            digest.update(data)
-            size[0] += len(data)
-            members.append({"bytes": len(data), "sha256": sha256})
+            if data is None:
+                digest[0] = None
+            elif digest[0] is not None:
+                digest[0].update(data)
+            size[0] += length
+            members.append({"bytes": length, "sha256": sha256})
             stats["chunks"] += 1
             stats[how] += 1
             if how == "damaged":
                 stats["compressed"] += 1
+            if how == "proved":  # from the cache, checked during the install
+                stats["cached"] += 1
 
         try:
             from concurrent.futures import ThreadPoolExecutor
@@ -1513,7 +1663,7 @@ def pack(release, files, archive, cache_dir, skip=None):
         removed, kept = cache.prune()
         log("pack cache: %d members removed, %.1f MB kept" % (removed, kept / 1e6))
     stats["bytes"] = size[0]
-    stats["sha256"] = digest.hexdigest()
+    stats["sha256"] = digest[0].hexdigest() if digest[0] is not None else None
     stats["members"] = members
     return stats
 

@@ -312,31 +312,37 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
     );
 
     staging = path.join(config.store, `.staging-${id}-${process.pid}`);
+    const stagingDir = staging;
     rmSync(staging, { recursive: true, force: true });
+    let archiveSha = '';
     const result = await runStep(docker, baseTag, 'release', path.join(work, 'release'), {
       network: config.builder.network,
       log,
       emit,
       fetchOutputTo: staging,
+      // The archive is assembled while the container still removes the release from its volume.
+      onOutput: async (out) => {
+        emit({ kind: 'step', step: 'store' });
+        const sent = path.join(stagingDir, 'members.gz');
+        archiveSha = await moving(`assembling the archive in ${stagingDir}`, () =>
+          assembleArchive(
+            (out.archive_chunks as ArchiveChunk[] | undefined) ?? [],
+            localArchiveMembers,
+            sent,
+            path.join(stagingDir, 'release.tar.gz'),
+          ),
+        );
+        rmSync(sent);
+      },
       logFile,
       volumes: [
         { name: packCache, target: PACK_CACHE_MOUNT },
         { name: baseCopies, target: releasesDir },
       ],
     });
-
-    emit({ kind: 'step', step: 'store' });
-    const sent = path.join(staging, 'members.gz');
-    const archiveSha = await moving(`assembling the archive in ${staging}`, () =>
-      assembleArchive(
-        (result.archive_chunks as ArchiveChunk[] | undefined) ?? [],
-        localArchiveMembers,
-        sent,
-        path.join(staging!, 'release.tar.gz'),
-      ),
-    );
-    rmSync(sent);
-    if (archiveSha !== result.archive_sha256) {
+    // The container hashes the whole archive only when it read every member; the members it did not
+    // read (the build machine has them) are checked here one by one, as all the others.
+    if (result.archive_sha256 != null && archiveSha !== result.archive_sha256) {
       throw new OperationError(
         `the archive copied out of the build container is corrupt (sha256 ${archiveSha}, expected ${String(result.archive_sha256)})`,
       );
@@ -365,7 +371,7 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
       archive: {
         file: 'release.tar.gz',
         bytes: result.archive_bytes as number,
-        sha256: result.archive_sha256 as string,
+        sha256: archiveSha,
         chunks: result.archive_chunks as ArchiveChunk[],
       },
       files,
@@ -497,6 +503,11 @@ interface StepOptions {
   commitAs?: string;
   /** Copy the container's /output into this directory. */
   fetchOutputTo?: string;
+  /**
+   * Runs once /output is copied out (after the script's result), while the container finishes; the
+   * step waits for it, and fails if it fails or if the container then fails.
+   */
+  onOutput?: (result: ScriptEvent) => Promise<void>;
   /** Named volumes to mount (the pack cache and the base copies; the release step only). */
   volumes?: { name: string; target: string }[];
 }
@@ -594,7 +605,7 @@ async function runStep(
           else if (ev.event === 'result') {
             result = ev;
             if (opts.fetchOutputTo && !fetching) {
-              fetching = fetchOutput();
+              fetching = fetchOutput().then(() => opts.onOutput?.(ev));
               fetching.catch(() => undefined);
             }
           }
@@ -612,7 +623,11 @@ async function runStep(
     const ended = new Promise<void>((r) => stream.on('end', r));
     await container.start();
     const { StatusCode } = (await container.wait()) as { StatusCode: number };
-    await Promise.race([ended, new Promise((r) => setTimeout(r, 3000))]);
+    // The attach stream's end, or at most 3 s; the timer is cleared, so it never keeps the process
+    // alive (it held every build's exit back by up to 3 s).
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([ended, new Promise((r) => (timer = setTimeout(r, 3000)))]);
+    clearTimeout(timer);
     if (pending) onText('\n');
     // A step that failed after its result: let the copy finish before its directory is removed.
     if (fetching && (failure || StatusCode !== 0)) await fetching.catch(() => undefined);
@@ -632,7 +647,8 @@ async function runStep(
       const [repo, tag] = opts.commitAs.split(':') as [string, string];
       await container.commit({ repo, tag, comment: 'ckan-release base venv' });
     }
-    if (opts.fetchOutputTo) await (fetching ?? fetchOutput());
+    if (opts.fetchOutputTo)
+      await (fetching ?? fetchOutput().then(() => opts.onOutput?.(result ?? { event: 'done' })));
     return result ?? { event: 'done' };
   } finally {
     await container.remove({ force: true }).catch(() => undefined);
