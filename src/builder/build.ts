@@ -21,6 +21,7 @@ import type { ArchiveChunk, Manifest, ManifestFile } from '../artifact/manifest.
 import type { Config } from '../config/types.js';
 import { imageExists } from '../docker/engine.js';
 import { ensureImage } from '../docker/images.js';
+import { endedWithin } from '../docker/run.js';
 import { CkanReleaseError, OperationError } from '../errors.js';
 import { redactUrls } from '../redact.js';
 import { exportTree } from './git.js';
@@ -623,11 +624,7 @@ async function runStep(
     const ended = new Promise<void>((r) => stream.on('end', r));
     await container.start();
     const { StatusCode } = (await container.wait()) as { StatusCode: number };
-    // The attach stream's end, or at most 3 s; the timer is cleared, so it never keeps the process
-    // alive (it held every build's exit back by up to 3 s).
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([ended, new Promise((r) => (timer = setTimeout(r, 3000)))]);
-    clearTimeout(timer);
+    await endedWithin(ended, 3000);
     if (pending) onText('\n');
     // A step that failed after its result: let the copy finish before its directory is removed.
     if (fetching && (failure || StatusCode !== 0)) await fetching.catch(() => undefined);

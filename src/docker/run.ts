@@ -60,11 +60,22 @@ export async function runInContainer(
     const ended = new Promise<void>((resolve) => stream.on('end', resolve));
     await container.start();
     const { StatusCode } = (await container.wait()) as { StatusCode: number };
-    await Promise.race([ended, new Promise((r) => setTimeout(r, 2000))]);
+    await endedWithin(ended, 2000);
     return { code: StatusCode, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() };
   } finally {
     await container.remove({ force: true }).catch(() => undefined);
   }
+}
+
+/**
+ * Waits for a container's attach stream to end (its last output read), or at most `ms` after the
+ * container exited. The timer is cleared either way, so it never keeps the process alive: an uncleared
+ * one held every build's exit back by up to 3 s.
+ */
+export async function endedWithin(ended: Promise<void>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([ended, new Promise<void>((r) => (timer = setTimeout(r, ms)))]);
+  clearTimeout(timer);
 }
 
 /**
