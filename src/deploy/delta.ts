@@ -249,8 +249,36 @@ export async function archiveMtime(archive: string): Promise<number> {
 /** One delta archive per distinct set of needed files, for the whole deploy. */
 export class DeltaCache {
   private readonly made = new Map<string, Promise<DeltaArchive>>();
+  private readonly guesses = new Map<string, string[] | null>();
   private mtimeOnce: Promise<number> | undefined;
   constructor(private readonly archive: string) {}
+
+  /**
+   * The files a host holding `releases` will most likely ask for: those of `m` whose content none of
+   * them has, by their manifests (`manifestOf`: from the local store; null where it lacks one). Only
+   * a head start, cut while the host assembles the release: the host's answer decides what is sent,
+   * and a wrong guess costs one more cut. Null when there is nothing to go by, or when the guess is
+   * more than `maxShare` of the release's bytes (a delta would not be sent). Once per set of releases.
+   */
+  guessNeed(
+    m: { id: string; files: readonly { path: string; type: string; size: number; sha256?: string | null }[] },
+    releases: readonly string[],
+    manifestOf: (id: string) => { files: readonly { type: string; sha256?: string | null }[] } | null,
+    maxShare: number,
+  ): string[] | null {
+    const ids = releases.filter((id) => id !== m.id).sort();
+    const key = ids.join(' ');
+    if (!this.guesses.has(key)) {
+      const have = new Set<string>();
+      for (const id of ids)
+        for (const f of manifestOf(id)?.files ?? []) if (f.type === 'file' && f.sha256) have.add(f.sha256);
+      const need = m.files.filter((f) => f.type === 'file' && !have.has(f.sha256 ?? ''));
+      const total = m.files.reduce((n, f) => n + f.size, 0);
+      const bytes = need.reduce((n, f) => n + f.size, 0);
+      this.guesses.set(key, have.size && bytes <= total * maxShare ? need.map((f) => f.path).sort() : null);
+    }
+    return this.guesses.get(key)!;
+  }
 
   mtime(): Promise<number> {
     this.mtimeOnce ??= archiveMtime(this.archive);

@@ -164,4 +164,30 @@ describe('makeDeltaArchive', () => {
     expect(await cache.mtime()).toBe(946684800);
     expect(await archiveMtime(await release())).toBe(946684800);
   });
+
+  it("guesses the files a host will ask for from its releases' manifests, once per set of releases", async () => {
+    const cache = new DeltaCache(await release());
+    const f = (p: string, sha: string, size = 10) => ({ path: p, type: 'file', size, sha256: sha });
+    const m = {
+      id: 'B',
+      files: [f('src/b.py', 'b2'), f('src/a.py', 'a'), { path: 'src', type: 'dir', size: 0 }],
+    };
+    const read: string[] = [];
+    const manifests: Record<string, { files: { type: string; sha256: string }[] }> = {
+      A: {
+        files: [
+          { type: 'file', sha256: 'a' },
+          { type: 'file', sha256: 'b1' },
+        ],
+      },
+    };
+    const manifestOf = (id: string) => (read.push(id), manifests[id] ?? null);
+    expect(cache.guessNeed(m, ['A', 'B'], manifestOf, 0.5)).toEqual(['src/b.py']);
+    expect(cache.guessNeed(m, ['B', 'A'], manifestOf, 0.5)).toEqual(['src/b.py']);
+    expect(read).toEqual(['A']);
+    // Nothing known of the host's releases, or a guess beyond the share a delta is sent for: none.
+    expect(cache.guessNeed(m, ['X'], manifestOf, 0.5)).toBeNull();
+    expect(cache.guessNeed(m, [], manifestOf, 0.5)).toBeNull();
+    expect(new DeltaCache('unused').guessNeed(m, ['A'], manifestOf, 0.4)).toBeNull();
+  });
 });
