@@ -558,8 +558,9 @@ if hasattr(os.stat_result, "st_mtime_ns"):
         # Without _ns's getattr: called for every file a delta links.
         return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode, st.st_uid, st.st_gid]
 else:
-    def stat_key(st):
-        return [st.st_ino, st.st_size, _ns(st, "st_mtime"), _ns(st, "st_ctime"), st.st_mode, st.st_uid, st.st_gid]
+    def stat_key(st):  # Python 2: float times only
+        return [st.st_ino, st.st_size, int(round(st.st_mtime * 1e9)), int(round(st.st_ctime * 1e9)), st.st_mode,
+                st.st_uid, st.st_gid]
 
 
 def now_ns():
@@ -571,9 +572,10 @@ class Seal(object):
         self.files = files if files is not None else {}
         self.taken = taken
 
-    def trusts(self, rel, st):
-        key = self.files.get(rel)
-        return key is not None and key[3] < self.taken - SEAL_RACY_NS and key == stat_key(st)
+    def trusts(self, rel, st, key=None):
+        """key: stat_key(st), when the caller has it already."""
+        sealed = self.files.get(rel)
+        return sealed is not None and sealed[3] < self.taken - SEAL_RACY_NS and sealed == (key or stat_key(st))
 
     def record(self, rel, st):
         self.files[rel] = stat_key(st)
@@ -1374,9 +1376,10 @@ class Linker(object):
         self.after = {}   # inode -> its stat key after the last link
         self.counts = {"linked": 0, "reflinked": 0, "copied": 0}
 
-    def same_meta(self, st, mode):
+    def same_meta(self, st, mode, key=None):
+        """key: stat_key(st), when the caller has it already."""
         return (stat.S_IMODE(st.st_mode) == mode and st.st_uid == self.want_uid and st.st_gid == self.want_gid
-                and _ns(st, "st_mtime") == int(round(self.mtime * 1e9)))
+                and (key[2] if key else _ns(st, "st_mtime")) == int(round(self.mtime * 1e9)))
 
     def place(self, src, dest, sha256, mode, seal, base_rel, only_link=False):
         """dest (a new path) with src's content if src has the sha256 the manifests promise: a hard link
@@ -1395,9 +1398,9 @@ class Linker(object):
                 return None
             if not stat.S_ISREG(st.st_mode):
                 return None
-            if self.same_meta(st, mode):
-                key = stat_key(st)
-                if seal.trusts(base_rel, st) or self.after.get(st.st_ino) == key:
+            key = stat_key(st)
+            if self.same_meta(st, mode, key):
+                if seal.trusts(base_rel, st, key) or self.after.get(st.st_ino) == key:
                     return self._link(src, dest, st, key)
             elif only_link:
                 return None
