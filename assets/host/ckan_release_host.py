@@ -404,8 +404,9 @@ def safe_member_path(name):
         return ""
     if name.startswith("/") or "\\" in name or "\0" in name:
         return None
-    parts = name.split("/")
-    if any(part in ("", ".", "..") for part in parts):
+    # No empty, "." or ".." part (by substrings: a delta calls this for every entry of two manifests).
+    padded = "/" + name + "/"
+    if "//" in padded or "/./" in padded or "/../" in padded:
         return None
     return name
 
@@ -551,8 +552,14 @@ def _ns(st, name):
     return v if v is not None else int(round(getattr(st, name) * 1e9))
 
 
-def stat_key(st):
-    return [st.st_ino, st.st_size, _ns(st, "st_mtime"), _ns(st, "st_ctime"), st.st_mode, st.st_uid, st.st_gid]
+if hasattr(os.stat_result, "st_mtime_ns"):
+    def stat_key(st):
+        # Without _ns's getattr: called for every file a delta links.
+        return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode, st.st_uid, st.st_gid]
+else:
+    def stat_key(st):  # Python 2: float times only
+        return [st.st_ino, st.st_size, int(round(st.st_mtime * 1e9)), int(round(st.st_ctime * 1e9)), st.st_mode,
+                st.st_uid, st.st_gid]
 
 
 def now_ns():
@@ -564,9 +571,10 @@ class Seal(object):
         self.files = files if files is not None else {}
         self.taken = taken
 
-    def trusts(self, rel, st):
-        key = self.files.get(rel)
-        return key is not None and key[3] < self.taken - SEAL_RACY_NS and key == stat_key(st)
+    def trusts(self, rel, st, key=None):
+        """key: stat_key(st), when the caller has it already."""
+        sealed = self.files.get(rel)
+        return sealed is not None and sealed[3] < self.taken - SEAL_RACY_NS and sealed == (key or stat_key(st))
 
     def record(self, rel, st):
         self.files[rel] = stat_key(st)
@@ -577,8 +585,8 @@ class Seal(object):
         try:
             with io.open(path, encoding="utf-8") as f:
                 data = json.load(f)
-            if data.get("version") == 1:
-                return Seal(dict((k, list(v)) for k, v in data["files"].items()), int(data["taken"]))
+            if data.get("version") == 1 and isinstance(data["files"], dict):
+                return Seal(data["files"], int(data["taken"]))  # JSON arrays: lists already
         except (IOError, OSError, ValueError, KeyError, TypeError, AttributeError):
             pass
         return Seal()
@@ -1369,15 +1377,34 @@ class Linker(object):
         self.after = {}   # inode -> its stat key after the last link
         self.counts = {"linked": 0, "reflinked": 0, "copied": 0}
 
-    def same_meta(self, st, mode):
+    def same_meta(self, st, mode, key=None):
+        """key: stat_key(st), when the caller has it already."""
         return (stat.S_IMODE(st.st_mode) == mode and st.st_uid == self.want_uid and st.st_gid == self.want_gid
-                and _ns(st, "st_mtime") == int(round(self.mtime * 1e9)))
+                and (key[2] if key else _ns(st, "st_mtime")) == int(round(self.mtime * 1e9)))
 
     def place(self, src, dest, sha256, mode, seal, base_rel, only_link=False):
         """dest (a new path) with src's content if src has the sha256 the manifests promise: a hard link
         when its metadata is the wanted one too, else a reflink or a copy given that metadata. Content
         is proved by the base's seal (or this operation's own links), else by hashing it. Returns dest's
-        stat, or None (src gone, not a regular file, or other content)."""
+        stat, or None (src gone, not a regular file, or other content).
+
+        The usual case, a file the seal vouches for with the wanted metadata, costs an lstat, the link
+        and an lstat of the new name (the delta of a 29,000-file release makes 28,000 of them): the new
+        name must be the very inode the lstat proved, with the same size, mtime, mode and owner, or it
+        is removed again (src replaced or changed in between). link(2) never follows a symlink."""
+        if self.link:
+            try:
+                st = os.lstat(src)
+            except OSError:
+                return None
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            key = stat_key(st)
+            if self.same_meta(st, mode, key):
+                if seal.trusts(base_rel, st, key) or self.after.get(st.st_ino) == key:
+                    return self._link(src, dest, st, key)
+            elif only_link:
+                return None
         try:
             fd = os.open(src, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         except OSError:
@@ -1393,15 +1420,7 @@ class Linker(object):
             if not trusted and fd_sha256(fd) != sha256:
                 return None
             if self.link and self.same_meta(st, mode):
-                os.link(src, dest)
-                new = os.lstat(dest)
-                if new.st_ino == st.st_ino and new.st_dev == st.st_dev:
-                    self.before.setdefault(st.st_ino, key)
-                    self.after[st.st_ino] = stat_key(new)
-                    self.counts["linked"] += 1
-                    return new
-                os.unlink(dest)  # src was replaced between the check and the link: not what we proved
-                return None
+                return self._link(src, dest, st, key)
             if only_link:
                 return None
             out_fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
@@ -1424,6 +1443,20 @@ class Linker(object):
         finally:
             os.close(fd)
 
+    def _link(self, src, dest, st, key):
+        """dest as a hard link to src, if src is still the inode st (key: its stat_key) proved."""
+        link_no_follow(src, dest)
+        new = os.lstat(dest)
+        nkey = stat_key(new)
+        # Everything but ctime (the link moves it) as proved: the inode, size, mtime, mode, owner.
+        if new.st_dev == st.st_dev and nkey[:3] == key[:3] and nkey[4:] == key[4:]:
+            self.before.setdefault(st.st_ino, key)
+            self.after[st.st_ino] = nkey
+            self.counts["linked"] += 1
+            return new
+        os.unlink(dest)  # src was replaced or changed between the proof and the link: not what we proved
+        return None
+
     def renamed(self, st):
         """A linked inode renamed into place (rename moves its ctime): its stat now."""
         if st.st_ino in self.after:
@@ -1438,10 +1471,12 @@ class Linker(object):
                 moved += 1
         return moved
 
-    def finish(self, p, skip=(), seals=()):
+    def finish(self, p, skip=(), seals=(), loaded=None):
         """Moves the seal of every release here (and `seals`, held in memory by the caller) along the
         links this operation made (see the class). Waits until the newest link is older than the seals'
-        racy window first, so that they trust it."""
+        racy window first, so that they trust it. loaded: {release ID: its seal} the caller read from
+        manifests/ in this operation (not read again; the caller holds the agent's lock, so no other
+        operation wrote them since)."""
         if not self.after:
             return
         for s in seals:
@@ -1455,9 +1490,45 @@ class Linker(object):
             path = seal_path(p, rid)
             if rid in skip or not os.path.isfile(path):
                 continue
-            s = Seal.load(path)
+            s = (loaded or {}).get(rid) or Seal.load(path)
             if self.move(s):
                 s.save(path)
+
+
+LINK_NO_FOLLOW = {"follow_symlinks": False} if sys.version_info[0] >= 3 else {}
+
+
+def link_no_follow(src, dest):
+    """link(2) of src itself, never of what a symlink there points at (Python 3's os.link follows by
+    default; Python 2's is link(2), which does not follow on Linux)."""
+    os.link(src, dest, **LINK_NO_FOLLOW)
+
+
+class RealDirs(object):
+    """Whether a directory of a release is a real one inside it, no symlink on the way: one lstat per
+    directory, from the release down, remembered (os.path.realpath per directory lstats every part of
+    the path, a fifth of a delta's time). A directory is never replaced by a symlink behind the
+    cache's back by the agent, and what an lstat proved is proved again per file (see Linker.place)."""
+
+    def __init__(self):
+        self.known = {}
+
+    def real(self, base, rel_dir):
+        """base: a release directory (delta_bases: a real one); rel_dir: a clean relative path, or ""."""
+        key = base + "/" + rel_dir
+        v = self.known.get(key)
+        if v is None:
+            if rel_dir == "":
+                v = not os.path.islink(base) and os.path.isdir(base)
+            else:
+                v = self.real(base, rel_dir.rpartition("/")[0])
+                if v:
+                    try:
+                        v = stat.S_ISDIR(os.lstat(key).st_mode)
+                    except OSError:
+                        v = False
+            self.known[key] = v
+        return v
 
 
 def tree_seal_inputs(p, rid, manifest_path):
@@ -1503,8 +1574,9 @@ def link_kept(p, rid, partial, manifest, seal, ids):
                 rel = safe_member_path(e["path"])
                 if rel:
                     index.setdefault(e["sha256"], []).append((d, rel))
-    seals = dict((d, Seal.load(seal_path(p, b))) for b, d, _ in bases)
-    real_dirs = {}
+    loaded = dict((b, Seal.load(seal_path(p, b))) for b, _, _ in bases)
+    seals = dict((d, loaded[b]) for b, d, _ in bases)
+    real_dirs = RealDirs()
     linked = 0
     linkers = {}
     for rel, e in sorted(wanted.items()):
@@ -1515,11 +1587,7 @@ def link_kept(p, rid, partial, manifest, seal, ids):
         dest = os.path.join(partial, rel)
         tmp = os.path.join(os.path.dirname(dest), ".ckan-link-%s" % os.path.basename(rel))
         for d, base_rel in index.get(e["sha256"], []):
-            src_dir = os.path.dirname(os.path.join(d, base_rel))
-            if src_dir not in real_dirs:
-                real_dirs[src_dir] = os.path.realpath(src_dir) == os.path.join(
-                    os.path.realpath(d), os.path.dirname(base_rel)).rstrip("/")
-            if not real_dirs[src_dir]:
+            if not real_dirs.real(d, base_rel.rpartition("/")[0]):
                 continue
             if os.path.lexists(tmp):
                 os.unlink(tmp)
@@ -1533,7 +1601,7 @@ def link_kept(p, rid, partial, manifest, seal, ids):
                 linked += 1
                 break
     for linker in linkers.values():
-        linker.finish(p, seals=(seal,))
+        linker.finish(p, seals=(seal,), loaded=loaded)
     return linked
 
 
@@ -1730,7 +1798,8 @@ def cmd_delta(args):
     if manifest.get("id") != rid:
         raise Refused("bad-artifact", "manifest is for %s, not %s" % (manifest.get("id"), rid))
     bases = [b for b in delta_bases(p, read_current(p)) if b[0] != rid]
-    seals = dict((d, Seal.load(seal_path(p, b))) for b, d, _ in bases)
+    loaded = dict((b, Seal.load(seal_path(p, b))) for b, _, _ in bases)
+    seals = dict((d, loaded[b]) for b, d, _ in bases)
     ids = owner_ids(args)
     seal = Seal()
     mtime = float(args["mtime"])
@@ -1749,9 +1818,8 @@ def cmd_delta(args):
             first_files = base_files
         for e in base_files:
             if e.get("type") == "file" and e.get("sha256") in wanted:
-                rel = safe_member_path(e["path"])
-                if rel:
-                    index.setdefault(e["sha256"], []).append((d, rel))
+                # The base's path as its manifest gives it: checked by safe_member_path when used.
+                index.setdefault(e["sha256"], []).append((d, e["path"]))
     if not index:
         out({"delta": False, "bases": [b[0] for b in bases], "need": None})
         return
@@ -1772,38 +1840,41 @@ def cmd_delta(args):
         os.chmod(partial, 0o700)
     need = []
     tampered = []
-    real_dirs = {}
+    real_dirs = RealDirs()
+    # The directories of the partial this delta made (or the whole copy kept), as the manifest gives
+    # them: every entry's parent must be one (sorted by path, a directory comes before what is in it).
+    made_dirs = set([""])
     reused = 0
     reused_bytes = 0
     for e in files:
         rel = safe_member_path(e["path"])
         if not rel:
             raise Refused("bad-artifact", "manifest entry %r points outside the release" % e["path"])
-        dest = os.path.join(partial, rel)
-        parent = os.path.dirname(dest)
-        if os.path.islink(parent) or not os.path.isdir(parent):
+        dest = partial + "/" + rel
+        kind = e["type"]
+        if rel.rpartition("/")[0] not in made_dirs:
             raise Refused("bad-artifact", "manifest entry %s has no directory to go in" % rel)
         if bulk is not None and rel in bulk:
-            if e["type"] == "file":
+            if kind == "file":
                 seal.record(rel, settle(dest, ids, int(e["mode"], 8), mtime))
                 reused += 1
                 reused_bytes += e["size"]
+            elif kind == "dir":
+                made_dirs.add(rel)
             continue  # a directory or symlink already as the manifest says (modes: finish_dirs)
-        if e["type"] == "dir":
+        if kind == "dir":
             os.mkdir(dest, 0o700)
-        elif e["type"] == "symlink":
+            made_dirs.add(rel)
+        elif kind == "symlink":
             os.symlink(e["target"], dest)
-        elif e["type"] == "file":
+        elif kind == "file":
             done = False
-            for d, base_rel in index.get(e["sha256"], []):
+            for d, base_path in index.get(e["sha256"], []):
                 # Never read through a symlink planted in the base: its parent must be a real
                 # directory inside the base release.
-                src = os.path.join(d, base_rel)
-                src_dir = os.path.dirname(src)
-                if src_dir not in real_dirs:
-                    real_dirs[src_dir] = os.path.realpath(src_dir) == os.path.join(
-                        os.path.realpath(d), os.path.dirname(base_rel)).rstrip("/")
-                if not real_dirs[src_dir]:
+                base_rel = safe_member_path(base_path)
+                src = d + "/" + (base_rel or "")
+                if not base_rel or not real_dirs.real(d, base_rel.rpartition("/")[0]):
                     tampered.append(os.path.relpath(src, p["releases"]))
                     continue
                 if linker is not None:
@@ -1820,7 +1891,7 @@ def cmd_delta(args):
             if not done:
                 need.append(rel)
         else:
-            raise Refused("bad-artifact", "manifest entry %s has unknown type %s" % (rel, e["type"]))
+            raise Refused("bad-artifact", "manifest entry %s has unknown type %s" % (rel, kind))
     if reused == 0:
         shutil.rmtree(partial)
         out({"delta": False, "bases": [b[0] for b in bases], "need": None, "tampered": tampered[:20]})
@@ -1832,7 +1903,7 @@ def cmd_delta(args):
         f.write(u"%s" % json.dumps({"need": need}))
     if linker is not None:
         # The earlier releases' seals follow the inodes linked (and this operation's own, for finalize).
-        linker.finish(p, seals=(seal,))
+        linker.finish(p, seals=(seal,), loaded=loaded)
         relink_tree_seal(p, bases[0])
     seal.save(op_seal_path(p, args["op"]))
     if not need:
@@ -1939,6 +2010,13 @@ def lookup_ids(owner, group):
     return uid, (gid if gid is not None else -1)
 
 
+def chown_if_not(path, uid, gid):
+    """lchown(path) to uid:gid (-1: either left as it is) unless it has them already."""
+    st = os.lstat(path)
+    if (uid != -1 and st.st_uid != uid) or (gid != -1 and st.st_gid != gid):
+        os.lchown(path, uid, gid)
+
+
 def cmd_finalize(args):
     """stdin: the rendered config file. Writes it (0640, owner/group), links shared paths, verifies the
     whole tree against the manifest, renames the partial into releases/<ID>, records 'staged'."""
@@ -1964,18 +2042,30 @@ def cmd_finalize(args):
         os.symlink(target, link)
         allowed.append(s["link"])
     manifest["_allowed_extra"] = allowed
-    if uid is not None and uid != -1 or gid != -1:
-        # Directories, symlinks and the shared links; receive and delta gave the files their owner
-        # already (a file changed here would no longer match its seal and be hashed below).
-        want_uid = uid if uid is not None else -1
+    op_seal = Seal.load(op_seal_path(p, args["op"]))
+    want_uid = uid if uid is not None else -1
+    owned = want_uid != -1 or gid != -1
+    if owned:
+        # Directories, symlinks, the config and the shared links, by the manifest (one lstat each, not
+        # a walk of every entry; never through a symlink on the way); receive and delta gave every file
+        # they wrote its owner already, which the check below sees in each file's stat.
+        real_dirs = RealDirs()
+        for e in manifest["files"]:
+            rel = safe_member_path(e["path"]) if e["type"] != "file" else None
+            if rel and real_dirs.real(partial, rel.rpartition("/")[0]) and os.path.lexists(partial + "/" + rel):
+                chown_if_not(partial + "/" + rel, want_uid, gid)
+        for rel in allowed:
+            chown_if_not(os.path.join(partial, rel), want_uid, gid)
+        chown_if_not(partial, want_uid, gid)
+    problems, extra, checked = verify_tree(partial, manifest, op_seal)
+    if owned and not problems and not extra and [1 for key in checked.files.values() if (
+            want_uid != -1 and key[5] != want_uid) or (gid != -1 and key[6] != gid)]:
+        # A file without the owner (another operation's, or other owner arguments): every entry given
+        # it, then checked again (a file changed here no longer matches its seal: hashed).
         for dirpath, dirnames, filenames in os.walk(partial):
             for name in dirnames + filenames:
-                path = os.path.join(dirpath, name)
-                st = os.lstat(path)
-                if (want_uid != -1 and st.st_uid != want_uid) or (gid != -1 and st.st_gid != gid):
-                    os.lchown(path, want_uid, gid)
-        os.lchown(partial, want_uid, gid)
-    problems, extra, checked = verify_tree(partial, manifest, Seal.load(op_seal_path(p, args["op"])))
+                chown_if_not(os.path.join(dirpath, name), want_uid, gid)
+        problems, extra, checked = verify_tree(partial, manifest, op_seal)
     if problems or extra:
         raise Refused("bad-artifact", "the unpacked release differs from its manifest: %s"
                       % "; ".join((problems + ["unexpected %s" % x for x in extra])[:5]))

@@ -7,7 +7,7 @@ import { Readable } from 'node:stream';
 import { adoptedSkips, isAdopted } from '../artifact/adopted.js';
 import type { Manifest } from '../artifact/manifest.js';
 import { fileCount, manifestJson, manifestSha256 } from '../artifact/manifest-file.js';
-import type { StoredArtifact } from '../artifact/store.js';
+import { readArtifact, type StoredArtifact } from '../artifact/store.js';
 import { OperationError } from '../errors.js';
 import { releaseDir, tmpDir, tmpManifest, tmpNeed } from '../layout.js';
 import type { HostFacts, HostPlan } from '../plan.js';
@@ -131,7 +131,7 @@ export async function stageOnHost(
     }
     const manifestPath = await placeManifest(s, h, agent, m, () => uploadManifest(s, h, m));
     s.events?.emit({ type: 'phase', host: h.name, phase: 'upload', detail: `${m.archive.bytes} bytes` });
-    const received = await sendRelease(s, h, agent, artifact, manifestPath, deltas);
+    const received = await sendRelease(s, h, agent, artifact, manifestPath, deltas, facts);
     s.events?.emit({ type: 'phase', host: h.name, phase: 'finalize' });
     await callAgent(
       agent,
@@ -179,10 +179,27 @@ async function sendRelease(
   artifact: StoredArtifact,
   manifestPath: string,
   deltas: DeltaCache,
+  facts: HostFacts,
 ): Promise<string> {
   const m = artifact.manifest;
   const t0 = Date.now();
   const mtime = await deltas.mtime();
+  // The delta archive the host will most likely need, cut while it assembles the release (a second
+  // on the bench release, otherwise spent after its answer); its answer decides what is sent.
+  const store = path.dirname(artifact.dir);
+  const guess = deltas.guessNeed(
+    m,
+    facts.releases.filter((r) => !r.adopted).map((r) => r.id),
+    (id) => {
+      try {
+        return readArtifact(store, id).manifest;
+      } catch {
+        return null;
+      }
+    },
+    DELTA_MAX_SHARE,
+  );
+  if (guess) deltas.get(guess).catch(() => undefined);
   // Received and copied files get their owner at once: finalize then trusts their seal (no re-hash).
   const owner = ownerOf(s);
   const plan = await callAgent<DeltaPlan>(agent, 'delta', 'delta', {

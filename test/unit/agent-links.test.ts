@@ -20,9 +20,11 @@ import {
   readdirSync,
   readFileSync,
   readlinkSync,
+  renameSync,
   rmSync,
   statSync,
   symlinkSync,
+  utimesSync,
   writeFileSync,
 } from 'node:fs';
 import os from 'node:os';
@@ -430,6 +432,82 @@ describe.each(TEST_PYTHONS)('linked releases, heal and the tar receive (Python $
     expect(readFileSync(`${A}/lib/pkg/same.py`)).toEqual(same);
     expect(statSync(`${A}/lib/pkg`).mtimeMs / 1000).toBe(MTIME);
     expect(await verifyA(heal)).toMatchObject({ ok: true, by: 'tree seal' });
+  });
+
+  it('a linked delta never links a base file its seal does not prove, nor one under a symlinked directory', async () => {
+    const python = requirePython(py);
+    const a = artifact(work, ID_A, 1, 0o755);
+    const b = artifact(work, ID_B, 2, 0o700);
+    const root = await setupRoot(python, 'unproved');
+    const got = await ok(
+      python,
+      'receive',
+      { root, id: ID_A, op: 'op1', manifest: a.manifest, ...OWNER },
+      a.data,
+    );
+    await finalize(python, root, ID_A, 'op1', got.partial, a.manifest);
+    await ok(python, 'switch', { root, id: ID_A, op: 'op1' });
+    const A = path.join(root, 'releases', ID_A);
+    // Edited in place after A was sealed, with its size and mtime kept: only the ctime (and the bytes) tell.
+    const same = `${A}/lib/pkg/same.py`;
+    const before = readFileSync(same);
+    writeFileSync(same, before.toString().toUpperCase(), { flag: 'r+' });
+    utimesSync(same, MTIME, MTIME);
+    // A directory of A replaced by a symlink to a copy of it, with the right bytes inside.
+    renameSync(`${A}/${LONG_DIR}`, `${A}/${LONG_DIR}.moved`);
+    symlinkSync(path.basename(`${LONG_DIR}.moved`), `${A}/${LONG_DIR}`);
+    const plan = await ok(python, 'delta', {
+      root,
+      id: ID_B,
+      op: 'op2',
+      manifest: b.manifest,
+      mtime: MTIME,
+      link: 'hardlink',
+      ...OWNER,
+    });
+    expect(plan).toMatchObject({ delta: true });
+    expect((plan.need as string[]).sort()).toEqual(
+      [LONG_FILE, 'lib/pkg/__init__.py', 'lib/pkg/same.py'].sort(),
+    );
+    expect(plan.tampered as string[]).toEqual(
+      expect.arrayContaining([`${ID_A}/${LONG_FILE}`, `${ID_A}/lib/pkg/same.py`]),
+    );
+    const partial = String(plan.partial);
+    expect(existsSync(`${partial}/lib/pkg/same.py`)).toBe(false);
+    expect(existsSync(`${partial}/${LONG_FILE}`)).toBe(false);
+    // What it linked is still A's inode, and A's seal still proves those files: only the edited one is
+    // read when A is checked (the moved directory aside).
+    expect(statSync(`${partial}/lib/big.bin`).ino).toBe(statSync(`${A}/lib/big.bin`).ino);
+    const d = await makeDeltaArchive(b.archive, plan.need as string[]);
+    await ok(
+      python,
+      'receive',
+      {
+        root,
+        id: ID_B,
+        op: 'op2',
+        manifest: b.manifest,
+        delta: { mtime: MTIME, bytes: d.data.length, sha256: sha256(d.data) },
+        ...OWNER,
+      },
+      d.data,
+    );
+    await finalize(python, root, ID_B, 'op2', partial, b.manifest);
+    const B = path.join(root, 'releases', ID_B);
+    expect(readFileSync(`${B}/lib/pkg/same.py`)).toEqual(before);
+    expect(statSync(`${B}/lib/pkg/same.py`).ino).not.toBe(statSync(same).ino);
+    rmSync(`${A}/${LONG_DIR}`);
+    renameSync(`${A}/${LONG_DIR}.moved`, `${A}/${LONG_DIR}`);
+    writeFileSync(same, before, { flag: 'r+' });
+    utimesSync(same, MTIME, MTIME);
+    await new Promise((r) => setTimeout(r, 250));
+    const v = await ok(python, 'verify', {
+      root,
+      id: ID_A,
+      manifest_sha256: sha256(readFileSync(a.manifest)),
+      allowed_extra: ['ckan.ini', 'storage'],
+    });
+    expect(v).toMatchObject({ ok: true, by: 'seal', hashed: 1 });
   });
 
   it('a full receive links what a kept release has the same, and the release is still a full ship', async () => {

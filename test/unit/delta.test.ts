@@ -1,6 +1,7 @@
 // The delta archive: exactly the needed files of release.tar.gz, with their modes and mtimes, and an
 // error naming a needed file the archive does not have.
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { gunzipSync, gzipSync } from 'node:zlib';
@@ -97,6 +98,44 @@ describe('makeDeltaArchive', () => {
     expect(await archiveMtime(file)).toBe(946684800);
   });
 
+  it('names members by GNU long names and pax headers, as GNU tar writes them, and refuses a damaged header', async () => {
+    const tree = mkdtempSync(path.join(os.tmpdir(), 'ckan-release-delta-tree-'));
+    const long = `lib/${'d'.repeat(120)}/${'f'.repeat(90)}.py`;
+    mkdirSync(path.join(tree, path.dirname(long)), { recursive: true });
+    writeFileSync(path.join(tree, long), 'long = True\n');
+    writeFileSync(path.join(tree, 'lib', 'big.bin'), Buffer.alloc(70000, 7));
+    writeFileSync(path.join(tree, 'lib', 'empty.py'), '');
+    chmodSync(path.join(tree, long), 0o600);
+    for (const format of ['gnu', 'pax']) {
+      const file = path.join(tree, `../${path.basename(tree)}-${format}.tar.gz`);
+      execFileSync('tar', [
+        `--format=${format}`,
+        '--owner=0',
+        '--group=0',
+        '--mtime=@946684800',
+        '--sort=name',
+        '-czf',
+        file,
+        '-C',
+        tree,
+        '.',
+      ]);
+      const d = await makeDeltaArchive(file, [long, path.dirname(long), 'lib/big.bin', 'lib/empty.py']);
+      const got = await members(d.data);
+      expect(got.map((m) => [m.name, m.mode, m.body.length, m.mtime])).toEqual([
+        ['lib/big.bin', 0o644, 70000, MTIME],
+        [path.dirname(long), 0o755, 0, MTIME],
+        [long, 0o600, 12, MTIME],
+        ['lib/empty.py', 0o644, 0, MTIME],
+      ]);
+      // One byte of a header changed: its checksum no longer holds.
+      const raw = gunzipSync(readFileSync(file));
+      raw[101]! ^= 1; // in the first header (its mode field)
+      writeFileSync(file, gzipSync(raw));
+      await expect(makeDeltaArchive(file, [long])).rejects.toThrow(/checksum/);
+    }
+  });
+
   it('is empty for an empty need list', async () => {
     expect(await members((await makeDeltaArchive(await release(), [])).data)).toEqual([]);
   });
@@ -124,5 +163,31 @@ describe('makeDeltaArchive', () => {
     expect(c).not.toBe(a);
     expect(await cache.mtime()).toBe(946684800);
     expect(await archiveMtime(await release())).toBe(946684800);
+  });
+
+  it("guesses the files a host will ask for from its releases' manifests, once per set of releases", async () => {
+    const cache = new DeltaCache(await release());
+    const f = (p: string, sha: string, size = 10) => ({ path: p, type: 'file', size, sha256: sha });
+    const m = {
+      id: 'B',
+      files: [f('src/b.py', 'b2'), f('src/a.py', 'a'), { path: 'src', type: 'dir', size: 0 }],
+    };
+    const read: string[] = [];
+    const manifests: Record<string, { files: { type: string; sha256: string }[] }> = {
+      A: {
+        files: [
+          { type: 'file', sha256: 'a' },
+          { type: 'file', sha256: 'b1' },
+        ],
+      },
+    };
+    const manifestOf = (id: string) => (read.push(id), manifests[id] ?? null);
+    expect(cache.guessNeed(m, ['A', 'B'], manifestOf, 0.5)).toEqual(['src/b.py']);
+    expect(cache.guessNeed(m, ['B', 'A'], manifestOf, 0.5)).toEqual(['src/b.py']);
+    expect(read).toEqual(['A']);
+    // Nothing known of the host's releases, or a guess beyond the share a delta is sent for: none.
+    expect(cache.guessNeed(m, ['X'], manifestOf, 0.5)).toBeNull();
+    expect(cache.guessNeed(m, [], manifestOf, 0.5)).toBeNull();
+    expect(new DeltaCache('unused').guessNeed(m, ['A'], manifestOf, 0.4)).toBeNull();
   });
 });
