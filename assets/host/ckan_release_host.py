@@ -1360,21 +1360,124 @@ def fd_sha256(fd):
         h.update(chunk)
 
 
-class Linker(object):
+class InodeMoves(object):
+    """The book of the inodes this operation moved the ctime of by adding or removing a name of theirs
+    (a link made by a delta or a heal, a linked release pruned): either voids the seal of every release
+    that shares the inode. finish() moves those seals along: an entry that matched the inode just
+    before our change matches it just after, so a rollback still proves its release by stats, not by
+    reading it."""
+
+    def __init__(self, proved=False):
+        # proved: this operation proved every inode's content before changing its names (a Linker links
+        # only what a seal vouches for or it hashed), so even a racily clean entry may move.
+        self.proved = proved
+        self.before = {}  # inode -> its stat key just before this operation first changed its names
+        self.after = {}   # inode -> its stat key after the last change
+
+    def changed(self, before, after):
+        """One name of an inode added or removed: its stat keys just before and just after. Recorded,
+        and True, only if everything but ctime (the change of names moves it) is as before: the inode,
+        size, mtime, mode and owner; otherwise the inode changed in between, and no seal follows it."""
+        if after[:3] != before[:3] or after[4:] != before[4:]:
+            return False
+        self.before.setdefault(before[0], before)
+        self.after[before[0]] = after
+        return True
+
+    def renamed(self, st):
+        """A linked inode renamed into place (rename moves its ctime): its stat now."""
+        if st.st_ino in self.after:
+            self.after[st.st_ino] = stat_key(st)
+
+    def move(self, seal):
+        """Moves one seal along this operation's changes; how many entries moved. Unless the content was
+        proved (see __init__), an entry the seal would not trust (racily clean, see SEAL_RACY_NS) stays
+        as it is, so the next check still hashes it; a seal this operation is writing (never saved:
+        taken 0) holds its own writes and moves whole."""
+        moved = 0
+        for rel, key in seal.files.items():
+            if self.before.get(key[0]) == key and (
+                    self.proved or not seal.taken or key[3] < seal.taken - SEAL_RACY_NS):
+                seal.files[rel] = self.after[key[0]]
+                moved += 1
+        return moved
+
+    def finish(self, p, skip=(), seals=(), loaded=None):
+        """Moves the seal of every release here (and `seals`, held in memory by the caller) along the
+        changes this operation made (see the class). Waits until the newest change is older than the
+        seals' racy window first, so that they trust it. loaded: {release ID: its seal} the caller read
+        from manifests/ in this operation (not read again; the caller holds the agent's lock, so no
+        other operation wrote them since)."""
+        if not self.after:
+            return
+        for s in seals:
+            self.move(s)
+        newest = max(k[3] for k in self.after.values())
+        wait = newest + SEAL_RACY_NS + 1000000 - now_ns()
+        if wait > 0:
+            time.sleep(wait / 1e9)
+        releases, _ = list_releases(p)
+        for rid in releases:
+            path = seal_path(p, rid)
+            if rid in skip or not os.path.isfile(path):
+                continue
+            s = (loaded or {}).get(rid) or Seal.load(path)
+            if self.move(s):
+                s.save(path)
+
+
+def remove_tree(path, moves):
+    """shutil.rmtree(path, ignore_errors=True), but a file other releases still link (st_nlink > 1, a
+    linked release) is held open while its name goes, and its stats just before and just after go to
+    `moves` (InodeMoves): the unlink moves the inode's ctime in every release that shares it, whose
+    seals finish() then moves along instead of leaving them void (the next rollback would read every
+    shared file again)."""
+    if os.path.islink(path) or not os.path.isdir(path):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        return
+    for d, dirs, files in os.walk(path, topdown=False):
+        for name in files:
+            f = os.path.join(d, name)
+            try:
+                st = os.lstat(f)
+                if not stat.S_ISREG(st.st_mode) or st.st_nlink < 2:
+                    os.unlink(f)
+                    continue
+                fd = os.open(f, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+                try:
+                    before = os.fstat(fd)
+                    os.unlink(f)
+                    moves.changed(stat_key(before), stat_key(os.fstat(fd)))
+                finally:
+                    os.close(fd)
+            except OSError:
+                pass
+        for name in dirs:  # os.walk lists a symlink to a directory among the directories
+            sub = os.path.join(d, name)
+            try:
+                if os.path.islink(sub):
+                    os.unlink(sub)
+                else:
+                    os.rmdir(sub)
+            except OSError:
+                pass
+    shutil.rmtree(path, ignore_errors=True)  # what the walk could not remove, if anything
+
+
+class Linker(InodeMoves):
     """Places files of a release from files of releases already on the host (a delta, a heal), linking
-    where content and metadata are equal. Keeps the book of the inodes it linked: each link moves the
-    inode's ctime, which would void the seal of every release that shares it; finish() moves those
-    seals along (an entry that matched the inode just before our link matches it just after), so a
-    rollback still proves its release by stats, not by reading it."""
+    where content and metadata are equal. Keeps the book of the inodes it linked (see InodeMoves)."""
 
     def __init__(self, ids, mtime, link=True):
+        InodeMoves.__init__(self, proved=True)
         self.want_uid = ids[0] if ids[0] != -1 else os.geteuid()
         self.want_gid = ids[1] if ids[1] != -1 else os.getegid()
         self.ids = ids
         self.mtime = mtime
         self.link = link
-        self.before = {}  # inode -> its stat key just before this operation first linked it
-        self.after = {}   # inode -> its stat key after the last link
         self.counts = {"linked": 0, "reflinked": 0, "copied": 0}
 
     def same_meta(self, st, mode, key=None):
@@ -1448,51 +1551,12 @@ class Linker(object):
         link_no_follow(src, dest)
         new = os.lstat(dest)
         nkey = stat_key(new)
-        # Everything but ctime (the link moves it) as proved: the inode, size, mtime, mode, owner.
-        if new.st_dev == st.st_dev and nkey[:3] == key[:3] and nkey[4:] == key[4:]:
-            self.before.setdefault(st.st_ino, key)
-            self.after[st.st_ino] = nkey
+        # The very inode proved, with everything but ctime as proved (see InodeMoves.changed).
+        if new.st_dev == st.st_dev and self.changed(key, nkey):
             self.counts["linked"] += 1
             return new
         os.unlink(dest)  # src was replaced or changed between the proof and the link: not what we proved
         return None
-
-    def renamed(self, st):
-        """A linked inode renamed into place (rename moves its ctime): its stat now."""
-        if st.st_ino in self.after:
-            self.after[st.st_ino] = stat_key(st)
-
-    def move(self, seal):
-        """Moves one seal along this operation's links; how many entries moved."""
-        moved = 0
-        for rel, key in seal.files.items():
-            if self.before.get(key[0]) == key:
-                seal.files[rel] = self.after[key[0]]
-                moved += 1
-        return moved
-
-    def finish(self, p, skip=(), seals=(), loaded=None):
-        """Moves the seal of every release here (and `seals`, held in memory by the caller) along the
-        links this operation made (see the class). Waits until the newest link is older than the seals'
-        racy window first, so that they trust it. loaded: {release ID: its seal} the caller read from
-        manifests/ in this operation (not read again; the caller holds the agent's lock, so no other
-        operation wrote them since)."""
-        if not self.after:
-            return
-        for s in seals:
-            self.move(s)
-        newest = max(k[3] for k in self.after.values())
-        wait = newest + SEAL_RACY_NS + 1000000 - now_ns()
-        if wait > 0:
-            time.sleep(wait / 1e9)
-        releases, _ = list_releases(p)
-        for rid in releases:
-            path = seal_path(p, rid)
-            if rid in skip or not os.path.isfile(path):
-                continue
-            s = (loaded or {}).get(rid) or Seal.load(path)
-            if self.move(s):
-                s.save(path)
 
 
 LINK_NO_FOLLOW = {"follow_symlinks": False} if sys.version_info[0] >= 3 else {}
@@ -2072,7 +2136,9 @@ def cmd_finalize(args):
     final = os.path.join(p["releases"], rid)
     if os.path.exists(final):
         # Already there from an earlier run (a retry after a failure): verify it and keep it.
-        shutil.rmtree(partial)
+        moves = InodeMoves()
+        remove_tree(partial, moves)
+        moves.finish(p)
         out({"release": final, "existed": True})
         return
     os.chmod(partial, 0o755)
@@ -2252,6 +2318,7 @@ def cmd_prune(args):
             raise Refused("protected", "refusing to prune %s: %s" % (item.get("release") or item.get("path"), why),
                           item=item)
     removed = []
+    moves = InodeMoves()
     for item in args.get("remove") or []:
         r = item["release"]
         src = os.path.join(p["releases"], r)
@@ -2262,7 +2329,7 @@ def cmd_prune(args):
         if os.path.islink(doomed):
             os.unlink(doomed)  # an adopted release: the link goes, the old venv stays where it was
         else:
-            shutil.rmtree(doomed, ignore_errors=True)
+            remove_tree(doomed, moves)
         for leftover in (os.path.join(p["manifests"], "%s.json" % r), seal_path(p, r), tree_seal_path(p, r)):
             if os.path.exists(leftover):
                 os.unlink(leftover)
@@ -2272,11 +2339,10 @@ def cmd_prune(args):
         path = os.path.join(p["root"], rel) if rel.startswith(".ckan-release/") else os.path.join(p["releases"], rel)
         if not os.path.lexists(path):
             continue
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            os.unlink(path)
+        remove_tree(path, moves)  # a partial of a linked delta shares inodes too
         removed.append({"release": None, "path": rel, "why": item["why"]})
+    # The kept releases' seals follow the shared inodes whose ctime the removals moved.
+    moves.finish(p)
     if removed:
         ledger_append(p, [{"event": "pruned", "release": r["release"], "why": r["why"], "op": args["op"]}
                           for r in removed if r["release"]])
@@ -2287,10 +2353,12 @@ def cmd_clean(args):
     """Removes this operation's own partial directory (after a failure in phase 1)."""
     p = paths(args["root"])
     removed = []
+    moves = InodeMoves()
     for d in list_releases(p)[1]:
         if d.endswith("-" + args["op"]) or args.get("all"):
-            shutil.rmtree(os.path.join(p["releases"], d), ignore_errors=True)
+            remove_tree(os.path.join(p["releases"], d), moves)  # a linked delta's partial shares inodes
             removed.append(d)
+    moves.finish(p)
     for leftover in (os.path.join(p["meta"], "tmp", "%s-manifest.json" % args["op"]), delta_need_file(p, args["op"]),
                      op_seal_path(p, args["op"]), heal_need_file(p, args["op"])):
         if os.path.exists(leftover):

@@ -552,6 +552,61 @@ describe.each(TEST_PYTHONS)('linked releases, heal and the tar receive (Python $
     });
     expect(v).toMatchObject({ ok: true, hashed: 0 });
   });
+
+  it("a prune of a linked release and of a linked leftover partial moves the kept release's seal along", async () => {
+    const python = requirePython(py);
+    const a = artifact(work, ID_A, 1, 0o755);
+    const b = artifact(work, ID_B, 2, 0o700);
+    const root = await setupRoot(python, 'prune-linked');
+    const got = await ok(
+      python,
+      'receive',
+      { root, id: ID_A, op: 'op1', manifest: a.manifest, ...OWNER },
+      a.data,
+    );
+    await finalize(python, root, ID_A, 'op1', got.partial, a.manifest);
+    const gotB = await ok(
+      python,
+      'receive',
+      { root, id: ID_B, op: 'op2', manifest: b.manifest, link: 'hardlink', ...OWNER },
+      b.data,
+    );
+    expect(gotB.linked).toBe(6);
+    await finalize(python, root, ID_B, 'op2', gotB.partial, b.manifest);
+    await ok(python, 'switch', { root, id: ID_B, op: 'op2' });
+    // An interrupted delta's partial, linked to B's files, left behind.
+    const left = await ok(python, 'delta', {
+      root,
+      id: ID_A,
+      op: 'op3',
+      manifest: a.manifest,
+      mtime: MTIME,
+      link: 'hardlink',
+      ...OWNER,
+    });
+    expect((left.link as { linked: number }).linked).toBe(6);
+    const B = path.join(root, 'releases', ID_B);
+    expect(statSync(`${B}/lib/big.bin`).nlink).toBe(3);
+    const pruned = await ok(python, 'prune', {
+      root,
+      op: 'op4',
+      remove: [{ release: ID_A, why: 'keep_releases' }],
+      paths: [{ path: path.basename(left.partial as string), why: 'leftover' }],
+    });
+    expect((pruned.removed as unknown[]).length).toBe(2);
+    expect(existsSync(path.join(root, 'releases', ID_A))).toBe(false);
+    expect(existsSync(left.partial as string)).toBe(false);
+    // Each removed name moved the shared inodes' ctime; B's seal moved with them: no file read.
+    expect(statSync(`${B}/lib/big.bin`).nlink).toBe(1);
+    const v = await ok(python, 'verify', {
+      root,
+      id: ID_B,
+      manifest_sha256: sha256(readFileSync(b.manifest)),
+      allowed_extra: ['ckan.ini', 'storage'],
+      ...OWNER,
+    });
+    expect(v).toMatchObject({ ok: true, hashed: 0 });
+  });
 });
 
 // Hostile archives, made with Python's tarfile (as guarantees.test.ts makes them), and a pax header
