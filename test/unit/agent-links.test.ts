@@ -295,6 +295,29 @@ describe.each(TEST_PYTHONS)('linked releases, heal and the tar receive (Python $
       }
   });
 
+  /** A received in full, then B received in full with deploy.link: hardlink (6 files linked to A's). */
+  async function fullThenLinked(python: string, name: string) {
+    const a = artifact(work, ID_A, 1, 0o755);
+    const b = artifact(work, ID_B, 2, 0o700);
+    const root = await setupRoot(python, name);
+    const got = await ok(
+      python,
+      'receive',
+      { root, id: ID_A, op: 'op1', manifest: a.manifest, ...OWNER },
+      a.data,
+    );
+    await finalize(python, root, ID_A, 'op1', got.partial, a.manifest);
+    const gotB = await ok(
+      python,
+      'receive',
+      { root, id: ID_B, op: 'op2', manifest: b.manifest, link: 'hardlink', ...OWNER },
+      b.data,
+    );
+    expect(gotB.linked).toBe(6);
+    await finalize(python, root, ID_B, 'op2', gotB.partial, b.manifest);
+    return { a, b, root };
+  }
+
   it('a linked delta equals a full receive; an edit through a link and a chmod are healed, never written through', async () => {
     const python = requirePython(py);
     const a = artifact(work, ID_A, 1, 0o755);
@@ -512,24 +535,7 @@ describe.each(TEST_PYTHONS)('linked releases, heal and the tar receive (Python $
 
   it('a full receive links what a kept release has the same, and the release is still a full ship', async () => {
     const python = requirePython(py);
-    const a = artifact(work, ID_A, 1, 0o755);
-    const b = artifact(work, ID_B, 2, 0o700);
-    const root = await setupRoot(python, 'full-linked');
-    const got = await ok(
-      python,
-      'receive',
-      { root, id: ID_A, op: 'op1', manifest: a.manifest, ...OWNER },
-      a.data,
-    );
-    await finalize(python, root, ID_A, 'op1', got.partial, a.manifest);
-    const gotB = await ok(
-      python,
-      'receive',
-      { root, id: ID_B, op: 'op2', manifest: b.manifest, link: 'hardlink', ...OWNER },
-      b.data,
-    );
-    expect(gotB.linked).toBe(6);
-    await finalize(python, root, ID_B, 'op2', gotB.partial, b.manifest);
+    const { a, b, root } = await fullThenLinked(python, 'full-linked');
     const A = path.join(root, 'releases', ID_A);
     const B = path.join(root, 'releases', ID_B);
     expect(statSync(`${B}/lib/big.bin`).ino).toBe(statSync(`${A}/lib/big.bin`).ino);
@@ -555,24 +561,7 @@ describe.each(TEST_PYTHONS)('linked releases, heal and the tar receive (Python $
 
   it("a prune of a linked release and of a linked leftover partial moves the kept release's seal along", async () => {
     const python = requirePython(py);
-    const a = artifact(work, ID_A, 1, 0o755);
-    const b = artifact(work, ID_B, 2, 0o700);
-    const root = await setupRoot(python, 'prune-linked');
-    const got = await ok(
-      python,
-      'receive',
-      { root, id: ID_A, op: 'op1', manifest: a.manifest, ...OWNER },
-      a.data,
-    );
-    await finalize(python, root, ID_A, 'op1', got.partial, a.manifest);
-    const gotB = await ok(
-      python,
-      'receive',
-      { root, id: ID_B, op: 'op2', manifest: b.manifest, link: 'hardlink', ...OWNER },
-      b.data,
-    );
-    expect(gotB.linked).toBe(6);
-    await finalize(python, root, ID_B, 'op2', gotB.partial, b.manifest);
+    const { a, b, root } = await fullThenLinked(python, 'prune-linked');
     await ok(python, 'switch', { root, id: ID_B, op: 'op2' });
     // An interrupted delta's partial, linked to B's files, left behind.
     const left = await ok(python, 'delta', {
