@@ -9,12 +9,13 @@ import {
   mkdtempSync,
   readFileSync,
   readlinkSync,
+  rmSync,
   symlinkSync,
   writeFileSync,
 } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { exportTree, symlinkLeads } from '../../src/builder/git.js';
 import { UsageError } from '../../src/errors.js';
 
@@ -45,8 +46,19 @@ describe('symlinkLeads', () => {
   });
 });
 
+// Every temporary tree this file makes, removed at the end.
+const temps: string[] = [];
+afterAll(() => {
+  for (const d of temps) rmSync(d, { recursive: true, force: true });
+});
+function temp(prefix: string): string {
+  const d = mkdtempSync(path.join(os.tmpdir(), prefix));
+  temps.push(d);
+  return d;
+}
+
 function repo(files: Record<string, string>, links: Record<string, string>): { dir: string; commit: string } {
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'ckan-release-links-'));
+  const dir = temp('ckan-release-links-');
   const git = (...args: string[]) =>
     execFileSync('git', ['-c', 'user.name=t', '-c', 'user.email=t@t', ...args], { cwd: dir })
       .toString()
@@ -71,7 +83,7 @@ describe('exportTree', () => {
       { 'ext/v01/plugin.py': 'print(1)\n' },
       { 'ext/v02/plugin.py': '../v01/plugin.py', 'ext/v03/plugin.py': '../v02/plugin.py', 'ext/up': '..' },
     );
-    const dest = path.join(mkdtempSync(path.join(os.tmpdir(), 'ckan-release-out-')), 'ckan');
+    const dest = path.join(temp('ckan-release-out-'), 'ckan');
     await exportTree(r.dir, r.commit, dest, 'ckan');
     expect(lstatSync(path.join(dest, 'ext/v03/plugin.py')).isSymbolicLink()).toBe(true);
     expect(readlinkSync(path.join(dest, 'ext/v03/plugin.py'))).toBe('../v02/plugin.py');
@@ -81,7 +93,7 @@ describe('exportTree', () => {
 
   it('refuses a link leading outside the tree: a UsageError (exit 2) naming it; nothing left behind', async () => {
     const r = repo({ 'a.py': '' }, { 'docs/passwd': '../../../etc/passwd', 'docs/ok': '../a.py' });
-    const dest = path.join(mkdtempSync(path.join(os.tmpdir(), 'ckan-release-out-')), 'ckanext-x');
+    const dest = path.join(temp('ckan-release-out-'), 'ckanext-x');
     const e = await exportTree(r.dir, r.commit, dest, 'extensions.ckanext-x').catch((x: unknown) => x);
     expect(e).toBeInstanceOf(UsageError);
     expect((e as UsageError).exitCode).toBe(2);
@@ -93,7 +105,7 @@ describe('exportTree', () => {
 
   it('a failing git archive is an OperationError naming the source, not an unexpected error', async () => {
     const r = repo({ 'a.py': '' }, {});
-    const dest = path.join(mkdtempSync(path.join(os.tmpdir(), 'ckan-release-out-')), 'ckan');
+    const dest = path.join(temp('ckan-release-out-'), 'ckan');
     const e = await exportTree(r.dir, 'f'.repeat(40), dest, 'ckan').catch((x: unknown) => x);
     expect((e as { exitCode?: number }).exitCode).toBe(1);
     expect((e as Error).message).toMatch(/^ckan: git archive f{40} from .* failed: /);
