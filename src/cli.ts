@@ -1,5 +1,6 @@
 // The command line: registers every command of the design, and is the one place where errors become
 // exit codes (0 done, 1 failed, 2 bad input) and messages.
+import { readFileSync } from 'node:fs';
 import { Command, CommanderError, Option } from 'commander';
 import { CkanReleaseError } from './errors.js';
 import { registerCommands } from './commands/index.js';
@@ -15,11 +16,24 @@ const defaultIo: Io = {
   columns: () => process.stderr.columns || 80,
 };
 
+/** This checkout's version, from its package.json (dist/cli.js and src/cli.ts are both one level below it). */
+function toolVersion(): string {
+  try {
+    const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as {
+      version?: unknown;
+    };
+    return typeof pkg.version === 'string' ? pkg.version : 'unknown';
+  } catch {
+    return 'unknown';
+  }
+}
+
 export function buildProgram(io: Io): Command {
   const program = new Command('ckan-release')
     .description(
       'Build CKAN releases once in a container; ship the same artifact to every host; switch atomically.',
     )
+    .version(toolVersion(), '-V, --version', 'print the version of ckan-release')
     .option('-c, --config <file>', 'the project config', 'ckan-release.yml')
     .option('--json', 'print data as JSON (one JSON event per line for progress)', false)
     .addOption(

@@ -44,6 +44,13 @@ describe('bin/ckan-release', () => {
     }
   });
 
+  it("--version prints package.json's version and exits 0", () => {
+    const r = spawnSync(process.execPath, ['bin/ckan-release', '--version'], { encoding: 'utf8' });
+    const pkg = JSON.parse(readFileSync('package.json', 'utf8')) as { version: string };
+    expect(r.status).toBe(0);
+    expect(r.stdout).toBe(`${pkg.version}\n`);
+  });
+
   it('ship to an unknown environment exits 2 naming it and the known ones', () => {
     const r = spawnSync(process.execPath, ['bin/ckan-release', '--config', DEMO, 'ship', 'nowhere'], {
       encoding: 'utf8',
