@@ -669,10 +669,10 @@ def save_tree_seal(p, rid, release, manifest_sha256, checked, exclude):
                 continue
             if line[:1] == b"f":
                 # Most files: the line GNU find prints for exactly the checked stat (one comparison, no
-                # parsing); any other line (another find's number format, Python 2's float times) is
-                # parsed and compared field by field below.
+                # parsing); any other line (another find's number format, Python 2's float times, a
+                # time before 1970) is parsed and compared field by field below.
                 key = checked.files.get(rel)
-                if key is not None and line == FIND_FILE_LINE % (
+                if key is not None and key[2] >= 0 and key[3] >= 0 and line == FIND_FILE_LINE % (
                         key[0], key[1], key[2] // 1000000000, key[2] % 1000000000, key[3] // 1000000000,
                         key[3] % 1000000000, stat.S_IMODE(key[4]), key[5], key[6]):
                     newest = max(newest, key[3])
