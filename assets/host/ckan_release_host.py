@@ -604,9 +604,9 @@ def seal_path(p, rid):
     return os.path.join(p["manifests"], "%s.seal" % rid)
 
 
-# A release's tree seal, manifests/<ID>.tree: the sha256 of every entry's stat (type, inode, size,
-# mtime, ctime, mode, owner; the config file and shared links aside), taken after a verification found
-# every file as its seal or its hash says. The next check of an unchanged release is then one GNU
+# A release's tree seal, manifests/<ID>.tree: the sha256 of GNU find's listing of every entry's stat
+# (type, inode, size, mtime, ctime, mode, owner; the config file and shared links aside), taken after a
+# verification found every file as its seal or its hash says. The next check of an unchanged release is then one GNU
 # `find` (a rollback on a fleet: no file read, no manifest sent). Any difference, or no GNU find, falls
 # back to the per-file seal.
 
@@ -614,23 +614,40 @@ def tree_seal_path(p, rid):
     return os.path.join(p["manifests"], "%s.tree" % rid)
 
 
-def find_stats(release):
-    """{path: b"type inode size mtime ctime mode uid gid"} for every entry under release, by GNU find
-    (C speed; a Python walk with lstat takes three times as long); None without GNU find."""
+def find_pattern(path):
+    """path as a GNU find -path pattern that matches only itself (fnmatch's special characters escaped)."""
+    return re.sub(r"([\\*?\[])", r"\\\1", path)
+
+
+def find_tree(release, exclude):
+    """GNU find's listing of every entry under release, as b"path\0type inode size mtime ctime mode uid
+    gid\0" in the order it walked them, the exclude paths left out (not what is under them); None without
+    GNU find. C speed: a Python walk with lstat takes three times as long."""
     import subprocess
+    top = release.rstrip("/") or "/"
+    skip = []
+    for rel in sorted(exclude):
+        if not isinstance(rel, str):  # Python 2's unicode from JSON: find's arguments are bytes there
+            rel = rel.encode("utf-8")
+        skip += (["-o"] if skip else []) + ["-path", find_pattern(top + "/" + rel)]
+    expr = (["("] + skip + [")", "-o"] if skip else []) + ["-printf", "%P\\0%y %i %s %T@ %C@ %m %U %G\\0"]
     try:
         # One pipe read to its end: communicate() with stderr piped too polled both for every 4 kB.
         with open(os.devnull, "wb") as null:
-            proc = subprocess.Popen(["find", release, "-mindepth", "1", "-printf", "%P\\0%y %i %s %T@ %C@ %m %U %G\\0"],
-                                    stdout=subprocess.PIPE, stderr=null)
+            proc = subprocess.Popen(["find", top, "-mindepth", "1"] + expr, stdout=subprocess.PIPE, stderr=null)
             data = proc.stdout.read()
             proc.stdout.close()
             proc.wait()
     except OSError:
         return None
-    parts = data.split(b"\0")
-    if proc.returncode != 0 or len(parts) % 2 != 1 or parts[-1] != b"":
+    if proc.returncode != 0 or data.count(b"\0") % 2 != 0 or (data and not data.endswith(b"\0")):
         return None
+    return data
+
+
+def find_stats(listing):
+    """find_tree's listing as {path: b"type inode size mtime ctime mode uid gid"}."""
+    parts = listing.split(b"\0")
     return dict(zip(parts[0:-1:2], parts[1:-1:2]))
 
 
@@ -644,10 +661,11 @@ def find_ns(text):
     return int(sec) * 1000000000 + int((frac + b"000000000")[:9])
 
 
-def tree_digest(stats, exclude):
-    skip = set(x.encode("utf-8") for x in exclude)
-    return hashlib.sha256(b"".join([name + b"\0" + stats[name] + b"\0" for name in sorted(stats)
-                                    if name not in skip])).hexdigest()
+def tree_digest(listing):
+    """The sha256 of find_tree's listing as it came: the same walk of an unchanged tree lists it the same
+    (each directory's entries in the order the filesystem keeps them); a walk that lists anything
+    differently, in another order too, only costs the check by the per-file seal."""
+    return hashlib.sha256(listing).hexdigest()
 
 
 def save_tree_seal(p, rid, release, manifest_sha256, checked, exclude):
@@ -659,14 +677,13 @@ def save_tree_seal(p, rid, release, manifest_sha256, checked, exclude):
         os.unlink(path)
     for attempt in (1, 2):
         start = now_ns()
-        stats = find_stats(release)
-        if stats is None:
+        listing = find_tree(release, exclude)
+        if listing is None:
             return False
+        stats = find_stats(listing)
         newest = 0
         for name, line in stats.items():
             rel = name.decode("utf-8", "replace")
-            if rel in exclude:
-                continue
             if line[:1] == b"f":
                 # Most files: the line GNU find prints for exactly the checked stat (one comparison, no
                 # parsing); any other line (another find's number format, Python 2's float times, a
@@ -689,7 +706,7 @@ def save_tree_seal(p, rid, release, manifest_sha256, checked, exclude):
                     return False
         if newest < start - SEAL_RACY_NS:
             with io.open(path + ".tmp", "w", encoding="utf-8") as f:
-                f.write(u"%s" % json.dumps({"version": 1, "digest": tree_digest(stats, exclude),
+                f.write(u"%s" % json.dumps({"version": 2, "digest": tree_digest(listing),
                                             "manifest_sha256": manifest_sha256, "exclude": sorted(exclude)}))
             os.rename(path + ".tmp", path)
             return True
@@ -705,10 +722,10 @@ def tree_unchanged(p, rid, release, manifest_sha256, exclude):
             t = json.load(f)
     except (IOError, OSError, ValueError):
         return False
-    if t.get("version") != 1 or t.get("manifest_sha256") != manifest_sha256 or t.get("exclude") != sorted(exclude):
+    if t.get("version") != 2 or t.get("manifest_sha256") != manifest_sha256 or t.get("exclude") != sorted(exclude):
         return False
-    stats = find_stats(release)
-    return stats is not None and tree_digest(stats, exclude) == t.get("digest")
+    listing = find_tree(release, exclude)
+    return listing is not None and tree_digest(listing) == t.get("digest")
 
 
 def file_sha256(path):

@@ -392,6 +392,31 @@ describe.each(TEST_PYTHONS)('the host agent on Python $label', (py) => {
     expect(await ok('verify', { ...args, id: ID_B })).toEqual({ need_manifest: true });
   });
 
+  it("the tree seal leaves out exactly the paths it is told, even a name with find's pattern characters", async () => {
+    const { root, store } = await bed('tree-exclude');
+    const config = 'etc/site[1]*.ini'; // as a pattern it would match etc/site1.ini too
+    const a = await writeRelease(store, ID_A, { ...TREE, 'etc/site1.ini': 'sealed\n' });
+    const manifest = path.join(a.dir, 'manifest.json');
+    const got = await ok('receive', { root, id: ID_A, op: 'op1', manifest }, readFileSync(a.archive));
+    await ok(
+      'finalize',
+      { root, id: ID_A, op: 'op1', partial: got.partial, manifest, config_file: config, shared: [] },
+      '[app:main]\n',
+    );
+    const sha = createHash('sha256').update(readFileSync(manifest)).digest('hex');
+    const args = { root, id: ID_A, manifest_sha256: sha, allowed_extra: [config] };
+    expect(await ok('verify', args)).toMatchObject({ ok: true, by: 'tree seal', hashed: 0 });
+    const release = path.join(root, 'releases', ID_A);
+    // The config file rendered again: left out, the tree seal still vouches.
+    writeFileSync(path.join(release, config), '[app:main]\ndebug = false\n');
+    expect(await ok('verify', args)).toMatchObject({ ok: true, by: 'tree seal', hashed: 0 });
+    // The file the unescaped pattern would have left out too: its edit is found.
+    writeFileSync(path.join(release, 'etc', 'site1.ini'), 'sealeD\n');
+    const v = await ok('verify', args);
+    expect(v).toMatchObject({ ok: false, by: 'seal' });
+    expect(v.problems).toEqual(['etc/site1.ini: sha256 differs from the manifest']);
+  });
+
   it('a check that finds a file wrong still seals the ones it found right: after the repair only that file is read', async () => {
     const { root, store } = await bed('verify-repair');
     const a = await stage(root, store, ID_A, 'op1');
