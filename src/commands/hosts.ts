@@ -92,6 +92,16 @@ export function named(s: Session, facts: HostFacts[]): { name: string; facts: Ho
   return s.hosts.map((h, i) => ({ name: h.name, facts: facts[i]! }));
 }
 
+// The executor (and the templates, the delta archives) only for the commands that ship. Those start
+// loading it before they connect: its loading then overlaps the SSH handshakes, which wait on the hosts,
+// instead of following them (about 40 ms of a ship's or a rollback's time here).
+let executor: Promise<typeof import('../deploy/deploy.js')> | undefined;
+export function loadExecutor(): Promise<typeof import('../deploy/deploy.js')> {
+  executor ??= import('../deploy/deploy.js');
+  executor.catch(() => undefined); // a failure is reported where shipArtifact awaits it
+  return executor;
+}
+
 /**
  * Ships (or with dryRun, plans) the artifact to every host of the session: reads the facts, computes
  * the plan, and prints it (dry run) or carries it out. The result is the last event (with the plan,
@@ -108,8 +118,7 @@ export async function shipArtifact(
 ): Promise<void> {
   const m = artifact.manifest;
   const label = `${operation} ${s.env.name} ${artifact.id}`;
-  // The executor (and the templates, the delta archives) only for the commands that ship.
-  const { deploy, planShip } = await import('../deploy/deploy.js');
+  const { deploy, planShip } = await loadExecutor();
   if (dryRun) {
     const { plan } = await planShip(s, m, operation, { dryRun: true });
     ev.emit({ type: 'result', command: operation, ok: true, plan });

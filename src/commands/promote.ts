@@ -8,7 +8,7 @@ import { eventsFor, withEvents } from '../events.js';
 import type { Io } from '../io.js';
 import { promoteSource } from '../plan.js';
 import { globals } from './common.js';
-import { allFacts, load, named, secretsOf, shipArtifact, withSession } from './hosts.js';
+import { allFacts, load, loadExecutor, named, secretsOf, shipArtifact, withSession } from './hosts.js';
 
 export async function promoteCommand(
   io: Io,
@@ -20,6 +20,7 @@ export async function promoteCommand(
   const json = globals(c).json;
   const ev = eventsFor(io, json);
   await withEvents(ev, 'promote', async () => {
+    void loadExecutor();
     const from = load(c, fromName);
     const to = { ...load(c, toName), rehash: opts.rehash };
     if (fromName === toName) throw new UsageError('promote needs two different environments');

@@ -15,6 +15,7 @@ import {
   allFacts,
   artifactFromHosts,
   load,
+  loadExecutor,
   named,
   secretsOf,
   shipArtifact,
@@ -30,6 +31,7 @@ export async function rollbackCommand(
   const json = globals(c).json;
   const ev = eventsFor(io, json);
   await withEvents(ev, 'rollback', async () => {
+    void loadExecutor();
     const l = { ...load(c, envName), rehash: opts.rehash };
     const secrets = secretsOf(c, l.env);
     await withSession(

@@ -4,7 +4,7 @@ import { resolveArtifact } from '../artifact/resolve.js';
 import { eventsFor, withEvents } from '../events.js';
 import type { Io } from '../io.js';
 import { globals } from './common.js';
-import { checkRequires, load, secretsOf, shipArtifact, withSession } from './hosts.js';
+import { checkRequires, load, loadExecutor, secretsOf, shipArtifact, withSession } from './hosts.js';
 
 export async function shipCommand(
   io: Io,
@@ -16,6 +16,7 @@ export async function shipCommand(
   const json = globals(c).json;
   const ev = eventsFor(io, json);
   await withEvents(ev, 'ship', async () => {
+    void loadExecutor();
     const l = { ...load(c, envName), rehash: opts.rehash };
     const artifact = await resolveArtifact(l.config, id, ev.say);
     if (!opts.force) await checkRequires(io, l, artifact.id, ev, !!opts.dryRun);
