@@ -606,9 +606,9 @@ def seal_path(p, rid):
 
 # A release's tree seal, manifests/<ID>.tree: the sha256 of GNU find's listing of every entry's stat
 # (type, inode, size, mtime, ctime, mode, owner; the config file and shared links aside), taken after a
-# verification found every file as its seal or its hash says. The next check of an unchanged release is then one GNU
-# `find` (a rollback on a fleet: no file read, no manifest sent). Any difference, or no GNU find, falls
-# back to the per-file seal.
+# verification found every file as its seal or its hash says. The next check of an unchanged release is
+# then one GNU `find` (a rollback on a fleet: no file read, no manifest sent). Any difference, or no GNU
+# find, falls back to the per-file seal.
 
 def tree_seal_path(p, rid):
     return os.path.join(p["manifests"], "%s.tree" % rid)
