@@ -11,7 +11,7 @@ import { freePorts, sandboxDown, sandboxUp, type SandboxHostSpec } from '../../s
 import { testDocker } from '../support/docker.js';
 import { currentOf, onHost, served } from '../support/hosts.js';
 import { APACHE_SERVER_FILES, installTheOldWay } from '../support/old-install.js';
-import { startLoad, type LoadResult } from '../support/load.js';
+import { expectAnswersThroughout, startLoad, type LoadResult } from '../support/load.js';
 import { testProject, type TestProject } from '../support/project.js';
 
 const ROOT = '/usr/lib/ckan';
@@ -285,13 +285,10 @@ describe('adopting a site installed the old way', () => {
       const r = await load.stop();
       const oldPath = path.posix.dirname(before.ckanPath!.replace(/\/ckan$/, '/ckan/x'));
       console.log(
-        `adoption: ${r.requests} requests, ${r.failures} failed, longest time without an answer ${r.longestGapMs} ms, by release ${JSON.stringify(r.byRelease)}`,
+        `adoption: ${r.requests} requests, ${r.failures} failed within ${r.failureSpanMs} ms, longest time without an answer ${r.longestGapMs} ms, by release ${JSON.stringify(r.byRelease)}`,
       );
-      // The site answers throughout: never more than 3 s without a successful answer. The one plain
-      // graceful that loads the new vhost may fail a request in flight (README "Web servers"): a
-      // handful at most, never the zero the recipes promise across switches.
-      expect(r.longestGapMs).toBeLessThan(3000);
-      expect(r.failures, r.failureSamples.join('\n')).toBeLessThanOrEqual(Math.max(3, r.requests / 1000));
+      // The one plain graceful that loads the new vhost may fail a brief window's requests.
+      expectAnswersThroughout(r);
       expect(Object.keys(r.byRelease).sort()).toEqual([releaseDir(A), oldPath].sort());
     }
     expect(setupOut).toMatch(/adopted \/usr\/lib\/ckan\/default as release \d{14}Z-00000000/);
