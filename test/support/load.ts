@@ -107,7 +107,7 @@ export function startLoad(port: number, clients = 4): Load {
  * 3 s without a successful answer, and any failures within one brief window (under 1 s), never the zero
  * the recipes promise across switches but never more than that window either (README "Web servers").
  * Not a count: the clients send their next request as soon as a 503 comes back, so the same window
- * failed 12 requests in 8 ms on a busy machine, and 0-4 on a quiet one.
+ * failed 12 requests on a busy machine (the ten logged within 8 ms), and 0-4 on a quiet one.
  */
 export function expectAnswersThroughout(r: LoadResult): void {
   expect(r.longestGapMs).toBeLessThan(3000);
