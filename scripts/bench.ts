@@ -185,9 +185,9 @@ function emptyHost(host: string): Promise<string> {
  * block is still cached (recently_deleted()). The builds before the ship rows, or the end of an earlier
  * bench, delete hundreds of thousands of files: a plain `tar -xzf` of the release took 8-17 s then
  * against 2.3 s (perf: half of all samples in recently_deleted and its block lookups). So before each
- * timed ship that writes a release tree, the tool's and the baseline's alike, the bench writes back and
- * drops the kernel's caches (root only), then reads back what the ship reads: the archive, the CLI's
- * code, and the hosts' programs (python, the agent's bytecode, sudo, tar, gzip, find).
+ * timed ship that writes a whole release tree (the full ship, its tar baseline, the 8-host ship), the
+ * bench writes back and drops the kernel's caches (root only), then reads back what the ship reads: the
+ * archive, the CLI's code, and the hosts' programs (python, the agent's bytecode, sudo, tar, gzip, find).
  */
 let cachesWarned = false;
 async function settle(hosts: string[], archive: string): Promise<void> {
