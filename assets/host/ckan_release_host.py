@@ -645,18 +645,63 @@ def find_tree(release, exclude):
     return data
 
 
-def find_stats(listing):
-    """find_tree's listing as {path: b"type inode size mtime ctime mode uid gid"}."""
-    parts = listing.split(b"\0")
-    return dict(zip(parts[0:-1:2], parts[1:-1:2]))
+# find's %y letters as the file type bits of st_mode.
+FIND_TYPES = {b"f": stat.S_IFREG, b"d": stat.S_IFDIR, b"l": stat.S_IFLNK, b"p": stat.S_IFIFO, b"s": stat.S_IFSOCK,
+              b"c": stat.S_IFCHR, b"b": stat.S_IFBLK}
+
+if sys.version_info[0] >= 3:
+    def fs_name(raw):
+        return raw.decode("utf-8", "surrogateescape")  # as os.walk names them
+
+    def find_time(text):
+        return find_ns(text)
+else:
+    def fs_name(raw):
+        try:
+            return raw.decode("utf-8")  # as os.walk of a unicode path names them
+        except UnicodeDecodeError:
+            return raw
+
+    def find_time(text):
+        # stat_key's nanoseconds on Python 2: its float time (sec + 1e-9 * nsec, as posixmodule makes
+        # it), rounded, so that a stat found here and one Python took of the same entry are equal.
+        ns = find_ns(text)
+        return int(round((ns // 1000000000 + 1e-9 * (ns % 1000000000)) * 1e9))
 
 
-# find_stats's line for a regular file, as GNU find 4.x prints it ("%T@": seconds and ten digits).
-FIND_FILE_LINE = b"f %d %d %d.%09d0 %d.%09d0 %o %d %d"
+def tree_stats(release, exclude):
+    """{path: stat_key of the entry} for every entry under release, the exclude paths left out (not what
+    is under them), and find_tree's listing they came from: from one GNU find (C speed; the listing
+    then seals the tree as verified, see save_tree_seal), else from a Python walk (listing None)."""
+    listing = find_tree(release, exclude)
+    stats = {}
+    if listing is not None:
+        parts = listing.split(b"\0")
+        types = FIND_TYPES
+        for name, line in zip(parts[0:-1:2], parts[1:-1:2]):
+            f = line.split(b" ")
+            stats[fs_name(name)] = [int(f[1]), int(f[2]), find_time(f[3]), find_time(f[4]),
+                                    types.get(f[0], 0) | int(f[5], 8), int(f[6]), int(f[7])]
+        return stats, listing
+    skip = set(exclude)
+    release = release.rstrip("/")
+    prefix = release + "/"
+    for dirpath, dirnames, filenames in os.walk(release):
+        rel_dir = (dirpath + "/")[len(prefix):]
+        for name in dirnames + filenames:
+            rel = rel_dir + name
+            if rel not in skip:
+                try:
+                    stats[rel] = stat_key(os.lstat(dirpath + "/" + name))
+                except OSError:
+                    pass  # gone since the walk listed it: missing, as it is now
+    return stats, None
 
 
 def find_ns(text):
     """find's %T@ (b"946684800.0000000000") in nanoseconds."""
+    if text[-11:-10] == b".":  # GNU find 4.x: ten digits, the last 0 (one slice and one int: 60,000 a check)
+        return int(text[:-11] + text[-10:-1])
     sec, _, frac = text.partition(b".")
     return int(sec) * 1000000000 + int((frac + b"000000000")[:9])
 
@@ -668,51 +713,84 @@ def tree_digest(listing):
     return hashlib.sha256(listing).hexdigest()
 
 
-def save_tree_seal(p, rid, release, manifest_sha256, checked, exclude):
+def racy_entries(stats, taken):
+    """The entries of tree_stats's stats, other than directories, whose ctime lies within SEAL_RACY_NS of
+    `taken` (or after it): one written again in the same clock tick would list the same. A directory's
+    content is listed itself (its entries' names and stats), so its own line need not tell a change."""
+    return [rel for rel, key in stats.items() if key[3] >= taken - SEAL_RACY_NS and not stat.S_ISDIR(key[4])]
+
+
+def recheck_racy(release, racy, stats, entries):
+    """Whether each racy entry (see racy_entries) still is as listed and as its manifest entry says, read
+    once its racy window has passed: any write after the listing then either came in the same tick (and
+    this reads its bytes) or moved the ctime (and the stat differs). As git's index does for racily
+    clean files."""
+    wait = max(stats[rel][3] for rel in racy) + SEAL_RACY_NS + 1000000 - now_ns()
+    if wait > 0:
+        time.sleep(wait / 1e9)
+    for rel in racy:
+        path = release + "/" + rel
+        e = entries.get(rel)
+        try:
+            if e is None or stat_key(os.lstat(path)) != stats[rel]:
+                return False
+            if e["type"] == "file" and file_sha256(path) == e["sha256"]:
+                continue
+            if e["type"] == "symlink" and os.readlink(path) == e["target"]:
+                continue
+        except (IOError, OSError):
+            pass
+        return False
+    return True
+
+
+# More racy entries than this and a new listing (once they are past their window) costs less than
+# reading each again.
+RECHECK_RACY_MAX = 200
+
+
+def save_tree_seal(p, rid, release, manifest_sha256, checked, exclude, listed=None):
     """Records the tree seal of a release just verified (checked: each file's stat as the verification
-    found it). None when a file differs from that stat (changed since) or an entry changed too recently
-    to be sure (waits that out once: finalize has just changed the directories' owner)."""
+    found it). listed: verify_tree's (listing, stats, when taken, manifest entries) that the check went
+    by, given when nothing here changed since: the seal is that listing, its racy entries read again
+    once past their window (a receive has just written the last files; with more than a few, a new
+    listing instead, once past it). Either must show every file as checked. False when a file differs
+    (changed since) or an entry changed too recently to be sure (waits that out once)."""
     path = tree_seal_path(p, rid)
     if os.path.exists(path):
         os.unlink(path)
+    release = release.rstrip("/")
+    if listed is not None:
+        listing, stats, start, entries = listed
+        racy = racy_entries(stats, start)
+        if len(racy) <= RECHECK_RACY_MAX:
+            return files_as_checked(stats, checked) and (not racy or recheck_racy(release, racy, stats, entries)) \
+                and write_tree_seal(path, listing, manifest_sha256, exclude)
     for attempt in (1, 2):
         start = now_ns()
-        listing = find_tree(release, exclude)
-        if listing is None:
+        stats, listing = tree_stats(release, exclude)
+        if listing is None or not files_as_checked(stats, checked):
             return False
-        stats = find_stats(listing)
-        newest = 0
-        for name, line in stats.items():
-            rel = name.decode("utf-8", "replace")
-            if line[:1] == b"f":
-                # Most files: the line GNU find prints for exactly the checked stat (one comparison, no
-                # parsing); any other line (another find's number format, Python 2's float times, a
-                # time before 1970) is parsed and compared field by field below.
-                key = checked.files.get(rel)
-                if key is not None and key[2] >= 0 and key[3] >= 0 and line == FIND_FILE_LINE % (
-                        key[0], key[1], key[2] // 1000000000, key[2] % 1000000000, key[3] // 1000000000,
-                        key[3] % 1000000000, stat.S_IMODE(key[4]), key[5], key[6]):
-                    newest = max(newest, key[3])
-                    continue
-            f = line.split(b" ")
-            ctime = find_ns(f[4])
-            newest = max(newest, ctime)
-            if f[0] == b"f":
-                # Times within a microsecond: Python 2 has only float times (about 0.2 us off here).
-                key = checked.files.get(rel)
-                if key is None or [int(f[1]), int(f[2]), int(f[5], 8), int(f[6]), int(f[7])] != \
-                        [key[0], key[1], stat.S_IMODE(key[4]), key[5], key[6]] or \
-                        abs(find_ns(f[3]) - key[2]) >= 1000 or abs(ctime - key[3]) >= 1000:
-                    return False
-        if newest < start - SEAL_RACY_NS:
-            with io.open(path + ".tmp", "w", encoding="utf-8") as f:
-                f.write(u"%s" % json.dumps({"version": 2, "digest": tree_digest(listing),
-                                            "manifest_sha256": manifest_sha256, "exclude": sorted(exclude)}))
-            os.rename(path + ".tmp", path)
-            return True
+        racy = racy_entries(stats, start)
+        if not racy:
+            return write_tree_seal(path, listing, manifest_sha256, exclude)
         if attempt == 1:
-            time.sleep(max(0, newest + SEAL_RACY_NS - now_ns()) / 1e9 + 0.01)
+            time.sleep(max(0, max(stats[rel][3] for rel in racy) + SEAL_RACY_NS - now_ns()) / 1e9 + 0.01)
     return False
+
+
+def files_as_checked(stats, checked):
+    """Whether every regular file of tree_stats's stats has the stat the check recorded for it."""
+    files = checked.files
+    return all(files.get(rel) == key for rel, key in stats.items() if stat.S_ISREG(key[4]))
+
+
+def write_tree_seal(path, listing, manifest_sha256, exclude):
+    with io.open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(u"%s" % json.dumps({"version": 2, "digest": tree_digest(listing),
+                                    "manifest_sha256": manifest_sha256, "exclude": sorted(exclude)}))
+    os.rename(path + ".tmp", path)
+    return True
 
 
 def tree_unchanged(p, rid, release, manifest_sha256, exclude):
@@ -2038,69 +2116,75 @@ def verify_tree(release, manifest, seal=None, owner=None):
     gid), every file that owner); nothing else exists. A file the seal vouches for (unchanged since it
     was hashed, see Seal) is not read again. Returns (problems, extra, the seal of this check: every
     file's stat as it was found matching); the seal's `bad` maps each file entry found wrong in a way a
-    heal can put right (bytes, mode, owner, missing) to its problem."""
+    heal can put right (bytes, mode, owner, missing) to its problem, and its `listed` is (find's
+    listing the check went by, its stats, when it was taken, the manifest's entries by path) for
+    save_tree_seal (None without GNU find)."""
     seal = seal if seal is not None else Seal()
     checked = Seal()
     checked.hashed = 0
     checked.bad = {}
     entries = dict((e["path"], e) for e in manifest["files"])
-    allowed = set(manifest.get("_allowed_extra", []))
     release = release.rstrip("/")
     prefix = release + "/"
+    # One listing of every entry's stat (the config file and shared links left out), taken before any
+    # file is read: a change after it moves the ctime past what the seal records.
+    listed_at = now_ns()
+    stats, listing = tree_stats(release, manifest.get("_allowed_extra", []))
+    checked.listed = (listing, stats, listed_at, entries) if listing is not None else None
     extra = []
-    for dirpath, dirnames, filenames in os.walk(release):
-        # Paths by slicing, not os.path.relpath: relpath was a third of finalize's time in a profile.
-        rel_dir = (dirpath + "/")[len(prefix):]
-        for name in dirnames + filenames:
-            rel = rel_dir + name
-            if rel in entries or rel in allowed:
-                continue
-            # Bytecode Python wrote at run time for a module the build could not compile: harmless.
-            if name == "__pycache__" or (os.path.basename(dirpath) == "__pycache__" and name.endswith(".pyc")):
-                continue
-            extra.append(rel)
+    for rel in stats:
+        if rel in entries:
+            continue
+        # Bytecode Python wrote at run time for a module the build could not compile: harmless.
+        head, _, name = rel.rpartition("/")
+        if name == "__pycache__" or (head.rpartition("/")[2] == "__pycache__" and name.endswith(".pyc")):
+            continue
+        extra.append(rel)
+    extra.sort()
     problems = []
     for rel, e in sorted(entries.items()):
-        path = prefix + rel
-        try:
-            st = os.lstat(path)
-        except OSError:
+        key = stats.get(rel)
+        if key is None:
             problems.append("%s is missing" % rel)
             if e["type"] == "file":
                 checked.bad[rel] = problems[-1]
             continue
-        if "%04o" % stat.S_IMODE(st.st_mode) != e["mode"] and e["type"] != "symlink":
-            problems.append("%s has mode %04o, not %s" % (rel, stat.S_IMODE(st.st_mode), e["mode"]))
-            if e["type"] == "file" and stat.S_ISREG(st.st_mode):
+        mode = key[4]
+        if "%04o" % stat.S_IMODE(mode) != e["mode"] and e["type"] != "symlink":
+            problems.append("%s has mode %04o, not %s" % (rel, stat.S_IMODE(mode), e["mode"]))
+            if e["type"] == "file" and stat.S_ISREG(mode):
                 checked.bad[rel] = problems[-1]
                 continue
-        if owner is not None and e["type"] == "file" and stat.S_ISREG(st.st_mode) and \
-                (st.st_uid, st.st_gid) != owner:
-            problems.append("%s is owned by %d:%d, not %d:%d" % (rel, st.st_uid, st.st_gid, owner[0], owner[1]))
+        if owner is not None and e["type"] == "file" and stat.S_ISREG(mode) and (key[5], key[6]) != owner:
+            problems.append("%s is owned by %d:%d, not %d:%d" % (rel, key[5], key[6], owner[0], owner[1]))
             checked.bad[rel] = problems[-1]
             continue
         if e["type"] == "symlink":
-            if not stat.S_ISLNK(st.st_mode) or os.readlink(path) != e["target"]:
+            try:
+                target = os.readlink(prefix + rel) if stat.S_ISLNK(mode) else None
+            except OSError:
+                target = None
+            if target != e["target"]:
                 problems.append("%s is not a symlink to %s" % (rel, e["target"]))
         elif e["type"] == "dir":
-            if not stat.S_ISDIR(st.st_mode):
+            if not stat.S_ISDIR(mode):
                 problems.append("%s is not a directory" % rel)
         else:
-            if not stat.S_ISREG(st.st_mode):
+            if not stat.S_ISREG(mode):
                 problems.append("%s is not a regular file" % rel)
-                if stat.S_ISLNK(st.st_mode):
+                if stat.S_ISLNK(mode):
                     checked.bad[rel] = problems[-1]
                 continue
-            if seal.trusts(rel, st):
-                checked.record(rel, st)
+            if seal.trusts(rel, None, key):
+                checked.files[rel] = key
                 continue
             checked.hashed += 1
-            if file_sha256(path) != e["sha256"]:
+            if file_sha256(prefix + rel) != e["sha256"]:
                 problems.append("%s: sha256 differs from the manifest" % rel)
                 checked.bad[rel] = problems[-1]
             else:
                 # The stat from before the read: a change while hashing moves ctime past it.
-                checked.record(rel, st)
+                checked.files[rel] = key
     return problems, extra, checked
 
 
@@ -2202,7 +2286,8 @@ def cmd_finalize(args):
     fsync_dir(p["releases"])
     keep_manifest(p, rid, args["manifest"])
     checked.save(seal_path(p, rid))
-    save_tree_seal(p, rid, final, file_sha256(args["manifest"]), checked, allowed)
+    # The listing verified (of the partial: its paths are relative, the rename changed none of them).
+    save_tree_seal(p, rid, final, file_sha256(args["manifest"]), checked, allowed, checked.listed)
     if os.path.exists(op_seal_path(p, args["op"])):
         os.unlink(op_seal_path(p, args["op"]))
     ledger_append(p, [{"event": "staged", "release": rid, "op": args["op"], "by": args.get("by")}])
@@ -2266,7 +2351,7 @@ def cmd_verify(args):
         if manifest_path != kept:
             keep_manifest(p, rid, manifest_path)
         checked.save(seal_path(p, rid))
-        save_tree_seal(p, rid, release, file_sha256(kept), checked, exclude)
+        save_tree_seal(p, rid, release, file_sha256(kept), checked, exclude, None if healed else checked.listed)
     elif not ok and manifest_path == kept:
         # A check that found something wrong still seals every file it found right (the wrong ones are
         # not in it): once the operator puts the file back, the next check reads only that file. The

@@ -417,6 +417,96 @@ describe.each(TEST_PYTHONS)('the host agent on Python $label', (py) => {
     expect(v.problems).toEqual(['etc/site1.ini: sha256 differs from the manifest']);
   });
 
+  it("a check's stats from GNU find are the ones Python's lstat gives, and the walk without find gives the same", async () => {
+    // verify_tree checks every entry by find's listing and records each file's stat from it in the
+    // seal; receive and delta record theirs by Python's lstat (on Python 2: float times, rounded).
+    // Were the two to differ in a single field, no seal would vouch for anything and every ship would
+    // read every file again.
+    const dir = tempDir(`stats-${py.label}`);
+    const tree = path.join(dir, 'tree');
+    mkdirSync(path.join(tree, 'd', 'sticky'), { recursive: true });
+    writeFileSync(path.join(tree, 'setuid'), 'x\n');
+    chmodSync(path.join(tree, 'setuid'), 0o4755);
+    chmodSync(path.join(tree, 'd', 'sticky'), 0o1777);
+    writeFileSync(path.join(tree, 'd', 'old.txt'), 'old\n');
+    execFileSync('touch', ['-h', '-d', '1999-12-31 23:59:59.123456789', path.join(tree, 'd', 'old.txt')]);
+    writeFileSync(path.join(tree, 'd', 'caf\u00e9.txt'), 'caf\u00e9\n');
+    symlinkSync('../setuid', path.join(tree, 'd', 'link'));
+    execFileSync('mkfifo', [path.join(tree, 'fifo')]);
+    writeFileSync(path.join(tree, 'left-out.ini'), '');
+    const script = [
+      'import json, os, sys',
+      `sys.path.insert(0, ${JSON.stringify(path.dirname(AGENT_SCRIPT))})`,
+      'import ckan_release_host as a',
+      `top = u${JSON.stringify(tree)}`,
+      'found, listing = a.tree_stats(top, [u"left-out.ini"])',
+      'a.find_tree = lambda release, exclude: None',
+      'walked, none = a.tree_stats(top, [u"left-out.ini"])',
+      'lstat = dict((rel, a.stat_key(os.lstat(top + u"/" + rel))) for rel in found)',
+      // As strings: nanoseconds since 1970 are past the integers a JavaScript number holds exactly.
+      'text = lambda stats: dict((rel, [str(n) for n in key]) for rel, key in stats.items())',
+      'print(json.dumps({"listed": listing is not None and none is None, "found": text(found),',
+      '                  "walked": text(walked), "lstat": text(lstat)}))',
+    ].join('\n');
+    const r = JSON.parse(execFileSync(requirePython(py), ['-c', script], { encoding: 'utf8' })) as {
+      listed: boolean;
+      found: Record<string, string[]>;
+      walked: Record<string, string[]>;
+      lstat: Record<string, string[]>;
+    };
+    expect(r.listed).toBe(true);
+    expect(Object.keys(r.found).sort()).toEqual(
+      ['d', 'd/caf\u00e9.txt', 'd/link', 'd/old.txt', 'd/sticky', 'fifo', 'setuid'].sort(),
+    );
+    expect(r.found).toEqual(r.lstat);
+    expect(r.walked).toEqual(r.lstat);
+    expect(Number(r.found['setuid']![4]) & 0o7777).toBe(0o4755);
+    expect(Number(r.found['d/sticky']![4]) & 0o7777).toBe(0o1777);
+    // Python 3 has the nanoseconds exactly; Python 2's float time is off by a fraction of a microsecond.
+    const ns = r.found['d/old.txt']![2]!;
+    if (py.label === '2.7') expect(Number(ns.slice(-9))).toBeCloseTo(123456789, -3);
+    else expect(ns.slice(-9)).toBe('123456789');
+  });
+
+  it("the tree seal is the check's own listing: a file written just before it is read again once past its racy window", async () => {
+    // finalize seals the listing its check went by. A file the receive wrote within SEAL_RACY_NS of
+    // that listing could have been written again in the same clock tick with the same stat: it is
+    // read again after the window, and bytes other than the manifest's mean no tree seal at all.
+    const dir = tempDir(`racy-${py.label}`);
+    const script = [
+      'import hashlib, json, os, stat, sys, time',
+      `sys.path.insert(0, ${JSON.stringify(path.dirname(AGENT_SCRIPT))})`,
+      'import ckan_release_host as a',
+      `top = u${JSON.stringify(path.join(dir, 'tree'))}`,
+      `p = {"manifests": u${JSON.stringify(path.join(dir, 'manifests'))}}`,
+      'os.makedirs(top + u"/sub")',
+      'os.mkdir(p["manifests"])',
+      'def write(rel, data):',
+      '    with open(top + u"/" + rel, "wb") as f:',
+      '        f.write(data)',
+      '    return {"path": rel, "type": "file", "mode": "0644", "sha256": hashlib.sha256(data).hexdigest()}',
+      'old = write(u"sub/old.txt", b"written long before\\n")',
+      'time.sleep(0.25)',
+      'new = write(u"new.txt", b"written just before the check\\n")',
+      'start = a.now_ns()',
+      'stats, listing = a.tree_stats(top, [])',
+      'checked = a.Seal(dict((rel, key) for rel, key in stats.items() if stat.S_ISREG(key[4])))',
+      'racy = a.racy_entries(stats, start)',
+      'entries = {u"sub/old.txt": old, u"new.txt": new}',
+      'right = a.save_tree_seal(p, "right", top, "m", checked, [], (listing, stats, start, entries))',
+      'other = dict(new, sha256=hashlib.sha256(b"other bytes\\n").hexdigest())',
+      'wrong = a.save_tree_seal(p, "wrong", top, "m", checked, [], (listing, stats, start, dict(entries, **{u"new.txt": other})))',
+      'print(json.dumps({"racy": racy, "right": right, "wrong": wrong,',
+      '                  "wrong_seal": os.path.exists(a.tree_seal_path(p, "wrong")),',
+      '                  "unchanged": a.tree_unchanged(p, "right", top, "m", [])}))',
+    ].join('\n');
+    const r = JSON.parse(execFileSync(requirePython(py), ['-c', script], { encoding: 'utf8' })) as Record<
+      string,
+      unknown
+    >;
+    expect(r).toEqual({ racy: ['new.txt'], right: true, wrong: false, wrong_seal: false, unchanged: true });
+  });
+
   it('a check that finds a file wrong still seals the ones it found right: after the repair only that file is read', async () => {
     const { root, store } = await bed('verify-repair');
     const a = await stage(root, store, ID_A, 'op1');
