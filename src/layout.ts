@@ -27,10 +27,6 @@ export const ledgerFile = (root: string): string => join(metaDir(root), 'ledger.
 export const agentDir = (root: string): string => join(metaDir(root), 'agent');
 /** <root>/.ckan-release/tmp: an operation's temporary files, named <op>-... */
 export const tmpDir = (root: string): string => join(metaDir(root), 'tmp');
-/** The manifest an operation uploads for the agent to read. */
-export const tmpManifest = (root: string, op: string): string => join(tmpDir(root), `${op}-manifest.json`);
-/** The list of files a delta still needs (written by the agent's `delta`). */
-export const tmpNeed = (root: string, op: string): string => join(tmpDir(root), `${op}-need.json`);
 /** A tmp file's name as prune reports it: relative to the root. */
 export const tmpRelative = (name: string): string => `.ckan-release/tmp/${name}`;
 

@@ -2505,7 +2505,7 @@ def cmd_clean(args):
             remove_tree(os.path.join(p["releases"], d), moves)  # a linked delta's partial shares inodes
             removed.append(d)
     moves.finish(p)
-    for leftover in (os.path.join(p["meta"], "tmp", "%s-manifest.json" % args["op"]), delta_need_file(p, args["op"]),
+    for leftover in (op_manifest_path(p, args["op"]), delta_need_file(p, args["op"]),
                      op_seal_path(p, args["op"]), heal_need_file(p, args["op"])):
         if os.path.exists(leftover):
             os.unlink(leftover)
@@ -3129,14 +3129,47 @@ def store_refusal(e, what):
                    "object: publish the artifact again, `ckan-release artifacts publish ID`)" % (what, e))
 
 
+def check_op(op):
+    """An operation ID as the tool makes them (hex), refused if it could name a path elsewhere."""
+    if not isinstance(op, (type(u""), str)) or not re.match(r"[0-9A-Za-z][0-9A-Za-z-]{0,63}\Z", op):
+        raise Refused("bad-input", "not an operation ID: %r" % (op,))
+    return op
+
+
+def op_manifest_path(p, op):
+    """Where this operation's copy of the release's manifest is (put-manifest, fetch-manifest), for
+    receive, delta, finalize and verify; `clean` removes it."""
+    return os.path.join(p["meta"], "tmp", "%s-manifest.json" % op)
+
+
+def cmd_put_manifest(args):
+    """stdin: the release's manifest, as the sender has it. Written to this operation's manifest path
+    once all of it arrived with the bytes and sha256 the sender gave (a cut-off stream writes nothing);
+    receive, delta and verify read and check its content. Answers {manifest: the path}."""
+    p = paths(args["root"])
+    op = check_op(args.get("op"))
+    data = read_stdin_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if len(data) != args["bytes"] or digest != args["sha256"]:
+        raise Refused("bad-input", "the manifest arrived cut off or changed: %d bytes (sha256 %s), expected %d (%s)"
+                      % (len(data), digest, args["bytes"], args["sha256"]))
+    path = op_manifest_path(p, op)
+    if not os.path.isdir(os.path.dirname(path)):
+        os.makedirs(os.path.dirname(path))
+    with open(path, "wb") as f:
+        f.write(data)
+    out({"manifest": path})
+
+
 def cmd_fetch_manifest(args):
     """stdin: {"url": the manifest's presigned URL, "chunks": [{sha256, bytes}] of its archive}. Puts the
-    manifest at args["manifest"] (checked against the bytes and sha256 the tool read from the store) and
-    answers the chunks the chunk cache holds, each read and checked (a damaged one is removed)."""
+    manifest at this operation's manifest path (checked against the bytes and sha256 the tool read from
+    the store) and answers it and the chunks the chunk cache holds, each read and checked (a damaged one
+    is removed)."""
     p = paths(args["root"])
     rid = check_id(args["id"])
     given = json.loads(read_stdin_bytes().decode("utf-8"))
-    dest = args["manifest"]
+    dest = op_manifest_path(p, check_op(args.get("op")))
     if not os.path.isdir(os.path.dirname(dest)):
         os.makedirs(os.path.dirname(dest))
     try:
@@ -3156,7 +3189,7 @@ def cmd_fetch_manifest(args):
             cached.append(c["sha256"])
         else:
             os.unlink(path)
-    out({"cached": cached})
+    out({"cached": cached, "manifest": dest})
 
 
 class Fetching(object):
@@ -3291,6 +3324,7 @@ COMMANDS = {
     "lock": cmd_lock,
     "unlock": cmd_unlock,
     "receive": cmd_receive,
+    "put-manifest": cmd_put_manifest,
     "fetch-manifest": cmd_fetch_manifest,
     "fetch": cmd_fetch,
     "delta": cmd_delta,

@@ -8,7 +8,6 @@
 // (the delta archive is cut from the artifact on this machine: a few kB, against chunks of 1 MB and
 // more that hold its files).
 import { createHash } from 'node:crypto';
-import path from 'node:path';
 import { Readable } from 'node:stream';
 import { chunksOf, type Manifest } from '../artifact/manifest.js';
 import type { S3Store } from '../artifact/s3.js';
@@ -16,6 +15,7 @@ import type { Config } from '../config/types.js';
 import { CkanReleaseError, OperationError } from '../errors.js';
 import { redactPresigned } from '../redact.js';
 import { AgentRefusal, callAgent, type AgentHost } from './agent.js';
+import type { AgentAnswer } from './protocol.js';
 
 /** How long a presigned URL is valid: a chunk's GET starts within this (a 132 MB fetch at 150 kB/s). */
 export const URL_SECONDS = 900;
@@ -97,15 +97,14 @@ export async function placeManifest(
 ): Promise<string> {
   const d = await directFor(s, m);
   if (!d?.manifest) return upload();
-  const manifestPath = path.posix.join(s.config.root, '.ckan-release', 'tmp', `${s.op}-manifest.json`);
   const url = await d.store.presignGet(d.store.manifestKey(m.id), URL_SECONDS);
-  let r: { cached: string[] };
+  let r: AgentAnswer<'fetch-manifest'>;
   try {
-    r = await callAgent<{ cached: string[] }>(
+    r = await callAgent<AgentAnswer<'fetch-manifest'>>(
       agent,
       'fetch the manifest from the store',
       'fetch-manifest',
-      { root: s.config.root, id: m.id, manifest: manifestPath, ...d.manifest },
+      { root: s.config.root, id: m.id, op: s.op, ...d.manifest },
       { stdin: Readable.from([JSON.stringify({ url, chunks: chunksOf(m) })]) },
     );
   } catch (e) {
@@ -118,7 +117,7 @@ export async function placeManifest(
     throw redacted(e);
   }
   hostsOf(s).set(h.name, new Set(r.cached));
-  return manifestPath;
+  return r.manifest;
 }
 
 /**

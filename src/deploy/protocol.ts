@@ -40,10 +40,18 @@ export interface AgentCommands {
     /** the archive (release.tar.gz, or the delta's archive) */
     stdin: true;
   };
+  /** The release's manifest, sent through the session, as the operation's copy on the host */
+  'put-manifest': {
+    args: { root: string; op: string; bytes: number; sha256: string };
+    answer: { manifest: string };
+    /** the manifest's JSON, as the store has it (manifestJson) */
+    stdin: true;
+  };
   /** deploy.fetch: direct (deploy/fetch.ts): the manifest from the store, and which chunks are cached */
   'fetch-manifest': {
-    args: { root: string; id: string; manifest: string; bytes?: number; sha256?: string };
-    answer: { cached: string[] };
+    args: { root: string; id: string; op: string; bytes?: number; sha256?: string };
+    /** manifest: where the host put it (the operation's copy, as put-manifest's) */
+    answer: { cached: string[]; manifest: string };
     /** JSON: the presigned URL of the manifest and the artifact's chunks */
     stdin: true;
   };

@@ -9,7 +9,7 @@ import type { Manifest } from '../artifact/manifest.js';
 import { fileCount, manifestJson, manifestSha256 } from '../artifact/manifest-file.js';
 import { readArtifact, type StoredArtifact } from '../artifact/store.js';
 import { OperationError } from '../errors.js';
-import { releaseDir, tmpDir, tmpManifest, tmpNeed } from '../layout.js';
+import { releaseDir } from '../layout.js';
 import type { HostFacts, HostPlan } from '../plan.js';
 import { renderFile, renderString } from '../render/template.js';
 import { callAgent, type AgentHost } from './agent.js';
@@ -19,7 +19,7 @@ import { fetchRelease, placeManifest } from './fetch.js';
 import { healArgs, healFromArtifact, type VerifyAnswer } from './heal.js';
 import { lockHost, lockOwner } from './lock.js';
 import { agentFor, type HostSession, type Session } from './session.js';
-import { cmd, maybeSudo } from './shell.js';
+import { cmd } from './shell.js';
 import { shellVars, templateVars } from './vars.js';
 
 /** The interpreter of the artifact's release: the agent runs with it. */
@@ -82,7 +82,7 @@ export async function stageOnHost(
       let v = await verify();
       let uploaded: string | undefined;
       if (v.need_manifest) {
-        uploaded = await uploadManifest(s, h, m);
+        uploaded = await uploadManifest(s, agent, m);
         v = await verify(uploaded);
       }
       const healed = await healFromArtifact(
@@ -95,7 +95,7 @@ export async function stageOnHost(
       );
       v = healed.answer;
       healed.said.forEach((line) => s.say(line));
-      if (uploaded) await h.remote.exec(cmd(maybeSudo(['rm', '-f', uploaded], h.sudo)));
+      if (uploaded) await cleanTmp(s, agent);
       if (!v.ok) {
         throw new OperationError(
           `${h.name}: releases/${m.id} differs from its manifest, refusing to switch to it: ${[...v.problems, ...v.extra.map((x) => `unexpected ${x}`)].slice(0, 5).join('; ')}`,
@@ -129,7 +129,7 @@ export async function stageOnHost(
         `${h.name}: preflight: ${facts.disk_free} bytes free under ${s.config.root}, the release needs about ${need}`,
       );
     }
-    const manifestPath = await placeManifest(s, h, agent, m, () => uploadManifest(s, h, m));
+    const manifestPath = await placeManifest(s, h, agent, m, () => uploadManifest(s, agent, m));
     s.events?.emit({ type: 'phase', host: h.name, phase: 'upload', detail: `${m.archive.bytes} bytes` });
     const received = await sendRelease(s, h, agent, artifact, manifestPath, deltas, facts);
     s.events?.emit({ type: 'phase', host: h.name, phase: 'finalize' });
@@ -151,7 +151,7 @@ export async function stageOnHost(
       },
       { stdin: Readable.from([rendered()]) },
     );
-    await h.remote.exec(cmd(maybeSudo(['rm', '-f', manifestPath, tmpNeed(s.config.root, s.op)], h.sudo)));
+    await cleanTmp(s, agent);
     s.say(`${h.name}: staged releases/${m.id} (config rendered, shared paths linked)`);
   }
   for (const run of hp.hooks.before_switch) await runHook(s, h, run, m, 'before_switch');
@@ -275,13 +275,22 @@ function ownerOf(s: Session): { owner: string | null; group: string | null } {
 }
 
 /** Puts the manifest where the agent reads it: <root>/.ckan-release/tmp/<op>-manifest.json. */
-async function uploadManifest(s: Session, h: HostSession, m: Manifest): Promise<string> {
-  const manifestPath = tmpManifest(s.config.root, s.op);
-  const writeManifest = `mkdir -p ${cmd([tmpDir(s.config.root)])} && cat > ${cmd([manifestPath])}`;
-  await h.remote.run('upload the manifest', cmd(maybeSudo(['sh', '-c', writeManifest], h.sudo)), {
-    stdin: Readable.from([manifestJson(m)]),
-  });
-  return manifestPath;
+/** The manifest to the host through the agent session (no command of its own, no sudo); its path there. */
+async function uploadManifest(s: Session, agent: AgentHost, m: Manifest): Promise<string> {
+  const data = Buffer.from(manifestJson(m));
+  const r = await callAgent<{ manifest: string }>(
+    agent,
+    'upload the manifest',
+    'put-manifest',
+    { root: s.config.root, op: s.op, bytes: data.length, sha256: manifestSha256(m) },
+    { stdin: Readable.from([data]) },
+  );
+  return r.manifest;
+}
+
+/** Removes what this operation left in the host's tmp directory (the manifest, the delta's list). */
+async function cleanTmp(s: Session, agent: AgentHost): Promise<void> {
+  await callAgent(agent, 'remove the temporary files', 'clean', { root: s.config.root, op: s.op });
 }
 
 /** Upload progress: a line at each quarter, with the rate so far. */

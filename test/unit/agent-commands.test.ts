@@ -163,6 +163,29 @@ describe.each(TEST_PYTHONS)('the host agent on Python $label', (py) => {
     expect(await ok('receive', args, readFileSync(a.archive))).toMatchObject({ entries: 5 });
   });
 
+  it('put-manifest writes the manifest only when all of it arrived as sent; clean removes it', async () => {
+    const { root } = await bed('put-manifest');
+    const text = Buffer.from(JSON.stringify({ id: ID_A, files: [] }));
+    const sha = createHash('sha256').update(text).digest('hex');
+    const at = path.join(root, '.ckan-release', 'tmp', 'op1-manifest.json');
+    const args = { root, op: 'op1', bytes: text.length, sha256: sha };
+    // Cut off (fewer bytes than sent), or other bytes: refused, nothing written.
+    for (const data of [text.subarray(0, 10), Buffer.from(text.toString().replace(ID_A, ID_B))]) {
+      const r = await refused('put-manifest', args, data);
+      expect(r.kind).toBe('bad-input');
+      expect(r.message).toMatch(/arrived cut off or changed/);
+      expect(existsSync(at)).toBe(false);
+    }
+    // An operation ID that would name a path elsewhere.
+    for (const op of ['../op1', 'op1/x', 'op1\n', '']) {
+      expect((await refused('put-manifest', { ...args, op }, text)).message).toMatch(/not an operation ID/);
+    }
+    expect(await ok('put-manifest', args, text)).toEqual({ manifest: at });
+    expect(readFileSync(at)).toEqual(text);
+    await ok('clean', { root, op: 'op1' });
+    expect(existsSync(at)).toBe(false);
+  });
+
   it('finalize refuses a partial changed after receive, and one outside releases/', async () => {
     const { root, store } = await bed('finalize');
     const a = await writeRelease(store, ID_A, TREE);

@@ -174,7 +174,7 @@ describe.each(TEST_PYTHONS)('the host agent fetches from the store itself (Pytho
     agent(
       python,
       'fetch-manifest',
-      { root, id: ID, manifest: manifestPath(op), bytes: manifestText.length, sha256: sha256(manifestText) },
+      { root, id: ID, op, bytes: manifestText.length, sha256: sha256(manifestText) },
       { url: u, chunks },
     );
   const fetch = (op: string, withUrls: (c: Chunk, i: number) => string | undefined) =>
@@ -195,7 +195,7 @@ describe.each(TEST_PYTHONS)('the host agent fetches from the store itself (Pytho
   it('downloads the manifest and every chunk in parallel, checks them, and unpacks the release', async () => {
     const m = await getManifest('op1');
     expect(m.code, m.stderr).toBe(0);
-    expect(m.json).toEqual({ cached: [] });
+    expect(m.json).toEqual({ cached: [], manifest: manifestPath('op1') });
     expect(readFileSync(manifestPath('op1'))).toEqual(manifestText);
     maxInFlight = 0;
     const f = await fetch('op1', (c) => url(`/chunks/${c.sha256}`));
