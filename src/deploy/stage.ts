@@ -274,8 +274,10 @@ function ownerOf(s: Session): { owner: string | null; group: string | null } {
   return { owner: s.config.deploy.owner ?? null, group: s.config.deploy.group ?? null };
 }
 
-/** Puts the manifest where the agent reads it: <root>/.ckan-release/tmp/<op>-manifest.json. */
-/** The manifest to the host through the agent session (no command of its own, no sudo); its path there. */
+/**
+ * Puts the manifest where the agent reads it (the operation's copy in <root>/.ckan-release/tmp/),
+ * through the agent session: no command of its own, no sudo. Returns its path there.
+ */
 async function uploadManifest(s: Session, agent: AgentHost, m: Manifest): Promise<string> {
   const data = Buffer.from(manifestJson(m));
   const r = await callAgent<{ manifest: string }>(
