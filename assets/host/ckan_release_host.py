@@ -86,7 +86,10 @@ def paths(root):
 
 
 def now_iso():
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    """UTC, to the millisecond as the tool's own times (a ledger entry's `started`): an operation of
+    less than a second must not end before it began."""
+    now = time.time()
+    return "%s.%03dZ" % (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)), int(now * 1000) % 1000)
 
 
 def fsync_dir(path):

@@ -54,14 +54,16 @@ export function mergeLedgers(ledgers: { host: string; entries: LedgerEntry[] }[]
   for (const [key, g] of groups) {
     const events = (name: string) => g.filter((x) => x.e.event === name);
     const with_ = g.find((x) => x.e.by)?.e.by ?? null;
+    // By the moment, not the text: hosts wrote whole seconds ("...:31Z") before milliseconds.
+    const byMoment = (a: string, b: string) => Date.parse(a) - Date.parse(b);
     const times = g
       .map((x) => x.e.time)
       .filter((t): t is string => !!t)
-      .sort();
+      .sort(byMoment);
     const started = g
       .map((x) => x.e.started)
       .filter((t): t is string => !!t)
-      .sort()[0];
+      .sort(byMoment)[0];
     const first = started ?? times[0] ?? '';
     const last = times[times.length - 1];
     const hosts = [...new Set(g.map((x) => x.host))];
@@ -101,7 +103,9 @@ export function mergeLedgers(ledgers: { host: string; entries: LedgerEntry[] }[]
       op: key.startsWith('op:') ? key.slice(3) : null,
     });
   }
-  return ops.sort((a, b) => (a.time < b.time ? -1 : a.time > b.time ? 1 : 0));
+  return ops.sort(
+    (a, b) => Date.parse(a.time) - Date.parse(b.time) || (a.time < b.time ? -1 : a.time > b.time ? 1 : 0),
+  );
 }
 
 export function formatHistory(env: string, ops: Operation[]): string {

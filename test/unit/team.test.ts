@@ -138,6 +138,41 @@ function manifest(id: string, showcase: string, files: [string, string][], freez
   } as unknown as Manifest;
 }
 
+describe('history: times', () => {
+  it('an operation of less than a second lasts that long; whole-second entries of older agents sort by their moment', () => {
+    const by = { user: 'ana', machine: 'laptop', operation: 'rollback production' };
+    const ops = mergeLedgers([
+      {
+        host: 'web1',
+        entries: [
+          // An older agent's whole seconds, an operation of its own before the next one.
+          { event: 'healthy', release: 'R1', op: 'o1', by, time: '2026-01-02T00:00:05Z' },
+          {
+            event: 'activated',
+            release: 'R2',
+            op: 'o2',
+            by,
+            previous: 'R1',
+            time: '2026-01-02T00:00:05.700Z',
+          },
+          {
+            event: 'healthy',
+            release: 'R2',
+            op: 'o2',
+            by,
+            started: '2026-01-02T00:00:05.368Z',
+            time: '2026-01-02T00:00:05.912Z',
+          },
+        ],
+      },
+    ]);
+    expect(ops.map((o) => [o.op, o.time, o.seconds])).toEqual([
+      ['o1', '2026-01-02T00:00:05Z', null],
+      ['o2', '2026-01-02T00:00:05.368Z', 0.544],
+    ]);
+  });
+});
+
 describe('diff', () => {
   it('sources, pip freeze and files between two manifests', () => {
     const a = manifest(
