@@ -66,7 +66,7 @@ afterAll(async () => {
 });
 
 describe('one agent session per host and operation', () => {
-  it('status, a ship, and the ship of the release already there: one agent channel and one sudo each (plus hook, restart and manifest)', async () => {
+  it('status, a ship, and the ship of the release already there: one agent channel and one sudo each (plus hook and restart)', async () => {
     const status = await traced('status', 'staging');
     expect(status.code, status.err).toBe(0);
     expect([status.channels, status.sudo]).toEqual([1, 1]);
@@ -74,9 +74,9 @@ describe('one agent session per host and operation', () => {
     const ship = await traced('ship', 'staging', A);
     expect(ship.code, ship.err).toBe(0);
     expect(await currentOf(docker, HOST)).toBe(`${ROOT}/releases/${A}`);
-    // The agent's session, the manifest's upload and its removal, the before_switch hook (as the
-    // owner: sudo -u ckan) and the restart (sudo apachectl graceful): every one a sudo.
-    expect([ship.channels, ship.sudo]).toEqual([5, 5]);
+    // The agent's session (the manifest sent through it too, and removed by it), the before_switch
+    // hook (as the owner: sudo -u ckan) and the restart (sudo apachectl graceful): every one a sudo.
+    expect([ship.channels, ship.sudo]).toEqual([3, 3]);
 
     const again = await traced('ship', 'staging', A);
     expect(again.code, again.err).toBe(0);
