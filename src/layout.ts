@@ -25,8 +25,6 @@ export const metaDir = (root: string): string => join(root, '.ckan-release');
 export const ledgerFile = (root: string): string => join(metaDir(root), 'ledger.jsonl');
 /** <root>/.ckan-release/agent: the host agent, one version per digest. */
 export const agentDir = (root: string): string => join(metaDir(root), 'agent');
-/** <root>/.ckan-release/tmp: an operation's temporary files, named <op>-... */
-export const tmpDir = (root: string): string => join(metaDir(root), 'tmp');
 /** A tmp file's name as prune reports it: relative to the root. */
 export const tmpRelative = (name: string): string => `.ckan-release/tmp/${name}`;
 
