@@ -627,25 +627,41 @@ def find_tree(release, exclude):
     gid\0" in the order it walked them, the exclude paths left out (not what is under them); None without
     GNU find. C speed: a Python walk with lstat takes three times as long."""
     import subprocess
+    import tempfile
     top = release.rstrip("/") or "/"
     skip = []
     for rel in sorted(exclude):
         if not isinstance(rel, str):  # Python 2's unicode from JSON: find's arguments are bytes there
             rel = rel.encode("utf-8")
-        skip += (["-o"] if skip else []) + ["-path", find_pattern(top + "/" + rel)]
+        skip += (["-o"] if skip else []) + exclude_test(top + "/" + rel)
     expr = (["("] + skip + [")", "-o"] if skip else []) + ["-printf", "%P\\0%y %i %s %T@ %C@ %m %U %G\\0"]
     try:
-        # One pipe read to its end: communicate() with stderr piped too polled both for every 4 kB.
-        with open(os.devnull, "wb") as null:
-            proc = subprocess.Popen(["find", top, "-mindepth", "1"] + expr, stdout=subprocess.PIPE, stderr=null)
-            data = proc.stdout.read()
-            proc.stdout.close()
-            proc.wait()
-    except OSError:
+        # Into an unlinked file, read once find is done: through a pipe, each 4 kB find writes wakes
+        # this process (10 ms more for 29,000 entries).
+        with tempfile.TemporaryFile() as listing:
+            with open(os.devnull, "wb") as null:
+                returncode = subprocess.call(["find", top, "-mindepth", "1"] + expr, stdout=listing, stderr=null)
+            listing.seek(0)
+            data = listing.read()
+    except (IOError, OSError):
         return None
-    if proc.returncode != 0 or data.count(b"\0") % 2 != 0 or (data and not data.endswith(b"\0")):
+    if returncode != 0 or data.count(b"\0") % 2 != 0 or (data and not data.endswith(b"\0")):
         return None
     return data
+
+
+def exclude_test(path):
+    """find's test that is true for the entry at path alone: -samefile (an inode compared) where that
+    names only it: a directory, or a file or symlink no other name links (find opens a file it names,
+    so never a FIFO or a device); "-false" where nothing is (nothing to leave out); else -path (an
+    fnmatch of every entry's path: 25 ms per path for 29,000 entries)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return ["-false"]
+    if stat.S_ISDIR(st.st_mode) or ((stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)) and st.st_nlink == 1):
+        return ["-samefile", path]
+    return ["-path", find_pattern(path)]
 
 
 # find's %y letters as the file type bits of st_mode.

@@ -12,6 +12,7 @@ import {
   chmodSync,
   copyFileSync,
   existsSync,
+  linkSync,
   lstatSync,
   mkdirSync,
   mkdtempSync,
@@ -489,6 +490,55 @@ describe.each(TEST_PYTHONS)('the host agent on Python $label', (py) => {
     const ns = r.found['d/old.txt']![2]!;
     if (py.label === '2.7') expect(Number(ns.slice(-9))).toBeCloseTo(123456789, -3);
     else expect(ns.slice(-9)).toBe('123456789');
+  });
+
+  it("find's listing leaves out each path by its inode where that names it alone, exactly as by its path", async () => {
+    // exclude_test: -samefile is an inode compared, -path an fnmatch of every entry's path. The
+    // listing (and so every tree seal's digest) must be the same bytes either way, for every kind of
+    // entry an operator may leave at an excluded path; a FIFO must not be opened (find would block).
+    const dir = tempDir(`exclude-${py.label}`);
+    const tree = path.join(dir, 'tree');
+    mkdirSync(path.join(tree, 'sub', 'dir'), { recursive: true });
+    writeFileSync(path.join(tree, 'ckan.ini'), '[app:main]\n');
+    writeFileSync(path.join(tree, 'sub', 'linked.ini'), 'two names\n');
+    linkSync(path.join(tree, 'sub', 'linked.ini'), path.join(tree, 'other-name.ini'));
+    writeFileSync(path.join(tree, 'sub', 'dir', 'kept.txt'), 'under an excluded directory\n');
+    symlinkSync('/nowhere/storage', path.join(tree, 'storage'));
+    execFileSync('mkfifo', [path.join(tree, 'pipe')]);
+    writeFileSync(path.join(tree, 'kept.txt'), 'listed\n');
+    const exclude = ['ckan.ini', 'sub/linked.ini', 'sub/dir', 'storage', 'pipe', 'missing.ini'];
+    const script = [
+      'import json, sys',
+      `sys.path.insert(0, ${JSON.stringify(path.dirname(AGENT_SCRIPT))})`,
+      'import ckan_release_host as a',
+      `top = u${JSON.stringify(tree)}`,
+      `exclude = ${JSON.stringify(exclude)}`,
+      'tests = dict((rel, a.exclude_test(top + "/" + rel)[0]) for rel in exclude)',
+      'listing = a.find_tree(top, [u"%s" % rel for rel in exclude])',
+      'print(json.dumps({"tests": tests, "listing": listing.decode("utf-8")}))',
+    ].join('\n');
+    const r = JSON.parse(
+      execFileSync(requirePython(py), ['-c', script], { encoding: 'utf8', timeout: 20_000 }),
+    ) as { tests: Record<string, string>; listing: string };
+    expect(r.tests).toEqual({
+      'ckan.ini': '-samefile',
+      'sub/linked.ini': '-path', // another name links it: by its inode that one would go too
+      'sub/dir': '-samefile',
+      storage: '-samefile',
+      pipe: '-path',
+      'missing.ini': '-false',
+    });
+    const byPath = execFileSync(
+      'find',
+      [tree, '-mindepth', '1', '('].concat(
+        exclude.flatMap((rel, i) => [...(i ? ['-o'] : []), '-path', `${tree}/${rel}`]),
+        [')', '-o', '-printf', '%P\\0%y %i %s %T@ %C@ %m %U %G\\0'],
+      ),
+      { encoding: 'utf8' },
+    );
+    expect(r.listing).toBe(byPath);
+    const names = r.listing.split('\0').filter((_, i) => i % 2 === 0 && _ !== '');
+    expect(names.sort()).toEqual(['kept.txt', 'other-name.ini', 'sub', 'sub/dir/kept.txt']);
   });
 
   it("the tree seal is the check's own listing: a file written just before it is read again once past its racy window", async () => {
