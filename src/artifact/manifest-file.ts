@@ -29,6 +29,7 @@ interface HeaderCache {
 const shaOf = new WeakMap<Manifest, string>();
 const countOf = new WeakMap<Manifest, number>();
 const jsonOf = new WeakMap<Manifest, string>();
+const bytesOf = new WeakMap<Manifest, Buffer>();
 
 function statKey(file: string): { key: string; ctimeMs: number } {
   const st = statSync(file, { bigint: true });
@@ -130,6 +131,16 @@ export function manifestJson(m: Manifest): string {
     jsonOf.set(m, json);
   }
   return json;
+}
+
+/** manifestJson(m) as UTF-8, encoded once per manifest: the same bytes go to every host of a fleet. */
+export function manifestBytes(m: Manifest): Buffer {
+  let bytes = bytesOf.get(m);
+  if (bytes === undefined) {
+    bytes = Buffer.from(manifestJson(m));
+    bytesOf.set(m, bytes);
+  }
+  return bytes;
 }
 
 /** sha256 of manifestJson(m), without serializing it when the header cache gave it. */

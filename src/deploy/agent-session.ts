@@ -4,9 +4,9 @@
 // request on the same channel, framed. When the channel dies, the request in flight fails (it may or
 // may not have run to its end on the host: never re-sent) and the next call opens a new session, over
 // a new connection if the old one dropped.
-import { open } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { commandError, HostUnreachableError, type Channel, type Remote } from '../remote/ssh.js';
+import { FileReader } from './file-frames.js';
 import {
   FRAME_ABORT,
   FRAME_END,
@@ -25,9 +25,9 @@ export interface SessionLaunch {
 }
 
 /**
- * A request's data read from a file (the release archive): sent in frames of FILE_FRAME bytes, each
- * read into a buffer that is filled again once the channel has taken it (when the channel copies
- * writes, as ssh2's does), instead of a new buffer for every frame of every host.
+ * A request's data read from a file (the release archive): sent in frames read once for every
+ * session sending that file at the same time (file-frames.ts), their buffers read into again once
+ * every channel has taken them, instead of a new buffer for every frame of every host.
  */
 export interface DataFile {
   file: string;
@@ -35,11 +35,6 @@ export interface DataFile {
 
 /** What a request's data is: a stream, or a file read by the session itself. */
 export type RequestData = Readable | DataFile;
-
-/** The data bytes of one frame of a file. */
-const FILE_FRAME = 1 << 20;
-/** Room before the data for the frame header (the length in decimal and a newline). */
-const HEADER_ROOM = 16;
 
 function isDataFile(d: RequestData): d is DataFile {
   return typeof (d as DataFile).file === 'string';
@@ -304,9 +299,10 @@ export class AgentSession {
   }
 
   /**
-   * Sends a file as frames, like sendData, each frame read straight after room for its header so
-   * that it is one write. On a channel that copies writes, two buffers take turns: one is read into
-   * while the other is being sent, and neither is refilled before the channel has taken it.
+   * Sends a file as frames, like sendData, each frame one write (its header in the room before its
+   * data). The frames come from a FileReader, read once for every session sending the same file at
+   * the same time (a fleet ship); at most two are in flight, and a frame's buffer is let go only
+   * once the channel has taken it (ssh2 may keep a written chunk until the SSH window opens).
    */
   private async sendFile(
     ch: Channel,
@@ -316,35 +312,38 @@ export class AgentSession {
   ): Promise<Error | undefined> {
     let sent = 0;
     const closed = ch.done.then(() => 'closed' as const);
-    const fresh = () => Buffer.allocUnsafe(HEADER_ROOM + FILE_FRAME);
-    const bufs = ch.copiesWrites ? [fresh(), fresh()] : undefined;
-    const taken: (Promise<unknown> | undefined)[] = [undefined, undefined];
-    let fh: Awaited<ReturnType<typeof open>> | undefined;
+    const taken: Promise<unknown>[] = [];
+    let reader: FileReader | undefined;
     try {
-      fh = await open(file, 'r');
-      for (let turn = 0; ; turn ^= 1) {
-        // This turn's buffer is read into again only once the channel has taken it.
-        if (taken[turn] && (await Promise.race([taken[turn], closed])) === 'closed') break;
+      reader = await FileReader.open(file);
+      for (let i = 0; ; i++) {
+        // Frame i is asked for only once the channel has taken frame i - 2.
+        const before = taken[i - 2];
+        if (before && (await Promise.race([before, closed])) === 'closed') break;
         if (answered() || this.exit) break;
-        const buf = bufs?.[turn] ?? fresh();
-        const { bytesRead } = await fh.read(buf, HEADER_ROOM, FILE_FRAME, null);
-        if (bytesRead === 0) break;
-        if (answered() || this.exit) break;
-        const header = frameHeader(bytesRead);
-        const start = HEADER_ROOM - header.length;
-        buf.write(header, start, 'latin1');
-        const frame = buf.subarray(start, HEADER_ROOM + bytesRead);
-        let took!: () => void;
-        taken[turn] = new Promise<void>((res) => (took = res));
-        const more = ch.stdin.write(frame, () => took());
-        sent += bytesRead;
+        const { data, release } = await reader.frame(i);
+        if (!data) {
+          release();
+          break;
+        }
+        if (answered() || this.exit) {
+          release();
+          break;
+        }
+        taken[i] = new Promise<void>((res) =>
+          ch.stdin.write(data.frame, () => {
+            release();
+            res();
+          }),
+        );
+        delete taken[i - 2];
+        sent += data.bytes;
         onProgress?.(sent);
-        if (!more && !bufs && !(await drainedOrClosed(ch, closed))) break;
       }
     } catch (e) {
       return this.endFrames(ch, { error: e });
     } finally {
-      await fh?.close().catch(() => undefined);
+      reader?.close();
     }
     return this.endFrames(ch);
   }

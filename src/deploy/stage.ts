@@ -6,7 +6,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { adoptedSkips, isAdopted } from '../artifact/adopted.js';
 import type { Manifest } from '../artifact/manifest.js';
-import { fileCount, manifestJson, manifestSha256 } from '../artifact/manifest-file.js';
+import { fileCount, manifestBytes, manifestSha256 } from '../artifact/manifest-file.js';
 import { readArtifact, type StoredArtifact } from '../artifact/store.js';
 import { OperationError } from '../errors.js';
 import { releaseDir } from '../layout.js';
@@ -279,7 +279,7 @@ function ownerOf(s: Session): { owner: string | null; group: string | null } {
  * through the agent session: no command of its own, no sudo. Returns its path there.
  */
 async function uploadManifest(s: Session, agent: AgentHost, m: Manifest): Promise<string> {
-  const data = Buffer.from(manifestJson(m));
+  const data = manifestBytes(m);
   const r = await callAgent<{ manifest: string }>(
     agent,
     'upload the manifest',
