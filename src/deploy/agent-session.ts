@@ -322,17 +322,13 @@ export class AgentSession {
         if (before && (await Promise.race([before, closed])) === 'closed') break;
         if (answered() || this.exit) break;
         const { data, release } = await reader.frame(i);
-        if (!data) {
-          release();
-          break;
-        }
-        if (answered() || this.exit) {
-          release();
+        if (!data || answered() || this.exit) {
+          release(true); // not written
           break;
         }
         taken[i] = new Promise<void>((res) =>
           ch.stdin.write(data.frame, () => {
-            release();
+            release(!!ch.copiesWrites);
             res();
           }),
         );

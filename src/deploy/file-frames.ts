@@ -19,10 +19,14 @@ const SPARE = 4;
 /** A frame as sent (its header and data) and the number of data bytes in it; null past the end. */
 export type FrameData = { frame: Buffer; bytes: number } | null;
 
-/** Frame i of a file for one session: release() once the channel has taken it. */
+/**
+ * Frame i of a file for one session: release() once the channel has taken it, saying whether the
+ * channel copied it by then (Channel.copiesWrites: ssh2's does). A buffer a channel may still hold
+ * (a pipe's queue) is never read into again.
+ */
 export interface FileFrame {
   data: FrameData;
-  release: () => void;
+  release: (copied: boolean) => void;
 }
 
 interface Frame {
@@ -30,6 +34,8 @@ interface Frame {
   /** Sessions that have it and whose channel has not taken it yet. */
   users: number;
   buf: Buffer;
+  /** False once a channel that does not copy what it is given took it: its buffer is not reused. */
+  reusable: boolean;
 }
 
 /** One file being sent by one or more sessions. */
@@ -53,7 +59,7 @@ class SharedFile {
     let f = this.frames.get(i);
     if (!f && i < this.slowest() + KEEP) {
       const buf = this.spare.pop() ?? Buffer.allocUnsafe(HEADER_ROOM + FILE_FRAME);
-      f = { data: this.read(buf, i), users: 0, buf };
+      f = { data: this.read(buf, i), users: 0, buf, reusable: true };
       this.frames.set(i, f);
     }
     if (!f) {
@@ -64,16 +70,17 @@ class SharedFile {
     const kept = f;
     kept.users++;
     let released = false;
-    const release = () => {
+    const release = (copied: boolean) => {
       if (released) return;
       released = true;
       kept.users--;
+      if (!copied) kept.reusable = false;
       this.advance(reader, i + 1);
     };
     try {
       return { data: await kept.data, release };
     } catch (e) {
-      release();
+      release(true);
       if (this.frames.get(i) === kept) this.frames.delete(i); // a failed read is not kept
       throw e;
     }
@@ -107,7 +114,7 @@ class SharedFile {
     for (const [i, f] of this.frames) {
       if (i >= slowest || f.users > 0) continue;
       this.frames.delete(i);
-      if (this.spare.length < SPARE) this.spare.push(f.buf);
+      if (f.reusable && this.spare.length < SPARE) this.spare.push(f.buf);
     }
   }
 

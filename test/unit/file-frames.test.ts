@@ -44,7 +44,7 @@ async function send(f: string, delay: () => number): Promise<Buffer> {
       if (inFlight.length >= 2) await inFlight.shift();
       const { data, release } = await reader.frame(i);
       if (!data) {
-        release();
+        release(true);
         break;
       }
       const slot = got.length;
@@ -56,7 +56,7 @@ async function send(f: string, delay: () => number): Promise<Buffer> {
             const nl = frame.indexOf('\n');
             expect(Number(frame.toString('latin1', 0, nl))).toBe(data.bytes);
             got[slot] = Buffer.from(frame.subarray(nl + 1));
-            release();
+            release(true);
             res();
           }, delay()),
         ),
@@ -91,7 +91,7 @@ describe('the frames of a file sent by several sessions at once', () => {
       for (let i = from; i < to; i++) {
         const { data, release } = await r.frame(i);
         parts.push(data ? Buffer.from(data.frame.subarray(data.frame.indexOf('\n') + 1)) : Buffer.alloc(0));
-        release();
+        release(true);
       }
       return Buffer.concat(parts);
     };
@@ -106,6 +106,29 @@ describe('the frames of a file sent by several sessions at once', () => {
     expect(b.equals(content)).toBe(true);
     // `behind` read only what was not kept for it: frames 32-39 and the end.
     expect(counter.reads()).toBe(frames + 1 + (frames - 32) + 1);
+  });
+
+  it('never reads into a buffer again that a channel which does not copy may still hold', async () => {
+    // A pipe's queue keeps the very buffer it was given: its frames must stay as they were while a
+    // channel that copies (ssh2's) moves on, and the frames it is done with are dropped.
+    const frames = 12;
+    const { file: f, content } = file('held.bin', frames * FILE_FRAME);
+    const piped = await FileReader.open(f);
+    const copying = await FileReader.open(f);
+    const held: Buffer[] = [];
+    for (let i = 0; i <= frames; i++) {
+      for (const [r, copies] of [
+        [piped, false],
+        [copying, true],
+      ] as const) {
+        const { data, release } = await r.frame(i);
+        if (data && !copies) held.push(data.frame.subarray(data.frame.indexOf('\n') + 1));
+        release(copies);
+      }
+    }
+    piped.close();
+    copying.close();
+    expect(Buffer.concat(held).equals(content)).toBe(true);
   });
 
   it('a session started after the others are done opens the file again', async () => {
