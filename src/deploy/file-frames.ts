@@ -46,8 +46,7 @@ class SharedFile {
   private readonly positions = new Map<FileReader, number>();
 
   constructor(
-    readonly file: string,
-    private readonly fh: Promise<FileHandle>,
+    private readonly fh: FileHandle,
     private readonly onIdle: () => void,
   ) {}
 
@@ -92,7 +91,7 @@ class SharedFile {
     if (this.positions.size === 0) {
       this.frames.clear();
       this.onIdle();
-      void this.fh.then((fh) => fh.close()).catch(() => undefined);
+      this.fh.close().catch(() => undefined);
     }
   }
 
@@ -103,8 +102,8 @@ class SharedFile {
   }
 
   private advance(reader: FileReader, next: number): void {
-    if ((this.positions.get(reader) ?? -1) < next && this.positions.has(reader))
-      this.positions.set(reader, next);
+    const at = this.positions.get(reader);
+    if (at !== undefined && at < next) this.positions.set(reader, next);
     this.prune();
   }
 
@@ -120,11 +119,10 @@ class SharedFile {
 
   /** Frame i read into buf after room for its header, the header written before it. */
   private async read(buf: Buffer, i: number): Promise<FrameData> {
-    const fh = await this.fh;
     let n = 0;
     // A read of a regular file returns less than asked only at its end; read on until then anyway.
     while (n < FILE_FRAME) {
-      const { bytesRead } = await fh.read(buf, HEADER_ROOM + n, FILE_FRAME - n, i * FILE_FRAME + n);
+      const { bytesRead } = await this.fh.read(buf, HEADER_ROOM + n, FILE_FRAME - n, i * FILE_FRAME + n);
       if (bytesRead === 0) break;
       n += bytesRead;
     }
@@ -156,7 +154,7 @@ export class FileReader {
       shared = open_.get(file); // another session opened it meanwhile
       if (shared) await fh.close();
       else {
-        const s: SharedFile = new SharedFile(file, Promise.resolve(fh), () => {
+        const s: SharedFile = new SharedFile(fh, () => {
           if (open_.get(file) === s) open_.delete(file);
         });
         open_.set(file, (shared = s));
