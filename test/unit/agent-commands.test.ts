@@ -541,6 +541,58 @@ describe.each(TEST_PYTHONS)('the host agent on Python $label', (py) => {
     expect(names.sort()).toEqual(['kept.txt', 'other-name.ini', 'sub', 'sub/dir/kept.txt']);
   });
 
+  it('a JSON file parsed once in a session is parsed again whenever it may have changed', async () => {
+    // ParsedFiles: one session's delta, receive and finalize read the same manifest and seal. What it
+    // keeps must never hide a change: a file another process wrote is kept only past the racy window,
+    // and any rewrite after (in place, or a rename over it) is read again; a seal loaded is a copy.
+    const dir = tempDir(`parsed-${py.label}`);
+    const script = [
+      'import json, os, sys, time',
+      `sys.path.insert(0, ${JSON.stringify(path.dirname(AGENT_SCRIPT))})`,
+      'import ckan_release_host as a',
+      `d = u${JSON.stringify(dir)}`,
+      'path = d + u"/m.json"',
+      'def put(obj):',
+      '    with open(path, "w") as f:',
+      '        f.write(json.dumps(obj))',
+      'c = a.ParsedFiles()',
+      'r = {}',
+      'put({"v": 1})',
+      'first = c.load(path)',
+      'r["fresh_kept"] = c.load(path) is first',
+      'time.sleep(0.15)',
+      'old = c.load(path)',
+      'r["old_kept"] = c.load(path) is old',
+      'put({"v": 2})',
+      'r["rewrite_seen"] = c.load(path)["v"]',
+      'put({"v": 3})',
+      'c.wrote(path)',
+      'ours = c.load(path)',
+      'r["ours_kept"] = c.load(path) is ours and ours["v"] == 3',
+      'with open(path + ".tmp", "w") as f:',
+      '    f.write(json.dumps({"v": 4}))',
+      'os.rename(path + ".tmp", path)',
+      'r["renamed_seen"] = c.load(path)["v"]',
+      'a.Seal({u"x": [1, 2, 3, 4, 5, 6, 7]}).save(d + u"/s.seal")',
+      'one = a.Seal.load(d + u"/s.seal")',
+      'one.files[u"y"] = [1]',
+      'two = a.Seal.load(d + u"/s.seal")',
+      'r["seal"] = sorted(two.files.items())',
+      'print(json.dumps(r))',
+    ].join('\n');
+    const r = JSON.parse(
+      execFileSync(requirePython(py), ['-c', script], { encoding: 'utf8', timeout: 20_000 }),
+    ) as Record<string, unknown>;
+    expect(r).toEqual({
+      fresh_kept: false, // written 0 s ago by another process: its stat may not show a rewrite yet
+      old_kept: true,
+      rewrite_seen: 2, // the same size, in place
+      ours_kept: true,
+      renamed_seen: 4,
+      seal: [['x', [1, 2, 3, 4, 5, 6, 7]]],
+    });
+  });
+
   it("the tree seal is the check's own listing: a file written just before it is read again once past its racy window", async () => {
     // finalize seals the listing its check went by. A file the receive wrote within SEAL_RACY_NS of
     // that listing could have been written again in the same clock tick with the same stat: it is
