@@ -3202,14 +3202,23 @@ def op_manifest_path(p, op):
 
 
 def cmd_put_manifest(args):
-    """stdin: the release's manifest, as the sender has it. Written to this operation's manifest path
-    once all of it arrived with the bytes and sha256 the sender gave (a cut-off stream writes nothing);
-    receive, delta and verify read and check its content. Answers {manifest: the path}."""
+    """stdin: the release's manifest, as the sender has it (with "gzip", gzipped: inflated here, never
+    past the bytes given). Written to this operation's manifest path once all of it arrived with the
+    bytes and sha256 the sender gave (a cut-off stream writes nothing); receive, delta and verify read
+    and check its content. Answers {manifest: the path}."""
     p = paths(args["root"])
     op = check_op(args.get("op"))
     data = read_stdin_bytes()
+    want = args.get("bytes")
+    if isinstance(want, bool) or not isinstance(want, (int, type(2 ** 64))) or want < 0:
+        raise Refused("bad-input", "put-manifest: bytes must be the manifest's length, not %r" % (want,))
+    if args.get("gzip"):
+        try:
+            data = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data, want + 1)
+        except zlib.error as e:
+            raise Refused("bad-input", "the manifest arrived damaged (not gzip as sent): %s" % e)
     digest = hashlib.sha256(data).hexdigest()
-    if len(data) != args["bytes"] or digest != args["sha256"]:
+    if len(data) != want or digest != args["sha256"]:
         raise Refused("bad-input", "the manifest arrived cut off or changed: %d bytes (sha256 %s), expected %d (%s)"
                       % (len(data), digest, args["bytes"], args["sha256"]))
     path = op_manifest_path(p, op)

@@ -8,6 +8,8 @@
 import { createHash } from 'node:crypto';
 import { readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { promisify } from 'node:util';
+import { gzip } from 'node:zlib';
 import { OperationError } from '../errors.js';
 import type { Manifest } from './manifest.js';
 
@@ -30,6 +32,8 @@ const shaOf = new WeakMap<Manifest, string>();
 const countOf = new WeakMap<Manifest, number>();
 const jsonOf = new WeakMap<Manifest, string>();
 const bytesOf = new WeakMap<Manifest, Buffer>();
+const gzipOf = new WeakMap<Manifest, Promise<Buffer>>();
+const gzipAsync = promisify(gzip);
 
 function statKey(file: string): { key: string; ctimeMs: number } {
   const st = statSync(file, { bigint: true });
@@ -141,6 +145,20 @@ export function manifestBytes(m: Manifest): Buffer {
     bytesOf.set(m, bytes);
   }
   return bytes;
+}
+
+/**
+ * manifestBytes(m) gzipped, as put-manifest sends it: made once per manifest, in Node's thread pool.
+ * Level 1: the bench's 7.6 MB of JSON is 1.37 MB in 40 ms (level 6: 1.31 MB in 60 ms), where an SSH
+ * channel moved about 63 MB/s (0.12 s for the JSON itself).
+ */
+export function manifestGzip(m: Manifest): Promise<Buffer> {
+  let z = gzipOf.get(m);
+  if (z === undefined) {
+    z = gzipAsync(manifestBytes(m), { level: 1 });
+    gzipOf.set(m, z);
+  }
+  return z;
 }
 
 /** sha256 of manifestJson(m), without serializing it when the header cache gave it. */

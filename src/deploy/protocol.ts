@@ -42,9 +42,10 @@ export interface AgentCommands {
   };
   /** The release's manifest, sent through the session, as the operation's copy on the host */
   'put-manifest': {
-    args: { root: string; op: string; bytes: number; sha256: string };
+    /** bytes, sha256: of the JSON; gzip: the data is the JSON gzipped */
+    args: { root: string; op: string; bytes: number; sha256: string; gzip?: boolean };
     answer: { manifest: string };
-    /** the manifest's JSON, as the store has it (manifestJson) */
+    /** the manifest's JSON, as the store has it (manifestJson), or gzipped */
     stdin: true;
   };
   /** deploy.fetch: direct (deploy/fetch.ts): the manifest from the store, and which chunks are cached */

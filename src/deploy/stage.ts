@@ -6,7 +6,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { adoptedSkips, isAdopted } from '../artifact/adopted.js';
 import type { Manifest } from '../artifact/manifest.js';
-import { fileCount, manifestBytes, manifestSha256 } from '../artifact/manifest-file.js';
+import { fileCount, manifestBytes, manifestGzip, manifestSha256 } from '../artifact/manifest-file.js';
 import { readArtifact, type StoredArtifact } from '../artifact/store.js';
 import { OperationError } from '../errors.js';
 import { releaseDir } from '../layout.js';
@@ -276,16 +276,17 @@ function ownerOf(s: Session): { owner: string | null; group: string | null } {
 
 /**
  * Puts the manifest where the agent reads it (the operation's copy in <root>/.ckan-release/tmp/),
- * through the agent session: no command of its own, no sudo. Returns its path there.
+ * through the agent session: no command of its own, no sudo; gzipped (JSON shrinks to a fifth), the
+ * agent checking the length and sha256 of what it inflates. Returns its path there.
  */
 async function uploadManifest(s: Session, agent: AgentHost, m: Manifest): Promise<string> {
-  const data = manifestBytes(m);
+  const bytes = manifestBytes(m).length;
   const r = await callAgent<{ manifest: string }>(
     agent,
     'upload the manifest',
     'put-manifest',
-    { root: s.config.root, op: s.op, bytes: data.length, sha256: manifestSha256(m) },
-    { stdin: Readable.from([data]) },
+    { root: s.config.root, op: s.op, bytes, sha256: manifestSha256(m), gzip: true },
+    { stdin: Readable.from([await manifestGzip(m)]) },
   );
   return r.manifest;
 }

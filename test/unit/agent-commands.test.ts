@@ -28,6 +28,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { gzipSync } from 'node:zlib';
 import { afterAll, describe, expect, it } from 'vitest';
 import { AGENT_SCRIPT } from '../../src/deploy/agent.js';
 import { archiveMtime, makeDeltaArchive } from '../../src/deploy/delta.js';
@@ -185,6 +186,23 @@ describe.each(TEST_PYTHONS)('the host agent on Python $label', (py) => {
     expect(readFileSync(at)).toEqual(text);
     await ok('clean', { root, op: 'op1' });
     expect(existsSync(at)).toBe(false);
+    // Gzipped, as the tool sends it: what it inflates to is checked the same way, and inflating stops
+    // one byte past the length given (a gzip that inflates to more is refused, not inflated whole).
+    const zipped = { ...args, gzip: true };
+    const big = gzipSync(Buffer.concat([text, Buffer.alloc(64 << 20)]));
+    for (const [data, message] of [
+      [gzipSync(text).subarray(0, 20), /arrived cut off or changed/],
+      [big, new RegExp(`arrived cut off or changed: ${text.length + 1} bytes`)],
+      [text, /arrived damaged \(not gzip as sent\)/],
+    ] as const) {
+      const r = await refused('put-manifest', zipped, data);
+      expect(r.kind).toBe('bad-input');
+      expect(r.message).toMatch(message);
+      expect(existsSync(at)).toBe(false);
+    }
+    expect((await refused('put-manifest', { ...args, bytes: -1 }, text)).message).toMatch(/bytes must be/);
+    expect(await ok('put-manifest', zipped, gzipSync(text, { level: 1 }))).toEqual({ manifest: at });
+    expect(readFileSync(at)).toEqual(text);
   });
 
   it('finalize refuses a partial changed after receive, and one outside releases/', async () => {
