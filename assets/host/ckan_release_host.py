@@ -183,17 +183,32 @@ def list_releases(p):
     return releases, partials
 
 
+# How long a lock directory just made may lack its owner file before it counts as its taker's death:
+# the taker writes the file right after its mkdir (a few ms), and another operation that looks in
+# between would otherwise say "locked by ?@?" of a lock whose owner it could have named.
+LOCK_OWNER_WAIT = 1.0
+
+
 def read_lock(p):
-    try:
-        with io.open(os.path.join(p["lock"], "owner.json"), encoding="utf-8") as f:
-            return json.load(f)
-    except (IOError, ValueError):
-        if os.path.isdir(p["lock"]):
-            # mkdir won but the owner file was not written yet (or the writer died): treat as held,
-            # and expired after the default TTL from the directory's mtime.
-            st = os.stat(p["lock"])
+    waited = 0.0
+    while True:
+        try:
+            with io.open(os.path.join(p["lock"], "owner.json"), encoding="utf-8") as f:
+                return json.load(f)
+        except (IOError, ValueError):
+            try:
+                st = os.stat(p["lock"])
+            except OSError:
+                return None
+            if not stat.S_ISDIR(st.st_mode):
+                return None
+            if waited < LOCK_OWNER_WAIT and abs(time.time() - st.st_mtime) < 10:
+                time.sleep(0.01)
+                waited += 0.01
+                continue
+            # mkdir won but the owner file never came (the writer died): held, and expired after the
+            # default TTL from the directory's mtime.
             return {"owner": "unknown", "expires": st.st_mtime + 3600, "since": None}
-        return None
 
 
 def os_release():

@@ -301,6 +301,47 @@ describe.each(TEST_PYTHONS)('the host agent on Python $label', (py) => {
     expect((await refused('lock', { root, owner: owner('op4'), ttl: 600 })).kind).toBe('locked');
   });
 
+  it('a lock taken an instant ago is named by its owner, not "?@?": its owner file is waited for', async () => {
+    // The taker makes the lock directory, then writes owner.json into it: another operation that
+    // looks in between waits for the file (LOCK_OWNER_WAIT). A directory left without one for long
+    // (its taker died) is held by "unknown" at once; no directory, no lock.
+    const dir = tempDir(`lock-owner-${py.label}`);
+    const script = [
+      'import json, os, sys, threading, time',
+      `sys.path.insert(0, ${JSON.stringify(path.dirname(AGENT_SCRIPT))})`,
+      'import ckan_release_host as a',
+      `d = u${JSON.stringify(dir)}`,
+      'lock = d + u"/lock"',
+      'os.mkdir(lock)',
+      'def take():',
+      '    time.sleep(0.2)',
+      '    with open(lock + "/.owner.json.tmp", "w") as f:',
+      '        f.write(json.dumps({"user": "u", "host": "m", "pid": 1, "token": "op1"}))',
+      '    os.rename(lock + "/.owner.json.tmp", lock + "/owner.json")',
+      'threading.Thread(target=take).start()',
+      't = time.time()',
+      'held = a.read_lock({"lock": lock})',
+      'waited = time.time() - t',
+      'old = d + u"/old"',
+      'os.mkdir(old)',
+      'os.utime(old, (time.time() - 60, time.time() - 60))',
+      't = time.time()',
+      'dead = a.read_lock({"lock": old})',
+      'print(json.dumps({"held": held, "waited": waited >= 0.15, "dead": dead["owner"],',
+      '                  "at_once": time.time() - t < 0.1, "none": a.read_lock({"lock": d + u"/none"})}))',
+    ].join('\n');
+    const r = JSON.parse(
+      execFileSync(requirePython(py), ['-c', script], { encoding: 'utf8', timeout: 20_000 }),
+    ) as Record<string, unknown>;
+    expect(r).toEqual({
+      held: { user: 'u', host: 'm', pid: 1, token: 'op1' },
+      waited: true,
+      dead: 'unknown',
+      at_once: true,
+      none: null,
+    });
+  });
+
   // The plan decides (src/plan.ts, from the agent's facts); the agent removes what it is told and keeps
   // only its safety refusals (prune_refusal). Both run here against the same real root.
   const planPrune = (f: Record<string, unknown>, keep: number) => {
