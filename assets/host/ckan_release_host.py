@@ -380,7 +380,8 @@ def cmd_lock(args):
             except OSError as e2:
                 if e2.errno != errno.EEXIST:
                     raise
-                raise Refused("locked", "locked by %s" % describe_owner(read_lock(p) or {}), holder=read_lock(p))
+                winner = read_lock(p)
+                raise Refused("locked", "locked by %s" % describe_owner(winner or {}), holder=winner)
             taken_over = held
     tmp = os.path.join(p["lock"], ".owner.json.tmp")
     with io.open(tmp, "w", encoding="utf-8") as f:

@@ -67,6 +67,24 @@ function tempDir(label: string): string {
 const USER = os.userInfo().username;
 const GROUP = execFileSync('id', ['-gn'], { encoding: 'utf8' }).trim();
 
+/**
+ * Python lines run against the host agent's module, imported as `a` (with hashlib, json, os, stat,
+ * sys, threading and time): what the script prints, parsed as JSON.
+ */
+function agentScript(py: (typeof TEST_PYTHONS)[number], script: string): unknown {
+  const head = [
+    'import hashlib, json, os, stat, sys, threading, time',
+    `sys.path.insert(0, ${JSON.stringify(path.dirname(AGENT_SCRIPT))})`,
+    'import ckan_release_host as a',
+  ];
+  return JSON.parse(
+    execFileSync(requirePython(py), ['-c', [...head, script].join('\n')], {
+      encoding: 'utf8',
+      timeout: 20_000,
+    }),
+  );
+}
+
 describe.each(TEST_PYTHONS)('the host agent on Python $label', (py) => {
   // The agent imported as a module from a copy, as the tool's stub does on a host: Python keeps its
   // bytecode beside the copy instead of compiling 1,900 lines on every call.
@@ -307,9 +325,6 @@ describe.each(TEST_PYTHONS)('the host agent on Python $label', (py) => {
     // (its taker died) is held by "unknown" at once; no directory, no lock.
     const dir = tempDir(`lock-owner-${py.label}`);
     const script = [
-      'import json, os, sys, threading, time',
-      `sys.path.insert(0, ${JSON.stringify(path.dirname(AGENT_SCRIPT))})`,
-      'import ckan_release_host as a',
       `d = u${JSON.stringify(dir)}`,
       'lock = d + u"/lock"',
       'os.mkdir(lock)',
@@ -330,9 +345,7 @@ describe.each(TEST_PYTHONS)('the host agent on Python $label', (py) => {
       'print(json.dumps({"held": held, "waited": waited >= 0.15, "dead": dead["owner"],',
       '                  "at_once": time.time() - t < 0.1, "none": a.read_lock({"lock": d + u"/none"})}))',
     ].join('\n');
-    const r = JSON.parse(
-      execFileSync(requirePython(py), ['-c', script], { encoding: 'utf8', timeout: 20_000 }),
-    ) as Record<string, unknown>;
+    const r = agentScript(py, script) as Record<string, unknown>;
     expect(r).toEqual({
       held: { user: 'u', host: 'm', pid: 1, token: 'op1' },
       waited: true,
@@ -518,9 +531,6 @@ describe.each(TEST_PYTHONS)('the host agent on Python $label', (py) => {
     execFileSync('mkfifo', [path.join(tree, 'fifo')]);
     writeFileSync(path.join(tree, 'left-out.ini'), '');
     const script = [
-      'import json, os, sys',
-      `sys.path.insert(0, ${JSON.stringify(path.dirname(AGENT_SCRIPT))})`,
-      'import ckan_release_host as a',
       `top = u${JSON.stringify(tree)}`,
       'found, listing = a.tree_stats(top, [u"left-out.ini"])',
       'a.find_tree = lambda release, exclude: None',
@@ -531,7 +541,7 @@ describe.each(TEST_PYTHONS)('the host agent on Python $label', (py) => {
       'print(json.dumps({"listed": listing is not None and none is None, "found": text(found),',
       '                  "walked": text(walked), "lstat": text(lstat)}))',
     ].join('\n');
-    const r = JSON.parse(execFileSync(requirePython(py), ['-c', script], { encoding: 'utf8' })) as {
+    const r = agentScript(py, script) as {
       listed: boolean;
       found: Record<string, string[]>;
       walked: Record<string, string[]>;
@@ -567,18 +577,13 @@ describe.each(TEST_PYTHONS)('the host agent on Python $label', (py) => {
     writeFileSync(path.join(tree, 'kept.txt'), 'listed\n');
     const exclude = ['ckan.ini', 'sub/linked.ini', 'sub/dir', 'storage', 'pipe', 'missing.ini'];
     const script = [
-      'import json, sys',
-      `sys.path.insert(0, ${JSON.stringify(path.dirname(AGENT_SCRIPT))})`,
-      'import ckan_release_host as a',
       `top = u${JSON.stringify(tree)}`,
       `exclude = ${JSON.stringify(exclude)}`,
       'tests = dict((rel, a.exclude_test(top + "/" + rel)[0]) for rel in exclude)',
       'listing = a.find_tree(top, [u"%s" % rel for rel in exclude])',
       'print(json.dumps({"tests": tests, "listing": listing.decode("utf-8")}))',
     ].join('\n');
-    const r = JSON.parse(
-      execFileSync(requirePython(py), ['-c', script], { encoding: 'utf8', timeout: 20_000 }),
-    ) as { tests: Record<string, string>; listing: string };
+    const r = agentScript(py, script) as { tests: Record<string, string>; listing: string };
     expect(r.tests).toEqual({
       'ckan.ini': '-samefile',
       'sub/linked.ini': '-path', // another name links it: by its inode that one would go too
@@ -606,9 +611,6 @@ describe.each(TEST_PYTHONS)('the host agent on Python $label', (py) => {
     // and any rewrite after (in place, or a rename over it) is read again; a seal loaded is a copy.
     const dir = tempDir(`parsed-${py.label}`);
     const script = [
-      'import json, os, sys, time',
-      `sys.path.insert(0, ${JSON.stringify(path.dirname(AGENT_SCRIPT))})`,
-      'import ckan_release_host as a',
       `d = u${JSON.stringify(dir)}`,
       'path = d + u"/m.json"',
       'def put(obj):',
@@ -639,9 +641,7 @@ describe.each(TEST_PYTHONS)('the host agent on Python $label', (py) => {
       'r["seal"] = sorted(two.files.items())',
       'print(json.dumps(r))',
     ].join('\n');
-    const r = JSON.parse(
-      execFileSync(requirePython(py), ['-c', script], { encoding: 'utf8', timeout: 20_000 }),
-    ) as Record<string, unknown>;
+    const r = agentScript(py, script) as Record<string, unknown>;
     expect(r).toEqual({
       fresh_kept: false, // written 0 s ago by another process: its stat may not show a rewrite yet
       old_kept: true,
@@ -658,9 +658,6 @@ describe.each(TEST_PYTHONS)('the host agent on Python $label', (py) => {
     // read again after the window, and bytes other than the manifest's mean no tree seal at all.
     const dir = tempDir(`racy-${py.label}`);
     const script = [
-      'import hashlib, json, os, stat, sys, time',
-      `sys.path.insert(0, ${JSON.stringify(path.dirname(AGENT_SCRIPT))})`,
-      'import ckan_release_host as a',
       `top = u${JSON.stringify(path.join(dir, 'tree'))}`,
       `p = {"manifests": u${JSON.stringify(path.join(dir, 'manifests'))}}`,
       'os.makedirs(top + u"/sub")',
@@ -684,10 +681,7 @@ describe.each(TEST_PYTHONS)('the host agent on Python $label', (py) => {
       '                  "wrong_seal": os.path.exists(a.tree_seal_path(p, "wrong")),',
       '                  "unchanged": a.tree_unchanged(p, "right", top, "m", [])}))',
     ].join('\n');
-    const r = JSON.parse(execFileSync(requirePython(py), ['-c', script], { encoding: 'utf8' })) as Record<
-      string,
-      unknown
-    >;
+    const r = agentScript(py, script) as Record<string, unknown>;
     expect(r).toEqual({ racy: ['new.txt'], right: true, wrong: false, wrong_seal: false, unchanged: true });
   });
 
