@@ -5,7 +5,7 @@
 // prune (what to remove and why), the `once` hooks, whether a release is sent or verified in place,
 // setup's adoption. The host agent is told what to do and keeps only its safety refusals (pruneRefusal).
 import { adoptedSkips, isAdopted } from './artifact/adopted.js';
-import type { Manifest } from './artifact/manifest.js';
+import { fileCount, type Manifest } from './artifact/manifest.js';
 import { defaultVenv, setupDirs, tmpRelative } from './layout.js';
 
 export { setupDirs };
@@ -336,7 +336,7 @@ export function planDeploy(
         problems.push(
           `${m.id} is not the release setup adopted on this host (releases/${m.id} -> ../default): it cannot be sent`,
         );
-      else if (!has && m.files.length === 0)
+      else if (!has && fileCount(m) === 0)
         problems.push(`${m.id} is neither on the host nor in the local store: it cannot be sent`);
       problems.push(...(serverProblems ?? []));
       return {
@@ -355,7 +355,7 @@ export function planDeploy(
           : {
               mode: 'full archive',
               bytes: m.archive.bytes,
-              files: m.files.length,
+              files: fileCount(m),
               why: 'not on the host: at most the whole release archive is sent (only the files it lacks when it holds earlier releases)',
             },
         lock: f.lock ? { holder: describeLock(f.lock), expired: f.lock_expired } : null,

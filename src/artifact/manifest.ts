@@ -82,3 +82,18 @@ export interface Manifest {
 export function chunksOf(m: Manifest): ArchiveChunk[] {
   return m.archive.chunks?.length ? m.archive.chunks : [{ bytes: m.archive.bytes, sha256: m.archive.sha256 }];
 }
+
+/**
+ * How many files a manifest lists, known without its file list where the reader recorded it (the header
+ * cache of artifact/manifest-file.ts, which parses `files` only when it is read).
+ */
+const countOf = new WeakMap<Manifest, number>();
+
+export function fileCount(m: Manifest): number {
+  return countOf.get(m) ?? m.files.length;
+}
+
+/** Records fileCount(m) for a manifest whose file list is not parsed yet. */
+export function knownFileCount(m: Manifest, count: number): void {
+  countOf.set(m, count);
+}

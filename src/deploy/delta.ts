@@ -268,6 +268,7 @@ export class DeltaCache {
   ): string[] | null {
     const ids = releases.filter((id) => id !== m.id).sort();
     const key = ids.join(' ');
+    if (!this.guesses.has(key) && ids.length === 0) this.guesses.set(key, null); // files not parsed for nothing
     if (!this.guesses.has(key)) {
       const have = new Set<string>();
       for (const id of ids)

@@ -6,7 +6,13 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { adoptedSkips, isAdopted } from '../artifact/adopted.js';
 import type { Manifest } from '../artifact/manifest.js';
-import { fileCount, manifestBytes, manifestGzip, manifestSha256 } from '../artifact/manifest-file.js';
+import {
+  fileCount,
+  manifestGzip,
+  manifestJsonLength,
+  manifestSha256,
+  totalSize,
+} from '../artifact/manifest-file.js';
 import { readArtifact, type StoredArtifact } from '../artifact/store.js';
 import { OperationError } from '../errors.js';
 import { releaseDir } from '../layout.js';
@@ -123,7 +129,7 @@ export async function stageOnHost(
       `${h.name}: releases/${m.id} is already there (${existing?.state ?? 'unknown'})${how}; not sent again`,
     );
   } else {
-    const need = m.files.reduce((n, f) => n + f.size, 0) + m.archive.bytes;
+    const need = totalSize(m) + m.archive.bytes;
     if (typeof facts.disk_free === 'number' && facts.disk_free < need * 1.2) {
       throw new OperationError(
         `${h.name}: preflight: ${facts.disk_free} bytes free under ${s.config.root}, the release needs about ${need}`,
@@ -218,7 +224,7 @@ async function sendRelease(
   }
   if (plan.delta && plan.need) {
     const sizes = new Map(m.files.map((f) => [f.path, f.size]));
-    const total = m.files.reduce((n, f) => n + f.size, 0);
+    const total = totalSize(m);
     const needBytes = plan.need.reduce((n, p) => n + (sizes.get(p) ?? 0), 0);
     if (needBytes <= total * DELTA_MAX_SHARE) {
       const copied = reusedText(plan);
@@ -280,7 +286,7 @@ function ownerOf(s: Session): { owner: string | null; group: string | null } {
  * agent checking the length and sha256 of what it inflates. Returns its path there.
  */
 async function uploadManifest(s: Session, agent: AgentHost, m: Manifest): Promise<string> {
-  const bytes = manifestBytes(m).length;
+  const bytes = manifestJsonLength(m);
   const r = await callAgent<{ manifest: string }>(
     agent,
     'upload the manifest',

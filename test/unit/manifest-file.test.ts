@@ -6,12 +6,17 @@ import { chmodSync, existsSync, mkdtempSync, readFileSync, renameSync, rmSync, w
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { gunzipSync } from 'node:zlib';
 import {
   fileCount,
+  GZIP_CACHE,
   HEADER_CACHE,
+  manifestGzip,
   manifestJson,
+  manifestJsonLength,
   manifestSha256,
   readManifestFile,
+  totalSize,
 } from '../../src/artifact/manifest-file.js';
 import type { Manifest } from '../../src/artifact/manifest.js';
 
@@ -63,6 +68,10 @@ describe('the manifest header cache', () => {
     expect(m.id).toBe('20261202100000Z-aaaaaaaa');
     expect(m.archive.bytes).toBe(1);
     expect(fileCount(m)).toBe(5);
+    expect(totalSize(m)).toBe(0 + 1 + 2 + 3 + 4);
+    expect(manifestJsonLength(m)).toBe(
+      Buffer.byteLength(JSON.stringify(JSON.parse(readFileSync(file, 'utf8')))),
+    );
     expect(manifestSha256(m)).toBe(expectedSha(file));
     expect(lazy(m)).toBe(true); // none of that read the file list
     // Reading files parses it; the manifest as sent is byte for byte what it was (keys in order).
@@ -135,5 +144,63 @@ describe('the file list read after the header', () => {
     expect(lazy(n)).toBe(true);
     rmSync(file);
     expect(() => n.files).toThrow(/changed or disappeared/);
+  });
+});
+
+describe('the gzipped manifest kept beside it', () => {
+  const sent = (file: string) => JSON.stringify(JSON.parse(readFileSync(file, 'utf8')));
+  const settled = async (m: Manifest) => {
+    const z = await manifestGzip(m);
+    // What a host inflates: the very JSON it checks the sha256 of.
+    expect(gunzipSync(z).toString()).toBe(manifestJson(m));
+    return z;
+  };
+
+  it('is made by the first ship, then sent without parsing or serializing the manifest', async () => {
+    const { dir, file } = artifactDir(40);
+    // Too new for a header cache: nothing kept.
+    await settled(readManifestFile(file));
+    expect(existsSync(path.join(dir, GZIP_CACHE))).toBe(false);
+    const first = readManifestFile(file, LATER()); // read whole, its header cache written
+    const made = await manifestGzip(first);
+    expect(lazy(first)).toBe(false); // made from the parsed file
+    expect(gunzipSync(made).toString()).toBe(sent(file));
+    expect(readFileSync(path.join(dir, GZIP_CACHE))).toEqual(made);
+
+    const m = readManifestFile(file, LATER());
+    const kept = await manifestGzip(m);
+    expect(lazy(m)).toBe(true); // taken from the file kept: the file list was never read
+    expect(kept).toEqual(made);
+  });
+
+  it('is made again when it is damaged or stale, and never for a changed manifest', async () => {
+    const { dir, file } = artifactDir(40, { project: 'aaaa' });
+    readManifestFile(file, LATER());
+    await manifestGzip(readManifestFile(file, LATER()));
+    const kept = path.join(dir, GZIP_CACHE);
+    const good = readFileSync(kept);
+
+    // Damaged (same length, other bytes): not sent, made again and kept anew.
+    const bad = Buffer.from(good);
+    bad.writeUInt8(bad.readUInt8(bad.length - 12) ^ 0xff, bad.length - 12);
+    writeFileSync(kept, bad);
+    let m = readManifestFile(file, LATER());
+    expect(await settled(m)).toEqual(good);
+    expect(lazy(m)).toBe(false);
+    expect(readFileSync(kept)).toEqual(good);
+
+    // Missing: made again.
+    rmSync(kept);
+    m = readManifestFile(file, LATER());
+    expect(await settled(m)).toEqual(good);
+    expect(existsSync(kept)).toBe(true);
+
+    // The manifest rewritten (same length): the kept gzip is another manifest's, never sent for it.
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 30);
+    writeFileSync(file, readFileSync(file, 'utf8').replace('"aaaa"', '"bbbb"'));
+    m = readManifestFile(file, LATER());
+    const z = await settled(m);
+    expect(gunzipSync(z).toString()).toBe(sent(file));
+    expect(gunzipSync(z).toString()).toContain('"bbbb"');
   });
 });
