@@ -247,5 +247,5 @@ export function manifestSha256(m: Manifest): string {
   return sha;
 }
 
-/** m.files.length, without parsing the file list when the header cache gave the count. */
+// fileCount lives in the pure manifest.ts (the planner uses it); this module records the counts it knows.
 export { fileCount };

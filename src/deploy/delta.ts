@@ -268,15 +268,19 @@ export class DeltaCache {
   ): string[] | null {
     const ids = releases.filter((id) => id !== m.id).sort();
     const key = ids.join(' ');
-    if (!this.guesses.has(key) && ids.length === 0) this.guesses.set(key, null); // files not parsed for nothing
     if (!this.guesses.has(key)) {
       const have = new Set<string>();
       for (const id of ids)
         for (const f of manifestOf(id)?.files ?? []) if (f.type === 'file' && f.sha256) have.add(f.sha256);
-      const need = m.files.filter((f) => f.type === 'file' && !have.has(f.sha256 ?? ''));
-      const total = m.files.reduce((n, f) => n + f.size, 0);
-      const bytes = need.reduce((n, f) => n + f.size, 0);
-      this.guesses.set(key, have.size && bytes <= total * maxShare ? need.map((f) => f.path).sort() : null);
+      // m's file list only when there is something to go by (a host with no release: not parsed at all).
+      let guess: string[] | null = null;
+      if (have.size) {
+        const need = m.files.filter((f) => f.type === 'file' && !have.has(f.sha256 ?? ''));
+        const total = m.files.reduce((n, f) => n + f.size, 0);
+        const bytes = need.reduce((n, f) => n + f.size, 0);
+        if (bytes <= total * maxShare) guess = need.map((f) => f.path).sort();
+      }
+      this.guesses.set(key, guess);
     }
     return this.guesses.get(key)!;
   }
