@@ -1,14 +1,18 @@
 // Reading an artifact's manifest.json, and the form hosts keep of it (JSON.stringify of the parsed
 // manifest, named by its sha256). A realistic manifest is several MB (29,000 entries: 7.6 MB, parsed in
 // about 40-60 ms, serialized and hashed in 50 more), and a ship of a release already on its hosts needs
-// only its header and that sha256: both are kept beside the manifest in `.manifest-header.json`, keyed
+// only its header and that sha256: both are kept beside the manifest in `.manifest-header-v2.json`, keyed
 // by the manifest file's stat (device, inode, size, mtime and ctime in ns). While the stat is the same,
 // the header comes from there and the file list is parsed only when something reads `files`; any change
 // to the file (a write, a rename over it, a copy) changes its ctime, and it is read whole again.
 // A full ship needs the file list's sizes and the form sent to hosts, gzipped: the header cache keeps
 // the sizes' sum and the JSON's length, and the gzip made by the first ship is kept beside it in
-// `.manifest-sent.json.gz`, named in the header cache by its length and sha256 (about 0.1 s of the
+// `.manifest-sent-v2.json.gz`, named in the header cache by its length and sha256 (about 0.1 s of the
 // client's time before the upload could start, for the bench's release).
+// Both names carry the format's version: a release of this tool that keeps another format beside the
+// same manifest (an older checkout, a CI image not yet upgraded) keeps its own files, instead of each
+// overwriting the other's at every run and both reading the whole manifest again (measured: 56c8095's
+// `.manifest-header.json` and this format taking turns cost each tool about 0.08 s per ship).
 import { createHash } from 'node:crypto';
 import { readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { readFile, rename, rm, writeFile } from 'node:fs/promises';
@@ -18,16 +22,18 @@ import { gzip } from 'node:zlib';
 import { OperationError } from '../errors.js';
 import { fileCount, knownFileCount, type Manifest } from './manifest.js';
 
+/** The header cache's format, in its content and in both file names (see the top of this file). */
+const FORMAT = 2;
 /** Beside the manifest: its header, file count and sha256 as sent, for one stat of the file. */
-export const HEADER_CACHE = '.manifest-header.json';
+export const HEADER_CACHE = `.manifest-header-v${FORMAT}.json`;
 /** Beside the manifest: manifestGzip of it, as the header cache names it. */
-export const GZIP_CACHE = '.manifest-sent.json.gz';
+export const GZIP_CACHE = `.manifest-sent-v${FORMAT}.json.gz`;
 
 /** A file changed this recently may change again within the same clock tick: not cached (git's "racy clean"). */
 const RACY_MS = 2000;
 
 interface HeaderCache {
-  version: 2;
+  version: typeof FORMAT;
   stat: string;
   sha256: string;
   files: number;
@@ -63,7 +69,7 @@ function readCache(file: string, key: string): HeaderCache | undefined {
   try {
     const c = JSON.parse(readFileSync(path.join(path.dirname(file), HEADER_CACHE), 'utf8')) as HeaderCache;
     if (
-      c.version === 2 &&
+      c.version === FORMAT &&
       c.stat === key &&
       typeof c.sha256 === 'string' &&
       typeof c.files === 'number' &&
@@ -138,7 +144,7 @@ export function readManifestFile(file: string, now = Date.now()): Manifest {
   if (now - ctimeMs > RACY_MS && Array.isArray(m.files)) {
     const sha256 = manifestSha256(m);
     const c: HeaderCache = {
-      version: 2,
+      version: FORMAT,
       stat: key,
       sha256,
       files: m.files.length,

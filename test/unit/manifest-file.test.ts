@@ -104,6 +104,25 @@ describe('the manifest header cache', () => {
     expect((readManifestFile(file, LATER()) as unknown as { project: string }).project).toBe('cccc');
   });
 
+  it("lives beside an older tool's header cache without either overwriting the other's", () => {
+    const { dir, file } = artifactDir(4);
+    // What 56c8095 (format 1) keeps: its own name, its own format.
+    const older = path.join(dir, '.manifest-header.json');
+    const olderText = JSON.stringify({
+      version: 1,
+      stat: 'its stat',
+      sha256: 'its sha',
+      header: { files: null },
+    });
+    writeFileSync(older, olderText);
+    expect(HEADER_CACHE).not.toBe('.manifest-header.json');
+    readManifestFile(file, LATER());
+    const m = readManifestFile(file, LATER());
+    expect(lazy(m)).toBe(true); // ours, written by the first read, served the second
+    expect(manifestSha256(m)).toBe(expectedSha(file));
+    expect(readFileSync(older, 'utf8')).toBe(olderText);
+  });
+
   it('is ignored when unreadable, and a store it cannot be written to reads the manifest whole', () => {
     const { dir, file } = artifactDir();
     writeFileSync(path.join(dir, HEADER_CACHE), '{"version": 1, "stat": ');
